@@ -1,0 +1,20 @@
+//! Shared between the eBPF data path and user space. The programs themselves
+//! (cgroup connect/getpeername/getsockopt, sockops) arrive with the data-path
+//! issue; this crate starts with the mesh defaults they will read from maps.
+
+#![no_std]
+#![deny(missing_docs)]
+
+/// Istio's defaults, which the agent writes into the settings map unless told otherwise.
+pub mod defaults {
+    /// Port the sidecar accepts redirected outbound connections on.
+    pub const OUTBOUND_PORT: u16 = 15001;
+    /// Port the sidecar accepts redirected inbound connections on.
+    pub const INBOUND_PORT: u16 = 15006;
+    /// Port of the sidecar's DNS proxy.
+    pub const DNS_PORT: u16 = 15053;
+    /// User id the sidecar runs as; its own connections are never redirected.
+    pub const SIDECAR_UID: u32 = 1337;
+    /// `SO_MARK` that tells the data path to leave a socket alone.
+    pub const BYPASS_MARK: u32 = 0x539;
+}

@@ -1,0 +1,70 @@
+//! Helpers for the kernel tests: they read what the kernel says (the namespace
+//! inode behind `/proc/thread-self/ns/net`, `/proc/*/net/tcp`), never what the
+//! code under test believes.
+//!
+//! Every test in this crate needs root and a real kernel; see README.md.
+
+use std::os::unix::fs::MetadataExt;
+
+/// Fails the test, loudly, when not run as root. Tests here are never skipped.
+pub fn require_root() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN) on a real kernel: run `./x test`"
+    );
+}
+
+/// The inode of the calling thread's network namespace, as the kernel reports it.
+#[must_use]
+pub fn thread_netns_ino() -> u64 {
+    std::fs::metadata("/proc/thread-self/ns/net")
+        .expect("stat /proc/thread-self/ns/net")
+        .ino()
+}
+
+/// The network namespace inode of every thread of this process.
+#[must_use]
+pub fn all_threads_netns_inos() -> Vec<u64> {
+    let mut inos = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").expect("read /proc/self/task") {
+        let path = task.expect("task entry").path().join("ns/net");
+        // A thread may exit between readdir and stat.
+        if let Ok(meta) = std::fs::metadata(&path) {
+            inos.push(meta.ino());
+        }
+    }
+    inos
+}
+
+/// How many file descriptors this process has open.
+#[must_use]
+pub fn open_fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("read /proc/self/fd")
+        .count()
+}
+
+/// The socket inodes in the calling thread's network namespace, per
+/// `/proc/thread-self/net/{tcp,tcp6,udp,udp6}`.
+#[must_use]
+pub fn socket_inodes_in_thread_netns() -> Vec<u64> {
+    let mut inodes = Vec::new();
+    for table in ["tcp", "tcp6", "udp", "udp6"] {
+        let text = std::fs::read_to_string(format!("/proc/thread-self/net/{table}"))
+            .unwrap_or_default();
+        for line in text.lines().skip(1) {
+            if let Some(inode) = line.split_whitespace().nth(9) {
+                inodes.push(inode.parse().expect("inode column"));
+            }
+        }
+    }
+    inodes
+}
+
+/// The inode of a socket, as listed in `/proc/net/*`.
+#[must_use]
+pub fn socket_inode(socket: &impl std::os::fd::AsFd) -> u64 {
+    nix::sys::stat::fstat(socket.as_fd())
+        .expect("fstat socket")
+        .st_ino
+}
