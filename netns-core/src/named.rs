@@ -204,7 +204,8 @@ fn on_new_netns_thread<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T> {
         std::thread::Builder::new()
             .name("netns-create".into())
             .spawn_scoped(scope, || {
-                unshare(CloneFlags::CLONE_NEWNET).map_err(|e| lifecycle(new_ns, "unshare", e.into()))?;
+                unshare(CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| lifecycle(new_ns, "unshare", e.into()))?;
                 Ok(f())
             })
             .map_err(|e| lifecycle(new_ns, "start a thread to create", e))?

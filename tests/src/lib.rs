@@ -50,8 +50,8 @@ pub fn open_fd_count() -> usize {
 pub fn socket_inodes_in_thread_netns() -> Vec<u64> {
     let mut inodes = Vec::new();
     for table in ["tcp", "tcp6", "udp", "udp6"] {
-        let text = std::fs::read_to_string(format!("/proc/thread-self/net/{table}"))
-            .unwrap_or_default();
+        let text =
+            std::fs::read_to_string(format!("/proc/thread-self/net/{table}")).unwrap_or_default();
         for line in text.lines().skip(1) {
             if let Some(inode) = line.split_whitespace().nth(9) {
                 inodes.push(inode.parse().expect("inode column"));

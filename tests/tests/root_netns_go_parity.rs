@@ -51,7 +51,9 @@ fn root_run_called_concurrently_200_times_passes_the_original_namespace() {
         .map(|_| {
             let target = Arc::clone(&target);
             std::thread::spawn(move || {
-                let (host, inside) = target.run(|host| (host.id().ino, thread_netns_ino())).unwrap();
+                let (host, inside) = target
+                    .run(|host| (host.id().ino, thread_netns_ino()))
+                    .unwrap();
                 (host, inside, thread_netns_ino())
             })
         })
