@@ -4,6 +4,9 @@
 //!
 //! Every test in this crate needs root and a real kernel; see README.md.
 
+// Test helpers fail the test by panicking; that is their job.
+#![allow(clippy::missing_panics_doc)]
+
 use std::os::unix::fs::MetadataExt;
 
 /// Fails the test, loudly, when not run as root. Tests here are never skipped.

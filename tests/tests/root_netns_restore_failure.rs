@@ -10,7 +10,7 @@ use netns_tests::{require_root, thread_netns_ino};
 
 const CHILD: &str = "NETNS_TEST_RESTORE_FAILURE_CHILD";
 
-/// In the child process: enter a namespace, lose CAP_SYS_ADMIN on this thread,
+/// In the child process: enter a namespace, lose `CAP_SYS_ADMIN` on this thread,
 /// and let the guard try to come back.
 #[test]
 fn root_restore_failure_child() {

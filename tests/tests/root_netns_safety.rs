@@ -59,9 +59,9 @@ fn root_guard_restores_on_drop_and_nested_guards_unwind_in_order() {
 fn root_entering_the_namespace_the_thread_is_in_switches_nothing() {
     let ns = scratch();
     ns.run(|_| {
-        let again = NetNs::open(format!("/proc/thread-self/ns/net")).unwrap();
+        let again = NetNs::open("/proc/thread-self/ns/net").unwrap();
         assert_eq!(again, ns, "same namespace by (dev, inode), other path");
-        let host = again.run(|host| host.id()).unwrap();
+        let host = again.run(NetNs::id).unwrap();
         assert_eq!(host, ns.id(), "already inside: origin is the target itself");
         assert_eq!(thread_netns_ino(), ns.id().ino);
     })
@@ -91,7 +91,7 @@ fn root_raw_setns_then_run_returns_to_where_raw_setns_put_the_thread() {
         b.run(|_| ()).unwrap(); // the thread now has a record of its namespace
         netns_core::setns(&a, Some(NsType::Net)).unwrap();
         assert_eq!(thread_netns_ino(), a.id().ino);
-        assert_eq!(b.run(|host| host.id()).unwrap(), a.id());
+        assert_eq!(b.run(NetNs::id).unwrap(), a.id());
         assert_eq!(
             thread_netns_ino(),
             a.id().ino,
@@ -187,7 +187,6 @@ fn root_run_async_reports_a_panicking_future() {
         .unwrap();
     let err = rt
         .block_on(ns.run_async(|| async { panic!("boom") }))
-        .map(|()| ())
         .unwrap_err();
     assert!(matches!(err, NsError::Worker { .. }), "{err:?}");
 }
@@ -196,7 +195,7 @@ fn root_run_async_reports_a_panicking_future() {
 fn root_run_in_thread_never_moves_the_caller() {
     let ns = scratch();
     let home = thread_netns_ino();
-    let inside = ns.run_in_thread(|| thread_netns_ino()).unwrap();
+    let inside = ns.run_in_thread(thread_netns_ino).unwrap();
     assert_eq!(inside, ns.id().ino);
     assert_eq!(thread_netns_ino(), home);
     let panicked = catch_unwind(AssertUnwindSafe(|| ns.run_in_thread(|| panic!("boom"))));

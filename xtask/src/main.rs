@@ -1,1 +1,57 @@
-fn main() {}
+//! Developer verbs for the netns workspace. Start them through `./x`, which
+//! installs the pinned toolchain first: `./x test`, `./x run`, `./x bench`.
+
+mod apt;
+mod bench;
+mod cmd;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+/// Developer verbs for the netns workspace (start them with ./x).
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(Debug, Subcommand)]
+enum Verb {
+    /// Check formatting, run clippy with -D warnings, then every test of the
+    /// workspace, root-only kernel tests included (needs root).
+    Test,
+    /// Run the main job: netns-agent on its embedded default, `demo` (needs root).
+    /// Arguments go to the agent instead, e.g. `./x run -- --help`.
+    Run {
+        /// Arguments for netns-agent.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Measure a namespace switch: netns-core against two raw setns calls,
+    /// the netns-rs crate and Go's ns.Do (installs Debian's Go packages; needs root).
+    Bench {
+        /// Calls per round.
+        #[arg(long, default_value_t = 20_000)]
+        iters: u32,
+        /// Interleaved rounds; figures are medians over them.
+        #[arg(long, default_value_t = 7)]
+        rounds: u32,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().verb {
+        Verb::Test => test::run(),
+        Verb::Run { args } => {
+            cmd::require_root("./x run")?;
+            let mut cargo = cmd::cargo(&["run", "--quiet", "--package", "netns-agent", "--"]);
+            if args.is_empty() {
+                cargo.arg("demo");
+            }
+            cargo.args(&args);
+            cmd::status(&mut cargo)
+        }
+        Verb::Bench { iters, rounds } => bench::run(iters, rounds),
+    }
+}

@@ -1,0 +1,32 @@
+//! `./x test`: what CI runs. Formatting, lints, then every test, kernel ones included.
+
+use crate::cmd::{self, cargo};
+
+pub(crate) fn run() -> anyhow::Result<()> {
+    cmd::require_root("./x test")?;
+    eprintln!("xtask: cargo fmt --check");
+    cmd::status(&mut cargo(&["fmt", "--all", "--", "--check"]))?;
+    eprintln!("xtask: cargo clippy -D warnings");
+    cmd::status(&mut cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--all-features",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    eprintln!("xtask: cargo doc (warnings are errors)");
+    cmd::status(
+        cargo(&[
+            "doc",
+            "--workspace",
+            "--no-deps",
+            "--all-features",
+            "--quiet",
+        ])
+        .env("RUSTDOCFLAGS", "-D warnings"),
+    )?;
+    eprintln!("xtask: cargo test (root-only kernel tests included)");
+    cmd::status(&mut cargo(&["test", "--workspace", "--all-features"]))
+}
