@@ -4,6 +4,7 @@
 mod apt;
 mod bench;
 mod cmd;
+mod ebpf;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +22,9 @@ enum Verb {
     /// Check formatting, run clippy with -D warnings, then every test of the
     /// workspace, root-only kernel tests included (needs root).
     Test,
+    /// Build the eBPF programs into target/ebpf/netns-ebpf.o (installs the
+    /// pinned nightly and builds bpf-linker against its LLVM when missing).
+    BuildEbpf,
     /// Run the main job: netns-agent on its embedded default, `demo` (needs root).
     /// Arguments go to the agent instead, e.g. `./x run -- --help`.
     Run {
@@ -43,6 +47,7 @@ enum Verb {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().verb {
         Verb::Test => test::run(),
+        Verb::BuildEbpf => ebpf::build().map(|object| eprintln!("xtask: {}", object.display())),
         Verb::Run { args } => {
             cmd::require_root("./x run")?;
             let mut cargo = cmd::cargo(&["run", "--quiet", "--package", "netns-agent", "--"]);
