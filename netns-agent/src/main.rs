@@ -7,6 +7,8 @@
 
 mod demo;
 
+use netns_agent as _;
+
 use clap::{Parser, Subcommand};
 
 /// Merbridge-style node agent for the netns eBPF data path.

@@ -66,6 +66,17 @@ impl NetNs {
         }
     }
 
+    /// The namespace's cookie, the 64-bit id that eBPF programs get from
+    /// `bpf_get_netns_cookie` (read through `SO_NETNS_COOKIE`, Linux 5.14+).
+    pub fn cookie(&self) -> Result<u64> {
+        let sock = self.sockets().raw(Domain::UNIX, Type::DGRAM, None)?;
+        crate::sys::netns_cookie(&sock).map_err(|source| NsError::Socket {
+            path: self.path().to_owned(),
+            op: "read SO_NETNS_COOKIE".into(),
+            source,
+        })
+    }
+
     /// Sets the loopback interface `lo` up, as a new namespace has it down.
     pub fn set_loopback_up(&self) -> Result<()> {
         let sock = self.sockets().raw(Domain::IPV4, Type::DGRAM, None)?;

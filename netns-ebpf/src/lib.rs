@@ -1,20 +1,187 @@
-//! Shared between the eBPF data path and user space. The programs themselves
-//! (cgroup connect/getpeername/getsockopt, sockops) arrive with the data-path
-//! issue; this crate starts with the mesh defaults they will read from maps.
+//! What the netns eBPF programs (in `programs/`, built by `cargo xtask build-ebpf`)
+//! and user space share: the `#[repr(C)]` values of the maps, the map and program
+//! names, and the mesh defaults. `no_std`; the `user` feature adds `aya::Pod`.
+//!
+//! Byte order, everywhere in these types: addresses are kept as the kernel hands
+//! them to programs (network order, as `[u32; 4]` words; IPv4 in word 0), ports
+//! in **host** order, so user space can compare them with plain numbers.
 
 #![no_std]
 #![deny(missing_docs)]
 
-/// Istio's defaults, which the agent writes into the settings map unless told otherwise.
-pub mod defaults {
-    /// Port the sidecar accepts redirected outbound connections on.
-    pub const OUTBOUND_PORT: u16 = 15001;
-    /// Port the sidecar accepts redirected inbound connections on.
-    pub const INBOUND_PORT: u16 = 15006;
-    /// Port of the sidecar's DNS proxy.
-    pub const DNS_PORT: u16 = 15053;
-    /// User id the sidecar runs as; its own connections are never redirected.
-    pub const SIDECAR_UID: u32 = 1337;
-    /// `SO_MARK` that tells the data path to leave a socket alone.
-    pub const BYPASS_MARK: u32 = 0x539;
+pub mod defaults;
+pub mod names;
+
+/// `AF_INET`, as stored in [`OriginalDst::family`] and [`SockPair::family`].
+pub const AF_INET: u16 = 2;
+/// `AF_INET6`.
+pub const AF_INET6: u16 = 10;
+
+/// The mesh settings, one entry at index 0 of [`names::SETTINGS`]. Everything the
+/// programs decide comes from here and from the other maps: nothing is baked in
+/// at compile time.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MeshSettings {
+    /// Sidecar port for redirected outbound connections (Istio: 15001).
+    pub outbound_port: u16,
+    /// Sidecar port for connections into a pod (Istio: 15006).
+    pub inbound_port: u16,
+    /// Sidecar DNS port, used when [`MeshSettings::FLAG_DNS_REDIRECT`] is set (15053).
+    pub dns_port: u16,
+    /// `FLAG_*` bits.
+    pub flags: u16,
+    /// The sidecar's uid (Istio: 1337): its own connections are not redirected.
+    pub sidecar_uid: u32,
+    /// Sockets carrying this `SO_MARK` are left alone (0: no bypass mark).
+    pub bypass_mark: u32,
+}
+
+impl MeshSettings {
+    /// Redirect DNS (UDP port 53) of meshed pods to `dns_port` on loopback.
+    pub const FLAG_DNS_REDIRECT: u16 = 1 << 0;
+    /// Opt-in sockmap acceleration between the sidecars' own sockets.
+    pub const FLAG_SOCKMAP: u16 = 1 << 1;
+
+    /// Istio's defaults, DNS redirect and sockmap off.
+    #[must_use]
+    pub const fn istio() -> MeshSettings {
+        MeshSettings {
+            outbound_port: defaults::OUTBOUND_PORT,
+            inbound_port: defaults::INBOUND_PORT,
+            dns_port: defaults::DNS_PORT,
+            flags: 0,
+            sidecar_uid: defaults::SIDECAR_UID,
+            bypass_mark: defaults::BYPASS_MARK,
+        }
+    }
+}
+
+/// Where a redirected connection was going: the value of the original-destination
+/// maps, and what `SO_ORIGINAL_DST` and `getpeername` answer.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OriginalDst {
+    /// Address, network order words (IPv4 in word 0, the rest zero).
+    pub addr: [u32; 4],
+    /// Port, host order.
+    pub port: u16,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u16,
+}
+
+/// A TCP connection seen from its client: client address and port, server
+/// address and port. The key of [`names::PAIR_ORIG_DST`] and of the sockmap.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct SockPair {
+    /// Client address, network order words.
+    pub client_addr: [u32; 4],
+    /// Server address, network order words.
+    pub server_addr: [u32; 4],
+    /// Client port, host order.
+    pub client_port: u16,
+    /// Server port, host order.
+    pub server_port: u16,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u16,
+    /// Always zero: keys are compared byte for byte.
+    pub pad: u16,
+}
+
+/// Per-pod flags, the value of [`names::MESHED_NETNS`] (keyed by netns cookie).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PodFlags {
+    /// Reserved bits; zero today.
+    pub bits: u32,
+}
+
+/// A meshed pod on this node, the value of the local pod address maps
+/// ([`names::LOCAL_POD_IPS4`], [`names::LOCAL_POD_IPS6`]).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LocalPod {
+    /// The pod's network namespace cookie: a sidecar's connection to its own
+    /// pod is never sent to the inbound port (it would loop).
+    pub netns_cookie: u64,
+    /// Reserved bits; zero today.
+    pub bits: u32,
+    /// Always zero.
+    pub pad: u32,
+}
+
+/// Indexes of the per-CPU counters in [`names::COUNTERS`].
+pub mod counter {
+    /// Outbound connections redirected to the sidecar.
+    pub const REDIRECTED_OUTBOUND: u32 = 0;
+    /// Sidecar connections to a local pod redirected to its inbound port.
+    pub const REDIRECTED_INBOUND: u32 = 1;
+    /// `SO_ORIGINAL_DST` answers given.
+    pub const ORIGINAL_DST_ANSWERED: u32 = 2;
+    /// Sockets added to the sockmap (opt-in mode).
+    pub const SOCKMAP_ADDED: u32 = 3;
+    /// Messages redirected through the sockmap (opt-in mode).
+    pub const SOCKMAP_REDIRECTED: u32 = 4;
+    /// DNS datagrams or connections redirected.
+    pub const DNS_REDIRECTED: u32 = 5;
+    /// Connections left alone because of the bypass mark.
+    pub const BYPASSED_MARK: u32 = 6;
+    /// How many counters there are.
+    pub const COUNT: u32 = 7;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each type is #[repr(C)], Copy, has no padding the kernel could
+    // leave uninitialised (fields are laid out to fill every byte) and is valid
+    // for any bit pattern.
+    unsafe impl aya::Pod for super::MeshSettings {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OriginalDst {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockPair {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PodFlags {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LocalPod {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::{offset_of, size_of};
+
+    use super::*;
+
+    #[test]
+    fn layouts_are_pinned() {
+        assert_eq!(size_of::<MeshSettings>(), 16);
+        assert_eq!(offset_of!(MeshSettings, flags), 6);
+        assert_eq!(offset_of!(MeshSettings, sidecar_uid), 8);
+        assert_eq!(offset_of!(MeshSettings, bypass_mark), 12);
+
+        assert_eq!(size_of::<OriginalDst>(), 20);
+        assert_eq!(offset_of!(OriginalDst, port), 16);
+        assert_eq!(offset_of!(OriginalDst, family), 18);
+
+        assert_eq!(size_of::<SockPair>(), 40);
+        assert_eq!(offset_of!(SockPair, server_addr), 16);
+        assert_eq!(offset_of!(SockPair, client_port), 32);
+        assert_eq!(offset_of!(SockPair, server_port), 34);
+        assert_eq!(offset_of!(SockPair, family), 36);
+
+        assert_eq!(size_of::<PodFlags>(), 4);
+        assert_eq!(size_of::<LocalPod>(), 16);
+        assert_eq!(offset_of!(LocalPod, bits), 8);
+    }
+
+    #[test]
+    fn istio_defaults() {
+        let s = MeshSettings::istio();
+        assert_eq!(
+            (s.outbound_port, s.inbound_port, s.dns_port),
+            (15001, 15006, 15053)
+        );
+        assert_eq!((s.sidecar_uid, s.flags), (1337, 0));
+    }
 }

@@ -50,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         Verb::BuildEbpf => ebpf::build().map(|object| eprintln!("xtask: {}", object.display())),
         Verb::Run { args } => {
             cmd::require_root("./x run")?;
+            ebpf::build()?;
             let mut cargo = cmd::cargo(&["run", "--quiet", "--package", "netns-agent", "--"]);
             if args.is_empty() {
                 cargo.arg("demo");

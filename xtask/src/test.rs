@@ -4,6 +4,7 @@ use crate::cmd::{self, cargo};
 
 pub(crate) fn run() -> anyhow::Result<()> {
     cmd::require_root("./x test")?;
+    crate::ebpf::build()?;
     eprintln!("xtask: cargo fmt --check");
     cmd::status(&mut cargo(&["fmt", "--all", "--", "--check"]))?;
     eprintln!("xtask: cargo clippy -D warnings");

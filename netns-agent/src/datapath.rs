@@ -1,0 +1,500 @@
+//! The eBPF data path on a cgroup: load the embedded object, pin its maps and
+//! links under a bpffs directory, attach every program to a cgroup v2 directory,
+//! feed the maps, and take it all down again.
+//!
+//! Minimum kernel: 5.10 for the default data path (sock_ops bookkeeping with
+//! socket cookies, netns cookies in connect, getpeername hooks from 5.8). A
+//! program the kernel refuses is reported as [`DataPathError::Load`] with its
+//! name, the kernel it needs and the verifier's log; nothing is left attached.
+//!
+//! Pins: `<pin_dir>/maps/<MAP>` for every map, `<pin_dir>/links/<program>` for
+//! every cgroup attachment. Pinned links keep the programs attached if the agent
+//! dies; [`DataPath::detach`] (or dropping the value) removes them, and with them
+//! the attachment.
+//!
+//! ```no_run
+//! use netns_agent::datapath::{DataPath, DataPathConfig};
+//! use netns_ebpf::MeshSettings;
+//!
+//! let config = DataPathConfig {
+//!     cgroup: "/sys/fs/cgroup/kubepods".into(),
+//!     pin_dir: "/sys/fs/bpf/netns".into(),
+//!     settings: MeshSettings::istio(),
+//! };
+//! let mut datapath = DataPath::attach(netns_agent::EBPF_OBJECT, &config)?;
+//! let pod = netns_core::NetNs::open("/run/netns/pod-a")?;
+//! datapath.add_pod(pod.cookie()?, &["10.0.0.7".parse()?])?;
+//! // ...
+//! datapath.detach()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod error;
+mod programs;
+mod sys;
+
+use std::fs::File;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use aya::Ebpf;
+use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, SockHash, lpm_trie::Key};
+use aya::programs::links::FdLink;
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, CgroupSockopt, SkMsg, SockOps};
+use netns_ebpf::{LocalPod, MeshSettings, PodFlags, SockPair, counter, names};
+
+pub use error::DataPathError;
+use programs::{Hook, PROGRAMS, ProgramSpec, When};
+
+use crate::{bpffs, cgroup};
+
+/// Where and how to attach the data path.
+#[derive(Debug, Clone)]
+pub struct DataPathConfig {
+    /// The cgroup v2 directory whose processes are captured (and its children).
+    /// On a node: the pods' parent cgroup, or the v2 root. In tests: a child.
+    pub cgroup: PathBuf,
+    /// The directory for pins; a bpffs is mounted there unless it is on one.
+    pub pin_dir: PathBuf,
+    /// The mesh settings. Their DNS and sockmap flags also decide which
+    /// programs are attached.
+    pub settings: MeshSettings,
+}
+
+/// A program the data path attached, with the id the kernel gave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttachedProgram {
+    /// The program's name in the object.
+    pub name: &'static str,
+    /// The kernel's program id (as `bpftool prog` shows it).
+    pub id: u32,
+}
+
+/// The attached data path. Dropping it detaches and unpins everything, like
+/// [`DataPath::detach`] but without reporting errors.
+#[derive(Debug)]
+pub struct DataPath {
+    ebpf: Ebpf,
+    cgroup: PathBuf,
+    pin_dir: PathBuf,
+    mounted_bpffs: bool,
+    /// Pin files, in the order made; removed in reverse (links before maps).
+    pins: Vec<PathBuf>,
+    attached: Vec<AttachedProgram>,
+    /// The `MeshSettings` flags whose programs are attached.
+    attached_modes: u16,
+    torn_down: bool,
+}
+
+impl DataPath {
+    /// Loads `object`, pins its maps, writes the settings, and attaches every
+    /// program the settings call for to `config.cgroup`. On failure, everything
+    /// done so far is undone.
+    pub fn attach(object: &[u8], config: &DataPathConfig) -> Result<DataPath, DataPathError> {
+        cgroup::check_cgroup2(&config.cgroup)?;
+        let mounted_bpffs = bpffs::ensure(&config.pin_dir)?;
+        let mut datapath = DataPath {
+            ebpf: Ebpf::load(&[]).map_err(DataPathError::Object)?,
+            cgroup: config.cgroup.clone(),
+            pin_dir: config.pin_dir.clone(),
+            mounted_bpffs,
+            pins: Vec::new(),
+            attached: Vec::new(),
+            attached_modes: 0,
+            torn_down: false,
+        };
+        // From here on, an early return drops `datapath`, which undoes it all.
+        datapath.ebpf = Ebpf::load(object).map_err(DataPathError::Object)?;
+        datapath.pin_maps()?;
+        datapath.set_settings(config.settings)?;
+        datapath.attach_programs(config.settings.flags)?;
+        Ok(datapath)
+    }
+
+    /// The programs attached, with their kernel ids.
+    #[must_use]
+    pub fn programs(&self) -> &[AttachedProgram] {
+        &self.attached
+    }
+
+    /// The pin path of a map (see [`netns_ebpf::names`]).
+    #[must_use]
+    pub fn map_pin(&self, map: &str) -> PathBuf {
+        self.pin_dir.join("maps").join(map)
+    }
+
+    /// The cgroup the programs are attached to.
+    #[must_use]
+    pub fn cgroup(&self) -> &Path {
+        &self.cgroup
+    }
+
+    /// Replaces the mesh settings. DNS redirect and sockmap can be switched
+    /// off at run time, and back on only if they were on at attach time.
+    pub fn set_settings(&mut self, settings: MeshSettings) -> Result<(), DataPathError> {
+        if !self.attached.is_empty() {
+            for (flag, mode) in [
+                (MeshSettings::FLAG_SOCKMAP, "sockmap"),
+                (MeshSettings::FLAG_DNS_REDIRECT, "DNS redirect"),
+            ] {
+                if settings.flags & flag != 0 && self.attached_modes & flag == 0 {
+                    return Err(DataPathError::ModeNotAttached { mode });
+                }
+            }
+        }
+        let mut array: Array<_, MeshSettings> = Array::try_from(self.map_mut(names::SETTINGS)?)
+            .map_err(|e| map_error(names::SETTINGS, "open", e))?;
+        array
+            .set(0, &settings, 0)
+            .map_err(|e| map_error(names::SETTINGS, "write", e))
+    }
+
+    /// Puts a pod in the mesh: its namespace (by cookie, see
+    /// `netns_core::NetNs::cookie`) and its addresses on this node.
+    pub fn add_pod(&mut self, netns_cookie: u64, addrs: &[IpAddr]) -> Result<(), DataPathError> {
+        let op = format!("add pod (netns cookie {netns_cookie}) to");
+        let pod = LocalPod {
+            netns_cookie,
+            bits: 0,
+            pad: 0,
+        };
+        for addr in addrs {
+            match addr {
+                IpAddr::V4(v4) => {
+                    let mut map: HashMap<_, u32, LocalPod> = self.hash(names::LOCAL_POD_IPS4)?;
+                    map.insert(&u32::from_ne_bytes(v4.octets()), &pod, 0)
+                        .map_err(|e| map_error(names::LOCAL_POD_IPS4, &op, e))?;
+                }
+                IpAddr::V6(v6) => {
+                    let mut map: HashMap<_, [u32; 4], LocalPod> =
+                        self.hash(names::LOCAL_POD_IPS6)?;
+                    map.insert(&ip6_words(v6.octets()), &pod, 0)
+                        .map_err(|e| map_error(names::LOCAL_POD_IPS6, &op, e))?;
+                }
+            }
+        }
+        let mut meshed: HashMap<_, u64, PodFlags> = self.hash(names::MESHED_NETNS)?;
+        meshed
+            .insert(&netns_cookie, &PodFlags::default(), 0)
+            .map_err(|e| map_error(names::MESHED_NETNS, &op, e))
+    }
+
+    /// Takes a pod out of the mesh: exactly what [`DataPath::add_pod`] wrote.
+    pub fn remove_pod(&mut self, netns_cookie: u64, addrs: &[IpAddr]) -> Result<(), DataPathError> {
+        let op = format!("remove pod (netns cookie {netns_cookie}) from");
+        let mut meshed: HashMap<_, u64, PodFlags> = self.hash(names::MESHED_NETNS)?;
+        remove_present(meshed.remove(&netns_cookie), names::MESHED_NETNS, &op)?;
+        for addr in addrs {
+            match addr {
+                IpAddr::V4(v4) => {
+                    let mut map: HashMap<_, u32, LocalPod> = self.hash(names::LOCAL_POD_IPS4)?;
+                    let key = u32::from_ne_bytes(v4.octets());
+                    remove_present(map.remove(&key), names::LOCAL_POD_IPS4, &op)?;
+                }
+                IpAddr::V6(v6) => {
+                    let mut map: HashMap<_, [u32; 4], LocalPod> =
+                        self.hash(names::LOCAL_POD_IPS6)?;
+                    let key = ip6_words(v6.octets());
+                    remove_present(map.remove(&key), names::LOCAL_POD_IPS6, &op)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Never redirects connections to this destination port.
+    pub fn exclude_port(&mut self, port: u16) -> Result<(), DataPathError> {
+        let mut map: HashMap<_, u16, u8> = self.hash(names::EXCLUDED_PORTS)?;
+        map.insert(&port, &1, 0)
+            .map_err(|e| map_error(names::EXCLUDED_PORTS, &format!("exclude port {port} in"), e))
+    }
+
+    /// Never redirects connections into `addr/prefix_len`.
+    pub fn exclude_cidr(&mut self, addr: IpAddr, prefix_len: u8) -> Result<(), DataPathError> {
+        let op = format!("exclude {addr}/{prefix_len} in");
+        match addr {
+            IpAddr::V4(v4) => {
+                let name = names::EXCLUDED_CIDRS4;
+                let mut trie: LpmTrie<_, [u8; 4], u8> = LpmTrie::try_from(self.map_mut(name)?)
+                    .map_err(|e| map_error(name, "open", e))?;
+                trie.insert(&Key::new(u32::from(prefix_len), v4.octets()), &1, 0)
+                    .map_err(|e| map_error(name, &op, e))
+            }
+            IpAddr::V6(v6) => {
+                let name = names::EXCLUDED_CIDRS6;
+                let mut trie: LpmTrie<_, [u8; 16], u8> = LpmTrie::try_from(self.map_mut(name)?)
+                    .map_err(|e| map_error(name, "open", e))?;
+                trie.insert(&Key::new(u32::from(prefix_len), v6.octets()), &1, 0)
+                    .map_err(|e| map_error(name, &op, e))
+            }
+        }
+    }
+
+    /// The counters of [`netns_ebpf::counter`], summed over CPUs.
+    pub fn counters(&self) -> Result<[u64; counter::COUNT as usize], DataPathError> {
+        let map = self.map(names::COUNTERS)?;
+        let array: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|e| map_error(names::COUNTERS, "open", e))?;
+        let mut totals = [0; counter::COUNT as usize];
+        for (index, total) in (0..counter::COUNT).zip(totals.iter_mut()) {
+            let values = array
+                .get(&index, 0)
+                .map_err(|e| map_error(names::COUNTERS, "read", e))?;
+            *total = values.iter().sum();
+        }
+        Ok(totals)
+    }
+
+    /// Detaches every program and removes every pin, and the pin directory.
+    pub fn detach(mut self) -> Result<(), DataPathError> {
+        self.teardown()
+    }
+
+    /// Leaves everything attached and pinned (for an agent restart) and forgets it.
+    pub fn keep(mut self) {
+        self.torn_down = true;
+    }
+
+    fn pin_maps(&mut self) -> Result<(), DataPathError> {
+        let dir = self.pin_dir.join("maps");
+        make_dir(&dir)?;
+        for name in names::ALL_MAPS {
+            let map = self.map(name)?;
+            let path = dir.join(name);
+            map.pin(&path).map_err(|e| pin_error(name, &path, e))?;
+            self.pins.push(path);
+        }
+        Ok(())
+    }
+
+    fn attach_programs(&mut self, flags: u16) -> Result<(), DataPathError> {
+        let cgroup_fd = File::open(&self.cgroup).map_err(|source| cgroup::CgroupError::Io {
+            path: self.cgroup.clone(),
+            op: "open",
+            source,
+        })?;
+        make_dir(&self.pin_dir.join("links"))?;
+        let wanted = |spec: &ProgramSpec| match spec.when {
+            When::Always => true,
+            When::DnsRedirect => flags & MeshSettings::FLAG_DNS_REDIRECT != 0,
+            When::Sockmap => flags & MeshSettings::FLAG_SOCKMAP != 0,
+        };
+        for spec in PROGRAMS.iter().filter(|s| wanted(s)) {
+            let link = match spec.hook {
+                Hook::SockAddr => attach_cgroup!(self, spec, CgroupSockAddr, &cgroup_fd),
+                Hook::Sockopt => attach_cgroup!(self, spec, CgroupSockopt, &cgroup_fd, keep_link),
+                Hook::SockOps => attach_cgroup!(self, spec, SockOps, &cgroup_fd),
+                Hook::SkMsg => {
+                    self.attach_sk_msg(spec)?;
+                    None
+                }
+            };
+            if let Some(link) = link {
+                let path = self.pin_dir.join("links").join(spec.name);
+                link.pin(&path)
+                    .map_err(|e| pin_error(spec.name, &path, e))?;
+                self.pins.push(path);
+            }
+        }
+        self.attached_modes =
+            flags & (MeshSettings::FLAG_SOCKMAP | MeshSettings::FLAG_DNS_REDIRECT);
+        Ok(())
+    }
+
+    /// sk_msg attaches to the sidecar sockhash, not to the cgroup. Its
+    /// attachment lives with this value (and with the pinned map).
+    fn attach_sk_msg(&mut self, spec: &ProgramSpec) -> Result<(), DataPathError> {
+        let map_fd = {
+            let map: SockHash<&MapData, SockPair> =
+                SockHash::try_from(self.map(names::SIDECAR_SOCKS)?)
+                    .map_err(|e| map_error(names::SIDECAR_SOCKS, "open", e))?;
+            map.fd()
+                .try_clone()
+                .map_err(|e| map_error(names::SIDECAR_SOCKS, "duplicate the fd of", e.into()))?
+        };
+        let program: &mut SkMsg = program(&mut self.ebpf, spec)?;
+        program.load().map_err(|source| load_error(spec, source))?;
+        program
+            .attach(&map_fd)
+            .map_err(|source| DataPathError::Attach {
+                program: spec.name,
+                target: PathBuf::from(names::SIDECAR_SOCKS),
+                source,
+            })?;
+        let id = program
+            .info()
+            .map_err(|source| load_error(spec, source))?
+            .id();
+        self.attached.push(AttachedProgram {
+            name: spec.name,
+            id,
+        });
+        Ok(())
+    }
+
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, DataPathError> {
+        self.ebpf
+            .map(name)
+            .ok_or(DataPathError::Missing { kind: "map", name })
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, DataPathError> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or(DataPathError::Missing { kind: "map", name })
+    }
+
+    fn hash<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<HashMap<&mut MapData, K, V>, DataPathError> {
+        HashMap::try_from(self.map_mut(name)?).map_err(|e| map_error(name, "open", e))
+    }
+
+    fn teardown(&mut self) -> Result<(), DataPathError> {
+        if self.torn_down {
+            return Ok(());
+        }
+        self.torn_down = true;
+        let mut first_error = None;
+        let mut note = |result: Result<(), DataPathError>| {
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        };
+        // Links first: nothing is redirected any more before the maps go.
+        for pin in self.pins.drain(..).rev() {
+            note(remove(&pin, std::fs::remove_file(&pin)));
+        }
+        for dir in [self.pin_dir.join("links"), self.pin_dir.join("maps")] {
+            note(remove(&dir, std::fs::remove_dir(&dir)));
+        }
+        if self.mounted_bpffs {
+            let unmounted = nix::mount::umount2(&self.pin_dir, nix::mount::MntFlags::MNT_DETACH);
+            note(remove(&self.pin_dir, unmounted.map_err(Into::into)));
+        }
+        note(remove(&self.pin_dir, std::fs::remove_dir(&self.pin_dir)));
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Loads a cgroup program and attaches it to `$cgroup_fd`, recording its id;
+/// evaluates to its link. `keep_link` leaves the link with the program and
+/// pins it by id instead (aya cannot hand out that link type).
+macro_rules! attach_cgroup {
+    ($self:ident, $spec:ident, $ty:ty, $cgroup_fd:expr $(, $keep:ident)?) => {{
+        let cgroup = $self.cgroup.clone();
+        let attach_error = |source| DataPathError::Attach {
+            program: $spec.name,
+            target: cgroup.clone(),
+            source,
+        };
+        let program: &mut $ty = program(&mut $self.ebpf, $spec)?;
+        program.load().map_err(|source| load_error($spec, source))?;
+        let link_id = program
+            .attach($cgroup_fd, CgroupAttachMode::AllowMultiple)
+            .map_err(attach_error)?;
+        let id = program.info().map_err(|source| load_error($spec, source))?.id();
+        $self.attached.push(AttachedProgram { name: $spec.name, id });
+        let path = $self.pin_dir.join("links").join($spec.name);
+        attach_cgroup!(@pin $self, $spec, program, link_id, id, path, attach_error $(, $keep)?)
+    }};
+    (@pin $self:ident, $spec:ident, $program:ident, $link_id:ident, $id:ident, $path:ident, $err:ident, keep_link) => {{
+        let _ = $link_id;
+        sys::pin_link_of_program($id, &$path).map_err(|e| pin_error($spec.name, &$path, e))?;
+        $self.pins.push($path);
+        None
+    }};
+    (@pin $self:ident, $spec:ident, $program:ident, $link_id:ident, $id:ident, $path:ident, $err:ident) => {{
+        let link = $program.take_link($link_id).map_err($err)?;
+        Some(FdLink::try_from(link).map_err(|e| pin_error($spec.name, &$path, e))?)
+    }};
+}
+use attach_cgroup;
+
+impl Drop for DataPath {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            eprintln!("netns-agent: data path teardown: {e}");
+        }
+    }
+}
+
+/// The program `spec` names, as its concrete type.
+fn program<'a, P>(ebpf: &'a mut Ebpf, spec: &ProgramSpec) -> Result<&'a mut P, DataPathError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf.program_mut(spec.name).ok_or(DataPathError::Missing {
+        kind: "program",
+        name: spec.name,
+    })?;
+    program
+        .try_into()
+        .map_err(|source| load_error(spec, source))
+}
+
+fn make_dir(dir: &Path) -> Result<(), DataPathError> {
+    std::fs::create_dir_all(dir).map_err(|source| DataPathError::Pin {
+        what: "pin directory",
+        path: dir.to_owned(),
+        source: source.into(),
+    })
+}
+
+fn remove(path: &Path, result: std::io::Result<()>) -> Result<(), DataPathError> {
+    match result {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(DataPathError::Unpin {
+            path: path.to_owned(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn remove_present(
+    result: Result<(), aya::maps::MapError>,
+    map: &'static str,
+    op: &str,
+) -> Result<(), DataPathError> {
+    match result {
+        Err(aya::maps::MapError::KeyNotFound) | Ok(()) => Ok(()),
+        Err(e) => Err(map_error(map, op, e)),
+    }
+}
+
+fn ip6_words(octets: [u8; 16]) -> [u32; 4] {
+    let mut words = [0; 4];
+    for (word, chunk) in words.iter_mut().zip(octets.as_chunks::<4>().0) {
+        *word = u32::from_ne_bytes(*chunk);
+    }
+    words
+}
+
+fn load_error(spec: &ProgramSpec, source: aya::programs::ProgramError) -> DataPathError {
+    DataPathError::Load {
+        program: spec.name,
+        min_kernel: spec.min_kernel,
+        source,
+    }
+}
+
+fn map_error(map: &'static str, op: &str, source: aya::maps::MapError) -> DataPathError {
+    DataPathError::Map {
+        map,
+        op: op.to_owned(),
+        source,
+    }
+}
+
+fn pin_error(
+    what: &'static str,
+    path: &Path,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> DataPathError {
+    DataPathError::Pin {
+        what,
+        path: path.to_owned(),
+        source: Box::new(source),
+    }
+}

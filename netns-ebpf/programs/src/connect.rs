@@ -1,0 +1,280 @@
+//! cgroup/connect4|6, getpeername4|6, sendmsg4|6 and recvmsg4|6: where a
+//! meshed pod's connections go, and what the app is told about them.
+
+use core::ffi::c_void;
+use core::ptr::{addr_of_mut, write_volatile};
+
+use aya_ebpf::{
+    bindings::bpf_sock_addr,
+    helpers::{bpf_get_current_uid_gid, bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::cgroup_sock_addr,
+    maps::lpm_trie::Key,
+    programs::SockAddrContext,
+};
+use netns_ebpf::{AF_INET, MeshSettings, OriginalDst, counter};
+
+use crate::addr::{self, LOOPBACK4, LOOPBACK6};
+use crate::maps::{
+    COOKIE_ORIG_DST, EXCLUDED_CIDRS4, EXCLUDED_CIDRS6, EXCLUDED_PORTS, LOCAL_POD_IPS4,
+    LOCAL_POD_IPS6, MESHED_NETNS, SIDECAR_COOKIES, count, settings,
+};
+
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+const DNS_PORT: u16 = 53;
+/// cgroup sock_addr programs return 1 to let the call proceed. We never refuse one.
+const ALLOW: i32 = 1;
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    on_connect(&ctx, AF_INET);
+    ALLOW
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    on_connect(&ctx, netns_ebpf::AF_INET6);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn getpeername4(ctx: SockAddrContext) -> i32 {
+    restore_peer(&ctx, AF_INET, None);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn getpeername6(ctx: SockAddrContext) -> i32 {
+    restore_peer(&ctx, netns_ebpf::AF_INET6, None);
+    ALLOW
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    on_sendmsg(&ctx, AF_INET);
+    ALLOW
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    on_sendmsg(&ctx, netns_ebpf::AF_INET6);
+    ALLOW
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
+    if let Some(s) = settings() {
+        restore_peer(&ctx, AF_INET, Some(s.dns_port));
+    }
+    ALLOW
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn recvmsg6(ctx: SockAddrContext) -> i32 {
+    if let Some(s) = settings() {
+        restore_peer(&ctx, netns_ebpf::AF_INET6, Some(s.dns_port));
+    }
+    ALLOW
+}
+
+/// The destination of a sock_addr call, read once.
+struct Dest {
+    family: u16,
+    addr: [u32; 4],
+    port: u16,
+}
+
+fn dest(sa: *mut bpf_sock_addr, family: u16) -> Dest {
+    // SAFETY: `sa` is the program's context; these fields are readable in every
+    // sock_addr attach type we use.
+    unsafe {
+        Dest {
+            family,
+            addr: addr::words(family, (*sa).user_ip4, (*sa).user_ip6),
+            port: addr::port_from_low_be((*sa).user_port),
+        }
+    }
+}
+
+/// Points the call at `addr`:`port`. Volatile, one field at a time: LLVM would
+/// otherwise merge adjacent u32 stores into a u64 store the verifier rejects.
+fn rewrite(sa: *mut bpf_sock_addr, family: u16, addr: &[u32; 4], port: u16) {
+    // SAFETY: writing user_ip4/user_ip6/user_port is allowed in connect,
+    // sendmsg, recvmsg and getpeername programs; `sa` is the context.
+    unsafe {
+        if family == AF_INET {
+            write_volatile(addr_of_mut!((*sa).user_ip4), addr[0]);
+        } else {
+            for (i, word) in addr.iter().enumerate() {
+                write_volatile(addr_of_mut!((*sa).user_ip6[i]), *word);
+            }
+        }
+        write_volatile(addr_of_mut!((*sa).user_port), addr::user_port(port));
+    }
+}
+
+fn loopback(family: u16) -> [u32; 4] {
+    addr::words(family, LOOPBACK4, LOOPBACK6)
+}
+
+fn remember(sa: *mut bpf_sock_addr, d: &Dest) -> u64 {
+    // SAFETY: bpf_get_socket_cookie takes the sock_addr context.
+    let cookie = unsafe { bpf_get_socket_cookie(sa.cast::<c_void>()) };
+    let orig = OriginalDst {
+        addr: d.addr,
+        port: d.port,
+        family: d.family,
+    };
+    let _ = COOKIE_ORIG_DST.insert(&cookie, &orig, 0);
+    cookie
+}
+
+fn in_mesh(sa: *mut bpf_sock_addr) -> bool {
+    // SAFETY: bpf_get_netns_cookie takes the sock_addr context (Linux 5.7+).
+    let netns = unsafe { bpf_get_netns_cookie(sa.cast::<c_void>()) };
+    // SAFETY: the value is only read, within this program run.
+    unsafe { MESHED_NETNS.get(&netns) }.is_some()
+}
+
+fn has_bypass_mark(sa: *mut bpf_sock_addr, s: &MeshSettings) -> bool {
+    if s.bypass_mark == 0 {
+        return false;
+    }
+    // SAFETY: `sk` of a sock_addr context always points at the calling socket;
+    // `mark` is a readable field of bpf_sock.
+    let mark = unsafe { (*(*sa).__bindgen_anon_1.sk).mark };
+    mark == s.bypass_mark
+}
+
+fn excluded(d: &Dest) -> bool {
+    // SAFETY: values are only read, within this program run.
+    if unsafe { EXCLUDED_PORTS.get(&d.port) }.is_some() {
+        return true;
+    }
+    if d.family == AF_INET {
+        EXCLUDED_CIDRS4.get(&Key::new(32, d.addr[0].to_ne_bytes())).is_some()
+    } else {
+        let mut bytes = [0u8; 16];
+        for (i, word) in d.addr.iter().enumerate() {
+            bytes[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+        }
+        EXCLUDED_CIDRS6.get(&Key::new(128, bytes)).is_some()
+    }
+}
+
+/// The netns cookie of the local meshed pod that owns `addr`, if any.
+fn local_pod(d: &Dest) -> Option<u64> {
+    // SAFETY: values are only read, within this program run.
+    unsafe {
+        if d.family == AF_INET {
+            LOCAL_POD_IPS4.get(&d.addr[0]).map(|p| p.netns_cookie)
+        } else {
+            LOCAL_POD_IPS6.get(&d.addr).map(|p| p.netns_cookie)
+        }
+    }
+}
+
+fn uid() -> u32 {
+    // The low half is the uid.
+    bpf_get_current_uid_gid() as u32
+}
+
+fn on_connect(ctx: &SockAddrContext, family: u16) {
+    let sa = ctx.sock_addr;
+    let Some(s) = settings() else { return };
+    // SAFETY: `type_` is readable in connect programs.
+    let sock_type = unsafe { (*sa).type_ };
+    let d = dest(sa, family);
+    if family != AF_INET && addr::is_v4_mapped(&d.addr) {
+        return; // dual-stack sockets dialing IPv4: left alone (documented)
+    }
+    if has_bypass_mark(sa, &s) {
+        count(counter::BYPASSED_MARK);
+        return;
+    }
+    if sock_type == SOCK_DGRAM {
+        // Connected UDP (glibc's resolver): the same DNS redirect as sendmsg.
+        redirect_dns(sa, &s, &d);
+        return;
+    }
+    if sock_type != SOCK_STREAM {
+        return;
+    }
+    if uid() == s.sidecar_uid {
+        sidecar_to_local_pod(sa, &s, &d);
+        return;
+    }
+    if !in_mesh(sa) || addr::is_loopback(family, &d.addr) || excluded(&d) {
+        return;
+    }
+    remember(sa, &d);
+    rewrite(sa, family, &loopback(family), s.outbound_port);
+    count(counter::REDIRECTED_OUTBOUND);
+}
+
+/// The sidecar dialing a meshed pod on this node goes straight to that pod's
+/// inbound port (there is no iptables PREROUTING to take it there).
+fn sidecar_to_local_pod(sa: *mut bpf_sock_addr, s: &MeshSettings, d: &Dest) {
+    if d.port == s.inbound_port {
+        return;
+    }
+    let Some(pod_netns) = local_pod(d) else { return };
+    // SAFETY: bpf_get_netns_cookie takes the sock_addr context.
+    let own_netns = unsafe { bpf_get_netns_cookie(sa.cast::<c_void>()) };
+    if pod_netns == own_netns {
+        return; // the sidecar talking to its own app
+    }
+    let cookie = remember(sa, d);
+    rewrite(sa, d.family, &d.addr, s.inbound_port);
+    count(counter::REDIRECTED_INBOUND);
+    if s.flags & MeshSettings::FLAG_SOCKMAP != 0 {
+        let _ = SIDECAR_COOKIES.insert(&cookie, &1, 0);
+    }
+}
+
+fn on_sendmsg(ctx: &SockAddrContext, family: u16) {
+    let sa = ctx.sock_addr;
+    let Some(s) = settings() else { return };
+    let d = dest(sa, family);
+    if family != AF_INET && addr::is_v4_mapped(&d.addr) {
+        return;
+    }
+    if has_bypass_mark(sa, &s) {
+        return;
+    }
+    redirect_dns(sa, &s, &d);
+}
+
+fn redirect_dns(sa: *mut bpf_sock_addr, s: &MeshSettings, d: &Dest) {
+    if s.flags & MeshSettings::FLAG_DNS_REDIRECT == 0
+        || d.port != DNS_PORT
+        || uid() == s.sidecar_uid
+        || !in_mesh(sa)
+    {
+        return;
+    }
+    remember(sa, d);
+    rewrite(sa, d.family, &loopback(d.family), s.dns_port);
+    count(counter::DNS_REDIRECTED);
+}
+
+/// Shows the original destination in place of the sidecar's address. With
+/// `only_from_port` (recvmsg), only for datagrams from that loopback port.
+fn restore_peer(ctx: &SockAddrContext, family: u16, only_from_port: Option<u16>) {
+    let sa = ctx.sock_addr;
+    if let Some(port) = only_from_port {
+        let d = dest(sa, family);
+        if d.port != port || d.addr != loopback(family) {
+            return;
+        }
+    }
+    // SAFETY: bpf_get_socket_cookie takes the sock_addr context.
+    let cookie = unsafe { bpf_get_socket_cookie(sa.cast::<c_void>()) };
+    // SAFETY: the value is copied out at once.
+    let Some(orig) = (unsafe { COOKIE_ORIG_DST.get(&cookie) }).copied() else {
+        return;
+    };
+    if orig.family == family {
+        rewrite(sa, family, &orig.addr, orig.port);
+    }
+}

@@ -1,0 +1,55 @@
+//! The maps, named as `netns_ebpf::names` says, plus small accessors.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
+};
+use netns_ebpf::{
+    LocalPod, MeshSettings, OriginalDst, PodFlags, SockPair, counter, defaults::CONNECTION_MAP_ENTRIES,
+};
+
+#[map]
+pub static SETTINGS: Array<MeshSettings> = Array::with_max_entries(1, 0);
+#[map]
+pub static MESHED_NETNS: HashMap<u64, PodFlags> = HashMap::with_max_entries(4096, 0);
+#[map]
+pub static LOCAL_POD_IPS4: HashMap<u32, LocalPod> = HashMap::with_max_entries(4096, 0);
+#[map]
+pub static LOCAL_POD_IPS6: HashMap<[u32; 4], LocalPod> = HashMap::with_max_entries(4096, 0);
+#[map]
+pub static EXCLUDED_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
+#[map]
+pub static EXCLUDED_CIDRS4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(1024, BPF_F_NO_PREALLOC);
+#[map]
+pub static EXCLUDED_CIDRS6: LpmTrie<[u8; 16], u8> =
+    LpmTrie::with_max_entries(1024, BPF_F_NO_PREALLOC);
+#[map]
+pub static COOKIE_ORIG_DST: LruHashMap<u64, OriginalDst> =
+    LruHashMap::with_max_entries(CONNECTION_MAP_ENTRIES, 0);
+#[map]
+pub static PAIR_ORIG_DST: LruHashMap<SockPair, OriginalDst> =
+    LruHashMap::with_max_entries(CONNECTION_MAP_ENTRIES, 0);
+#[map]
+pub static SIDECAR_COOKIES: LruHashMap<u64, u8> =
+    LruHashMap::with_max_entries(CONNECTION_MAP_ENTRIES, 0);
+#[map]
+pub static SIDECAR_PAIRS: LruHashMap<SockPair, u8> =
+    LruHashMap::with_max_entries(CONNECTION_MAP_ENTRIES, 0);
+#[map]
+pub static SIDECAR_SOCKS: SockHash<SockPair> = SockHash::with_max_entries(CONNECTION_MAP_ENTRIES, 0);
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// The settings user space wrote; `None` until it has (then nothing is redirected).
+pub fn settings() -> Option<MeshSettings> {
+    SETTINGS.get(0).copied()
+}
+
+/// Adds one to a per-CPU counter.
+pub fn count(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot is only touched by programs on this CPU, one at a time.
+        unsafe { *slot += 1 };
+    }
+}

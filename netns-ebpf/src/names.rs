@@ -1,0 +1,72 @@
+//! Names of the maps and programs in the eBPF object: user space finds them by
+//! these names, and pins maps under them.
+
+/// `Array<MeshSettings>`, one entry.
+pub const SETTINGS: &str = "SETTINGS";
+/// `HashMap<u64 netns cookie, PodFlags>`: the pods in the mesh.
+pub const MESHED_NETNS: &str = "MESHED_NETNS";
+/// `HashMap<u32 IPv4 (network order), LocalPod>`: addresses of meshed pods on this node.
+pub const LOCAL_POD_IPS4: &str = "LOCAL_POD_IPS4";
+/// `HashMap<[u32; 4] IPv6, LocalPod>`: addresses of meshed pods on this node.
+pub const LOCAL_POD_IPS6: &str = "LOCAL_POD_IPS6";
+/// `HashMap<u16 port (host order), u8>`: destination ports never redirected.
+pub const EXCLUDED_PORTS: &str = "EXCLUDED_PORTS";
+/// `LpmTrie<[u8; 4], u8>`: IPv4 destination CIDRs never redirected.
+pub const EXCLUDED_CIDRS4: &str = "EXCLUDED_CIDRS4";
+/// `LpmTrie<[u8; 16], u8>`: IPv6 destination CIDRs never redirected.
+pub const EXCLUDED_CIDRS6: &str = "EXCLUDED_CIDRS6";
+/// `LruHashMap<u64 socket cookie, OriginalDst>`: written at connect.
+pub const COOKIE_ORIG_DST: &str = "COOKIE_ORIG_DST";
+/// `LruHashMap<SockPair, OriginalDst>`: written when the connection is established.
+pub const PAIR_ORIG_DST: &str = "PAIR_ORIG_DST";
+/// `LruHashMap<u64 socket cookie, u8>`: sockets the sidecar connected (sockmap mode).
+pub const SIDECAR_COOKIES: &str = "SIDECAR_COOKIES";
+/// `LruHashMap<SockPair, u8>`: sidecar connections in the sockmap (sockmap mode).
+pub const SIDECAR_PAIRS: &str = "SIDECAR_PAIRS";
+/// `SockHash<SockPair>`: the sidecars' own sockets (sockmap mode only).
+pub const SIDECAR_SOCKS: &str = "SIDECAR_SOCKS";
+/// `PerCpuArray<u64>`: the counters of [`crate::counter`].
+pub const COUNTERS: &str = "COUNTERS";
+
+/// Every map, in the order the agent pins them.
+pub const ALL_MAPS: [&str; 13] = [
+    SETTINGS,
+    MESHED_NETNS,
+    LOCAL_POD_IPS4,
+    LOCAL_POD_IPS6,
+    EXCLUDED_PORTS,
+    EXCLUDED_CIDRS4,
+    EXCLUDED_CIDRS6,
+    COOKIE_ORIG_DST,
+    PAIR_ORIG_DST,
+    SIDECAR_COOKIES,
+    SIDECAR_PAIRS,
+    SIDECAR_SOCKS,
+    COUNTERS,
+];
+
+/// Programs, by function name in the object.
+pub mod prog {
+    /// `cgroup/connect4`.
+    pub const CONNECT4: &str = "connect4";
+    /// `cgroup/connect6`.
+    pub const CONNECT6: &str = "connect6";
+    /// `cgroup/getpeername4`.
+    pub const GETPEERNAME4: &str = "getpeername4";
+    /// `cgroup/getpeername6`.
+    pub const GETPEERNAME6: &str = "getpeername6";
+    /// `cgroup/sendmsg4` (DNS redirect).
+    pub const SENDMSG4: &str = "sendmsg4";
+    /// `cgroup/recvmsg4` (DNS redirect).
+    pub const RECVMSG4: &str = "recvmsg4";
+    /// `cgroup/sendmsg6` (DNS redirect).
+    pub const SENDMSG6: &str = "sendmsg6";
+    /// `cgroup/recvmsg6` (DNS redirect).
+    pub const RECVMSG6: &str = "recvmsg6";
+    /// `cgroup/getsockopt`: `SO_ORIGINAL_DST`.
+    pub const GETSOCKOPT: &str = "getsockopt";
+    /// `sockops`: bookkeeping, and the opt-in sockmap.
+    pub const SOCKOPS: &str = "sockops_track";
+    /// `sk_msg` on [`super::SIDECAR_SOCKS`] (opt-in sockmap mode).
+    pub const SK_MSG: &str = "sidecar_msg";
+}
