@@ -92,9 +92,12 @@ impl DataPath {
     /// done so far is undone.
     pub fn attach(object: &[u8], config: &DataPathConfig) -> Result<DataPath, DataPathError> {
         cgroup::check_cgroup2(&config.cgroup)?;
+        // Loading creates the maps in the kernel but changes nothing outside
+        // this process, so it goes before the first step that needs undoing.
+        let ebpf = Ebpf::load(object).map_err(DataPathError::Object)?;
         let mounted_bpffs = bpffs::ensure(&config.pin_dir)?;
         let mut datapath = DataPath {
-            ebpf: Ebpf::load(&[]).map_err(DataPathError::Object)?,
+            ebpf,
             cgroup: config.cgroup.clone(),
             pin_dir: config.pin_dir.clone(),
             mounted_bpffs,
@@ -104,7 +107,6 @@ impl DataPath {
             torn_down: false,
         };
         // From here on, an early return drops `datapath`, which undoes it all.
-        datapath.ebpf = Ebpf::load(object).map_err(DataPathError::Object)?;
         datapath.pin_maps()?;
         datapath.set_settings(config.settings)?;
         datapath.attach_programs(config.settings.flags)?;
@@ -392,7 +394,8 @@ macro_rules! attach_cgroup {
         let program: &mut $ty = program(&mut $self.ebpf, $spec)?;
         program.load().map_err(|source| load_error($spec, source))?;
         let link_id = program
-            .attach($cgroup_fd, CgroupAttachMode::AllowMultiple)
+            // bpf_link_create takes no flags: cgroup links always coexist with others.
+            .attach($cgroup_fd, CgroupAttachMode::Single)
             .map_err(attach_error)?;
         let id = program.info().map_err(|source| load_error($spec, source))?.id();
         $self.attached.push(AttachedProgram { name: $spec.name, id });

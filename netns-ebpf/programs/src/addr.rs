@@ -62,7 +62,26 @@ pub fn family(raw: u32) -> Option<u16> {
     }
 }
 
-/// Address words for a family: IPv4 in word 0.
-pub fn words(family: u16, ip4: u32, ip6: [u32; 4]) -> [u32; 4] {
-    if family == AF_INET { [ip4, 0, 0, 0] } else { ip6 }
+/// The address of a context struct for `family`, from its IPv4 and IPv6
+/// fields: IPv4 in word 0. Reads only the field the family needs, one word
+/// at a time with volatile loads: copying the IPv6 array lets LLVM compute
+/// `ctx + offset` into a register first, and the verifier rejects any load
+/// through a modified context pointer.
+macro_rules! ctx_addr {
+    ($ptr:expr, $family:expr, $ip4:ident, $ip6:ident) => {{
+        let ptr = $ptr;
+        if $family == netns_ebpf::AF_INET {
+            [core::ptr::read_volatile(core::ptr::addr_of!((*ptr).$ip4)), 0, 0, 0]
+        } else {
+            [
+                core::ptr::read_volatile(core::ptr::addr_of!((*ptr).$ip6[0])),
+                core::ptr::read_volatile(core::ptr::addr_of!((*ptr).$ip6[1])),
+                core::ptr::read_volatile(core::ptr::addr_of!((*ptr).$ip6[2])),
+                core::ptr::read_volatile(core::ptr::addr_of!((*ptr).$ip6[3])),
+            ]
+        }
+    }};
+}
+pub(crate) use ctx_addr;
+
 }

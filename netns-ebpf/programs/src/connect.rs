@@ -11,7 +11,7 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::SockAddrContext,
 };
-use netns_ebpf::{AF_INET, MeshSettings, OriginalDst, counter};
+use netns_ebpf::{AF_INET, AF_INET6, MeshSettings, OriginalDst, counter};
 
 use crate::addr::{self, LOOPBACK4, LOOPBACK6};
 use crate::maps::{
@@ -27,44 +27,44 @@ const ALLOW: i32 = 1;
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    on_connect(&ctx, AF_INET);
+    on_connect::<false>(&ctx);
     ALLOW
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
-    on_connect(&ctx, netns_ebpf::AF_INET6);
+    on_connect::<true>(&ctx);
     ALLOW
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn getpeername4(ctx: SockAddrContext) -> i32 {
-    restore_peer(&ctx, AF_INET, None);
+    restore_peer::<false>(&ctx, None);
     ALLOW
 }
 
 #[cgroup_sock_addr(getpeername6)]
 pub fn getpeername6(ctx: SockAddrContext) -> i32 {
-    restore_peer(&ctx, netns_ebpf::AF_INET6, None);
+    restore_peer::<true>(&ctx, None);
     ALLOW
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
-    on_sendmsg(&ctx, AF_INET);
+    on_sendmsg::<false>(&ctx);
     ALLOW
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
-    on_sendmsg(&ctx, netns_ebpf::AF_INET6);
+    on_sendmsg::<true>(&ctx);
     ALLOW
 }
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
     if let Some(s) = settings() {
-        restore_peer(&ctx, AF_INET, Some(s.dns_port));
+        restore_peer::<false>(&ctx, Some(s.dns_port));
     }
     ALLOW
 }
@@ -72,9 +72,16 @@ pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(recvmsg6)]
 pub fn recvmsg6(ctx: SockAddrContext) -> i32 {
     if let Some(s) = settings() {
-        restore_peer(&ctx, netns_ebpf::AF_INET6, Some(s.dns_port));
+        restore_peer::<true>(&ctx, Some(s.dns_port));
     }
     ALLOW
+}
+
+/// The address family of a program, fixed at compile time: every function
+/// below is generic over `V6`, so no code path picks a context field at run
+/// time (the verifier rejects loads and stores through computed offsets).
+const fn family<const V6: bool>() -> u16 {
+    if V6 { AF_INET6 } else { AF_INET }
 }
 
 /// The destination of a sock_addr call, read once.
@@ -84,39 +91,49 @@ struct Dest {
     port: u16,
 }
 
-fn dest(sa: *mut bpf_sock_addr, family: u16) -> Dest {
+#[inline(always)]
+fn dest<const V6: bool>(sa: *mut bpf_sock_addr) -> Dest {
+    let family = family::<V6>();
     // SAFETY: `sa` is the program's context; these fields are readable in every
     // sock_addr attach type we use.
     unsafe {
         Dest {
             family,
-            addr: addr::words(family, (*sa).user_ip4, (*sa).user_ip6),
-            port: addr::port_from_low_be((*sa).user_port),
+            addr: addr::ctx_addr!(sa, family, user_ip4, user_ip6),
+            port: addr::port_from_low_be(core::ptr::read_volatile(core::ptr::addr_of!(
+                (*sa).user_port
+            ))),
         }
     }
 }
 
 /// Points the call at `addr`:`port`. Volatile, one field at a time: LLVM would
 /// otherwise merge adjacent u32 stores into a u64 store the verifier rejects.
-fn rewrite(sa: *mut bpf_sock_addr, family: u16, addr: &[u32; 4], port: u16) {
+/// Everything on the way here is inlined so that `family` is a constant: a
+/// store through a computed context offset is rejected too.
+#[inline(always)]
+fn rewrite<const V6: bool>(sa: *mut bpf_sock_addr, addr: &[u32; 4], port: u16) {
     // SAFETY: writing user_ip4/user_ip6/user_port is allowed in connect,
     // sendmsg, recvmsg and getpeername programs; `sa` is the context.
     unsafe {
-        if family == AF_INET {
-            write_volatile(addr_of_mut!((*sa).user_ip4), addr[0]);
+        if V6 {
+            write_volatile(addr_of_mut!((*sa).user_ip6[0]), addr[0]);
+            write_volatile(addr_of_mut!((*sa).user_ip6[1]), addr[1]);
+            write_volatile(addr_of_mut!((*sa).user_ip6[2]), addr[2]);
+            write_volatile(addr_of_mut!((*sa).user_ip6[3]), addr[3]);
         } else {
-            for (i, word) in addr.iter().enumerate() {
-                write_volatile(addr_of_mut!((*sa).user_ip6[i]), *word);
-            }
+            write_volatile(addr_of_mut!((*sa).user_ip4), addr[0]);
         }
         write_volatile(addr_of_mut!((*sa).user_port), addr::user_port(port));
     }
 }
 
-fn loopback(family: u16) -> [u32; 4] {
-    addr::words(family, LOOPBACK4, LOOPBACK6)
+#[inline(always)]
+fn loopback<const V6: bool>() -> [u32; 4] {
+    if V6 { LOOPBACK6 } else { [LOOPBACK4, 0, 0, 0] }
 }
 
+#[inline(always)]
 fn remember(sa: *mut bpf_sock_addr, d: &Dest) -> u64 {
     // SAFETY: bpf_get_socket_cookie takes the sock_addr context.
     let cookie = unsafe { bpf_get_socket_cookie(sa.cast::<c_void>()) };
@@ -129,6 +146,7 @@ fn remember(sa: *mut bpf_sock_addr, d: &Dest) -> u64 {
     cookie
 }
 
+#[inline(always)]
 fn in_mesh(sa: *mut bpf_sock_addr) -> bool {
     // SAFETY: bpf_get_netns_cookie takes the sock_addr context (Linux 5.7+).
     let netns = unsafe { bpf_get_netns_cookie(sa.cast::<c_void>()) };
@@ -136,6 +154,7 @@ fn in_mesh(sa: *mut bpf_sock_addr) -> bool {
     unsafe { MESHED_NETNS.get(&netns) }.is_some()
 }
 
+#[inline(always)]
 fn has_bypass_mark(sa: *mut bpf_sock_addr, s: &MeshSettings) -> bool {
     if s.bypass_mark == 0 {
         return false;
@@ -146,13 +165,16 @@ fn has_bypass_mark(sa: *mut bpf_sock_addr, s: &MeshSettings) -> bool {
     mark == s.bypass_mark
 }
 
+#[inline(always)]
 fn excluded(d: &Dest) -> bool {
     // SAFETY: values are only read, within this program run.
     if unsafe { EXCLUDED_PORTS.get(&d.port) }.is_some() {
         return true;
     }
     if d.family == AF_INET {
-        EXCLUDED_CIDRS4.get(&Key::new(32, d.addr[0].to_ne_bytes())).is_some()
+        EXCLUDED_CIDRS4
+            .get(&Key::new(32, d.addr[0].to_ne_bytes()))
+            .is_some()
     } else {
         let mut bytes = [0u8; 16];
         for (i, word) in d.addr.iter().enumerate() {
@@ -163,6 +185,7 @@ fn excluded(d: &Dest) -> bool {
 }
 
 /// The netns cookie of the local meshed pod that owns `addr`, if any.
+#[inline(always)]
 fn local_pod(d: &Dest) -> Option<u64> {
     // SAFETY: values are only read, within this program run.
     unsafe {
@@ -179,13 +202,14 @@ fn uid() -> u32 {
     bpf_get_current_uid_gid() as u32
 }
 
-fn on_connect(ctx: &SockAddrContext, family: u16) {
+#[inline(always)]
+fn on_connect<const V6: bool>(ctx: &SockAddrContext) {
     let sa = ctx.sock_addr;
     let Some(s) = settings() else { return };
     // SAFETY: `type_` is readable in connect programs.
     let sock_type = unsafe { (*sa).type_ };
-    let d = dest(sa, family);
-    if family != AF_INET && addr::is_v4_mapped(&d.addr) {
+    let d = dest::<V6>(sa);
+    if V6 && addr::is_v4_mapped(&d.addr) {
         return; // dual-stack sockets dialing IPv4: left alone (documented)
     }
     if has_bypass_mark(sa, &s) {
@@ -194,58 +218,63 @@ fn on_connect(ctx: &SockAddrContext, family: u16) {
     }
     if sock_type == SOCK_DGRAM {
         // Connected UDP (glibc's resolver): the same DNS redirect as sendmsg.
-        redirect_dns(sa, &s, &d);
+        redirect_dns::<V6>(sa, &s, &d);
         return;
     }
     if sock_type != SOCK_STREAM {
         return;
     }
     if uid() == s.sidecar_uid {
-        sidecar_to_local_pod(sa, &s, &d);
+        sidecar_to_local_pod::<V6>(sa, &s, &d);
         return;
     }
-    if !in_mesh(sa) || addr::is_loopback(family, &d.addr) || excluded(&d) {
+    if !in_mesh(sa) || addr::is_loopback(d.family, &d.addr) || excluded(&d) {
         return;
     }
     remember(sa, &d);
-    rewrite(sa, family, &loopback(family), s.outbound_port);
+    rewrite::<V6>(sa, &loopback::<V6>(), s.outbound_port);
     count(counter::REDIRECTED_OUTBOUND);
 }
 
 /// The sidecar dialing a meshed pod on this node goes straight to that pod's
 /// inbound port (there is no iptables PREROUTING to take it there).
-fn sidecar_to_local_pod(sa: *mut bpf_sock_addr, s: &MeshSettings, d: &Dest) {
+#[inline(always)]
+fn sidecar_to_local_pod<const V6: bool>(sa: *mut bpf_sock_addr, s: &MeshSettings, d: &Dest) {
     if d.port == s.inbound_port {
         return;
     }
-    let Some(pod_netns) = local_pod(d) else { return };
+    let Some(pod_netns) = local_pod(d) else {
+        return;
+    };
     // SAFETY: bpf_get_netns_cookie takes the sock_addr context.
     let own_netns = unsafe { bpf_get_netns_cookie(sa.cast::<c_void>()) };
     if pod_netns == own_netns {
         return; // the sidecar talking to its own app
     }
     let cookie = remember(sa, d);
-    rewrite(sa, d.family, &d.addr, s.inbound_port);
+    rewrite::<V6>(sa, &d.addr, s.inbound_port);
     count(counter::REDIRECTED_INBOUND);
     if s.flags & MeshSettings::FLAG_SOCKMAP != 0 {
         let _ = SIDECAR_COOKIES.insert(&cookie, &1, 0);
     }
 }
 
-fn on_sendmsg(ctx: &SockAddrContext, family: u16) {
+#[inline(always)]
+fn on_sendmsg<const V6: bool>(ctx: &SockAddrContext) {
     let sa = ctx.sock_addr;
     let Some(s) = settings() else { return };
-    let d = dest(sa, family);
-    if family != AF_INET && addr::is_v4_mapped(&d.addr) {
+    let d = dest::<V6>(sa);
+    if V6 && addr::is_v4_mapped(&d.addr) {
         return;
     }
     if has_bypass_mark(sa, &s) {
         return;
     }
-    redirect_dns(sa, &s, &d);
+    redirect_dns::<V6>(sa, &s, &d);
 }
 
-fn redirect_dns(sa: *mut bpf_sock_addr, s: &MeshSettings, d: &Dest) {
+#[inline(always)]
+fn redirect_dns<const V6: bool>(sa: *mut bpf_sock_addr, s: &MeshSettings, d: &Dest) {
     if s.flags & MeshSettings::FLAG_DNS_REDIRECT == 0
         || d.port != DNS_PORT
         || uid() == s.sidecar_uid
@@ -254,17 +283,18 @@ fn redirect_dns(sa: *mut bpf_sock_addr, s: &MeshSettings, d: &Dest) {
         return;
     }
     remember(sa, d);
-    rewrite(sa, d.family, &loopback(d.family), s.dns_port);
+    rewrite::<V6>(sa, &loopback::<V6>(), s.dns_port);
     count(counter::DNS_REDIRECTED);
 }
 
 /// Shows the original destination in place of the sidecar's address. With
 /// `only_from_port` (recvmsg), only for datagrams from that loopback port.
-fn restore_peer(ctx: &SockAddrContext, family: u16, only_from_port: Option<u16>) {
+#[inline(always)]
+fn restore_peer<const V6: bool>(ctx: &SockAddrContext, only_from_port: Option<u16>) {
     let sa = ctx.sock_addr;
     if let Some(port) = only_from_port {
-        let d = dest(sa, family);
-        if d.port != port || d.addr != loopback(family) {
+        let d = dest::<V6>(sa);
+        if d.port != port || d.addr != loopback::<V6>() {
             return;
         }
     }
@@ -274,7 +304,7 @@ fn restore_peer(ctx: &SockAddrContext, family: u16, only_from_port: Option<u16>)
     let Some(orig) = (unsafe { COOKIE_ORIG_DST.get(&cookie) }).copied() else {
         return;
     };
-    if orig.family == family {
-        rewrite(sa, family, &orig.addr, orig.port);
+    if orig.family == family::<V6>() {
+        rewrite::<V6>(sa, &orig.addr, orig.port);
     }
 }

@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
 };
 use netns_ebpf::{
-    LocalPod, MeshSettings, OriginalDst, PodFlags, SockPair, counter, defaults::CONNECTION_MAP_ENTRIES,
+    LocalPod, MeshSettings, OriginalDst, PodFlags, SockPair, counter,
+    defaults::CONNECTION_MAP_ENTRIES,
 };
 
 #[map]
@@ -20,7 +21,8 @@ pub static LOCAL_POD_IPS6: HashMap<[u32; 4], LocalPod> = HashMap::with_max_entri
 #[map]
 pub static EXCLUDED_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
-pub static EXCLUDED_CIDRS4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(1024, BPF_F_NO_PREALLOC);
+pub static EXCLUDED_CIDRS4: LpmTrie<[u8; 4], u8> =
+    LpmTrie::with_max_entries(1024, BPF_F_NO_PREALLOC);
 #[map]
 pub static EXCLUDED_CIDRS6: LpmTrie<[u8; 16], u8> =
     LpmTrie::with_max_entries(1024, BPF_F_NO_PREALLOC);
@@ -37,7 +39,8 @@ pub static SIDECAR_COOKIES: LruHashMap<u64, u8> =
 pub static SIDECAR_PAIRS: LruHashMap<SockPair, u8> =
     LruHashMap::with_max_entries(CONNECTION_MAP_ENTRIES, 0);
 #[map]
-pub static SIDECAR_SOCKS: SockHash<SockPair> = SockHash::with_max_entries(CONNECTION_MAP_ENTRIES, 0);
+pub static SIDECAR_SOCKS: SockHash<SockPair> =
+    SockHash::with_max_entries(CONNECTION_MAP_ENTRIES, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 

@@ -22,9 +22,9 @@ pub fn sidecar_msg(ctx: SkMsgContext) -> u32 {
         };
         (
             family,
-            addr::words(family, (*md).local_ip4, (*md).local_ip6),
+            addr::ctx_addr!(md, family, local_ip4, local_ip6),
             (*md).local_port as u16,
-            addr::words(family, (*md).remote_ip4, (*md).remote_ip6),
+            addr::ctx_addr!(md, family, remote_ip4, remote_ip6),
             addr::remote_port((*md).remote_port),
         )
     };

@@ -43,11 +43,19 @@ pub fn sockops_track(ctx: SockOpsContext) -> u32 {
 /// This socket's (local, remote) pair.
 fn own_pair(ctx: &SockOpsContext) -> Option<SockPair> {
     let family = addr::family(ctx.family())?;
+    let ops = ctx.ops;
+    // SAFETY: fields of the sock_ops context, readable in every callback.
+    let (local, remote) = unsafe {
+        (
+            addr::ctx_addr!(ops, family, local_ip4, local_ip6),
+            addr::ctx_addr!(ops, family, remote_ip4, remote_ip6),
+        )
+    };
     Some(addr::pair(
         family,
-        addr::words(family, ctx.local_ip4(), ctx.local_ip6()),
+        local,
         ctx.local_port() as u16,
-        addr::words(family, ctx.remote_ip4(), ctx.remote_ip6()),
+        remote,
         addr::remote_port(ctx.remote_port()),
     ))
 }
@@ -84,7 +92,13 @@ fn on_passive_established(ctx: &SockOpsContext) {
         return;
     }
     let Some(pair) = own_pair(ctx) else { return };
-    let dialer = addr::pair(pair.family, pair.server_addr, pair.server_port, pair.client_addr, pair.client_port);
+    let dialer = addr::pair(
+        pair.family,
+        pair.server_addr,
+        pair.server_port,
+        pair.client_addr,
+        pair.client_port,
+    );
     // SAFETY: only checked for presence.
     if unsafe { SIDECAR_PAIRS.get(&dialer) }.is_some() {
         add_to_sockmap(ctx, pair);
@@ -93,7 +107,10 @@ fn on_passive_established(ctx: &SockOpsContext) {
 
 fn add_to_sockmap(ctx: &SockOpsContext, mut pair: SockPair) {
     // SAFETY: ctx.ops is a full socket in the established callbacks.
-    if SIDECAR_SOCKS.update(&mut pair, unsafe { &mut *ctx.ops }, BPF_NOEXIST).is_ok() {
+    if SIDECAR_SOCKS
+        .update(&mut pair, unsafe { &mut *ctx.ops }, BPF_NOEXIST)
+        .is_ok()
+    {
         count(counter::SOCKMAP_ADDED);
         let rto_min = SOCKMAP_RTO_MIN_US;
         // SAFETY: bpf_setsockopt reads 4 bytes from a live stack value.

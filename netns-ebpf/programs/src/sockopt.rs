@@ -34,9 +34,9 @@ fn on_getsockopt(so: *mut bpf_sockopt) {
     // SAFETY: fields of a live bpf_sock, readable in sockopt programs.
     let (local, local_port, remote, remote_port) = unsafe {
         (
-            addr::words(family, (*sk).src_ip4, (*sk).src_ip6),
+            addr::ctx_addr!(sk, family, src_ip4, src_ip6),
             (*sk).src_port as u16,
-            addr::words(family, (*sk).dst_ip4, (*sk).dst_ip6),
+            addr::ctx_addr!(sk, family, dst_ip4, dst_ip6),
             u16::from_be((*sk).dst_port),
         )
     };
@@ -78,7 +78,10 @@ unsafe fn write_sockaddr_in(start: *mut u8, end: *mut u8, orig: &OriginalDst) ->
     // SAFETY: start..start+16 lies inside the buffer (checked above).
     unsafe {
         start.cast::<u16>().write_unaligned(AF_INET);
-        start.add(2).cast::<u16>().write_unaligned(orig.port.to_be());
+        start
+            .add(2)
+            .cast::<u16>()
+            .write_unaligned(orig.port.to_be());
         start.add(4).cast::<u32>().write_unaligned(orig.addr[0]);
         start.add(8).cast::<u64>().write_unaligned(0);
     }
@@ -93,7 +96,10 @@ unsafe fn write_sockaddr_in6(start: *mut u8, end: *mut u8, orig: &OriginalDst) -
     // SAFETY: start..start+28 lies inside the buffer (checked above).
     unsafe {
         start.cast::<u16>().write_unaligned(AF_INET6);
-        start.add(2).cast::<u16>().write_unaligned(orig.port.to_be());
+        start
+            .add(2)
+            .cast::<u16>()
+            .write_unaligned(orig.port.to_be());
         start.add(4).cast::<u32>().write_unaligned(0);
         for (i, word) in orig.addr.iter().enumerate() {
             start.add(8 + i * 4).cast::<u32>().write_unaligned(*word);
