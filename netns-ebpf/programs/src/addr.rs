@@ -17,7 +17,11 @@ pub fn port_from_low_be(raw: u32) -> u16 {
 /// newer kernels and the high 16 bits on older ones. An established socket
 /// never has port 0, so whichever half is non-zero is the port.
 pub fn remote_port(raw: u32) -> u16 {
-    let half = if raw & 0xffff == 0 { raw >> 16 } else { raw & 0xffff };
+    let half = if raw & 0xffff == 0 {
+        raw >> 16
+    } else {
+        raw & 0xffff
+    };
     u16::from_be(half as u16)
 }
 
@@ -42,7 +46,13 @@ pub fn is_v4_mapped(addr: &[u32; 4]) -> bool {
 
 /// A [`SockPair`] from this socket's point of view: `client` fields hold the
 /// local end, `server` fields the remote end.
-pub fn pair(family: u16, local: [u32; 4], local_port: u16, remote: [u32; 4], remote_port: u16) -> SockPair {
+pub fn pair(
+    family: u16,
+    local: [u32; 4],
+    local_port: u16,
+    remote: [u32; 4],
+    remote_port: u16,
+) -> SockPair {
     SockPair {
         client_addr: local,
         server_addr: remote,
@@ -71,7 +81,12 @@ macro_rules! ctx_addr {
     ($ptr:expr, $family:expr, $ip4:ident, $ip6:ident) => {{
         let ptr = $ptr;
         if $family == netns_ebpf::AF_INET {
-            [core::ptr::read_volatile(core::ptr::addr_of!((*ptr).$ip4)), 0, 0, 0]
+            [
+                core::ptr::read_volatile(core::ptr::addr_of!((*ptr).$ip4)),
+                0,
+                0,
+                0,
+            ]
         } else {
             [
                 core::ptr::read_volatile(core::ptr::addr_of!((*ptr).$ip6[0])),
@@ -83,5 +98,3 @@ macro_rules! ctx_addr {
     }};
 }
 pub(crate) use ctx_addr;
-
-}
