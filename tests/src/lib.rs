@@ -71,3 +71,9 @@ pub fn socket_inode(socket: &impl std::os::fd::AsFd) -> u64 {
         .expect("fstat socket")
         .st_ino
 }
+
+pub mod kernel;
+pub mod mesh;
+mod sockopt;
+
+pub use sockopt::original_dst;

@@ -1,0 +1,167 @@
+//! The eBPF data path on the real kernel: attached to a throw-away child cgroup,
+//! with apps, sidecars and services as separate processes in throw-away
+//! namespaces (see `netns_tests::mesh`). Needs root, iproute2, bpftool, python3.
+
+use std::time::Duration;
+
+use netns_ebpf::{MeshSettings, counter, names};
+use netns_tests::kernel::{cgroup_program_ids, program_exists};
+use netns_tests::mesh::{Mesh, POD_A, POD_B, Place, SVC, SVC6, field, gone};
+
+const MESHTEST: &str = env!("CARGO_BIN_EXE_meshtest");
+const SIDECAR_UID: &str = "1337";
+
+fn counters(mesh: &mut Mesh) -> [u64; counter::COUNT as usize] {
+    mesh.datapath().counters().unwrap()
+}
+
+#[test]
+fn root_every_program_passes_the_verifier_and_detach_leaves_nothing() {
+    let mut settings = MeshSettings::istio();
+    settings.flags = MeshSettings::FLAG_SOCKMAP | MeshSettings::FLAG_DNS_REDIRECT;
+    let mut mesh = Mesh::new(MESHTEST, settings);
+    let datapath = mesh.datapath.take().unwrap();
+    let ours: Vec<u32> = datapath.programs().iter().map(|p| p.id).collect();
+    assert_eq!(ours.len(), 11, "{:?}", datapath.programs());
+    let attached = cgroup_program_ids(mesh.cgroup.path());
+    for p in datapath.programs() {
+        if p.name == names::prog::SK_MSG {
+            assert!(program_exists(p.id), "sk_msg program {} loaded", p.id);
+        } else {
+            assert!(
+                attached.contains(&p.id),
+                "{} ({}) attached: {attached:?}",
+                p.name,
+                p.id
+            );
+        }
+    }
+    let pins = datapath.map_pin(names::SETTINGS);
+    let pin_dir = pins.parent().unwrap().parent().unwrap().to_owned();
+    assert!(pins.exists());
+
+    datapath.detach().unwrap();
+    let attached = cgroup_program_ids(mesh.cgroup.path());
+    assert!(
+        ours.iter().all(|id| !attached.contains(id)),
+        "still attached: {attached:?}"
+    );
+    assert!(gone(&pin_dir), "{} removed", pin_dir.display());
+    for id in ours {
+        assert!(!program_exists(id), "program {id} unloaded");
+    }
+}
+
+/// App in pod A dials the service; the sidecar (uid 1337) in pod A gets it,
+/// learns the original destination, dials onward; bytes verified end to end.
+fn redirect_end_to_end(svc: &str, sidecar_listen: &str, sidecar_args: &[&str]) {
+    let mut mesh = Mesh::new(MESHTEST, MeshSettings::istio());
+    let target = format!("{svc}:8080");
+    let _service = mesh.start(Place::Svc, None, &["serve", "--listen", &target]);
+    let mut role = vec!["sidecar", "--listen", sidecar_listen];
+    role.extend_from_slice(sidecar_args);
+    let uid = if sidecar_args.is_empty() {
+        Some(1337)
+    } else {
+        None
+    };
+    let mut sidecar = mesh.start(Place::PodA, uid, &role);
+
+    let sizes = ["1", "1000", "65536", "1048576", "16777216"];
+    for size in sizes {
+        let out = mesh.run(
+            Place::PodA,
+            None,
+            &["client", "--connect", &target, "--size", size],
+        );
+        let done = out
+            .iter()
+            .find(|l| l.starts_with("done"))
+            .expect("client result");
+        assert_eq!(field(done, "ok"), Some("true"), "size {size}: {done}");
+        // getpeername in the app: the address it dialed, not the sidecar's.
+        assert_eq!(
+            field(done, "peer"),
+            Some(target.as_str()),
+            "size {size}: {done}"
+        );
+        let accepted = sidecar
+            .wait_for("accepted", Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("sidecar saw no connection: {:?}", sidecar.seen));
+        assert_eq!(
+            field(&accepted, "orig"),
+            Some(target.as_str()),
+            "{accepted}"
+        );
+        assert_eq!(
+            field(&accepted, "local"),
+            Some(sidecar_listen),
+            "{accepted}"
+        );
+        // The sidecar's peer is the app's own socket.
+        assert_eq!(
+            field(&accepted, "peer"),
+            field(done, "local"),
+            "{accepted} / {done}"
+        );
+    }
+    let c = counters(&mut mesh);
+    assert!(
+        c[counter::REDIRECTED_OUTBOUND as usize] >= sizes.len() as u64,
+        "{c:?}"
+    );
+    assert!(
+        c[counter::ORIGINAL_DST_ANSWERED as usize] >= sizes.len() as u64,
+        "{c:?}"
+    );
+    assert!(
+        sidecar.drain().iter().all(|l| !l.starts_with("error")),
+        "{:?}",
+        sidecar.seen
+    );
+}
+
+#[test]
+fn root_ipv4_connection_reaches_the_sidecar_with_its_original_destination() {
+    redirect_end_to_end(SVC, "127.0.0.1:15001", &[]);
+}
+
+#[test]
+fn root_ipv6_connection_reaches_the_sidecar_with_its_original_destination() {
+    redirect_end_to_end(&format!("[{SVC6}]"), "[::1]:15001", &[]);
+}
+
+#[test]
+fn root_sidecar_with_the_bypass_mark_instead_of_the_uid() {
+    redirect_end_to_end(SVC, "127.0.0.1:15001", &["--mark", "1337"]);
+}
+
+#[test]
+fn root_sidecar_to_local_pod_goes_to_the_inbound_port() {
+    let mut mesh = Mesh::new(MESHTEST, MeshSettings::istio());
+    let target = format!("{POD_B}:8080");
+    let _app_b = mesh.start(Place::PodB, None, &["serve", "--listen", &target]);
+    let mut sidecar_b = mesh.start(
+        Place::PodB,
+        Some(1337),
+        &["sidecar", "--listen", "0.0.0.0:15006"],
+    );
+    // The sidecar of pod A dials pod B directly (as the sidecar uid).
+    let out = mesh.run(
+        Place::PodA,
+        Some(1337),
+        &["client", "--connect", &target, "--size", "4096"],
+    );
+    let done = out.iter().find(|l| l.starts_with("done")).unwrap();
+    assert_eq!(field(done, "ok"), Some("true"), "{done}");
+    let accepted = sidecar_b
+        .wait_for("accepted", Duration::from_secs(5))
+        .expect("inbound sidecar");
+    assert_eq!(
+        field(&accepted, "local"),
+        Some(format!("{POD_B}:15006").as_str())
+    );
+    assert_eq!(field(&accepted, "orig"), Some(target.as_str()));
+    assert!(counters(&mut mesh)[counter::REDIRECTED_INBOUND as usize] >= 1);
+    let _ = (POD_A, SIDECAR_UID);
+}
