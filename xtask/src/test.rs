@@ -4,9 +4,20 @@ use crate::cmd::{self, cargo};
 
 pub(crate) fn run() -> anyhow::Result<()> {
     cmd::require_root("./x test")?;
+    crate::apt::ensure(
+        &["iproute2", "bpftool", "python3"],
+        "the kernel tests build namespaces with ip, ask bpftool what is attached, and run a Python client",
+    )?;
     crate::ebpf::build()?;
     eprintln!("xtask: cargo fmt --check");
     cmd::status(&mut cargo(&["fmt", "--all", "--", "--check"]))?;
+    cmd::status(&mut cargo(&[
+        "fmt",
+        "--manifest-path",
+        "netns-ebpf/programs/Cargo.toml",
+        "--",
+        "--check",
+    ]))?;
     eprintln!("xtask: cargo clippy -D warnings");
     cmd::status(&mut cargo(&[
         "clippy",

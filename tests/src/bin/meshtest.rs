@@ -61,6 +61,29 @@ enum Role {
         size: usize,
         #[arg(long, default_value_t = 1)]
         count: usize,
+        /// Keep the connection open this long after writing, before shutdown.
+        #[arg(long, default_value_t = 0)]
+        hold_ms: u64,
+        /// SO_MARK for the client's socket.
+        #[arg(long)]
+        mark: Option<u32>,
+    },
+    /// Accept connections and drop them at once.
+    Sink {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Open and abort (RST, no `TIME_WAIT`) `count` connections, sending nothing.
+    Churn {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long)]
+        count: usize,
+    },
+    /// Answer every UDP datagram with the same bytes.
+    UdpEcho {
+        #[arg(long)]
+        listen: SocketAddr,
     },
     /// Run a command (e.g. a Python client) as this process.
     Exec {
@@ -91,7 +114,12 @@ fn main() -> anyhow::Result<()> {
             connect,
             size,
             count,
-        } => client(connect, size, count),
+            hold_ms,
+            mark,
+        } => client(connect, size, count, hold_ms, mark),
+        Role::Sink { listen } => sink(listen),
+        Role::Churn { connect, count } => churn(connect, count),
+        Role::UdpEcho { listen } => udp_echo(listen),
         Role::Exec { command } => {
             let err = std::os::unix::process::CommandExt::exec(
                 std::process::Command::new(&command[0]).args(&command[1..]),
@@ -196,16 +224,22 @@ fn serve(listen: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn client(connect: SocketAddr, size: usize, count: usize) -> anyhow::Result<()> {
+fn client(
+    connect: SocketAddr,
+    size: usize,
+    count: usize,
+    hold_ms: u64,
+    mark: Option<u32>,
+) -> anyhow::Result<()> {
     let payload = pattern(size);
     let mut expected = Fnv::new();
     expected.update(&payload);
     for i in 0..count {
         let started = Instant::now();
-        let mut stream =
-            TcpStream::connect(connect).with_context(|| format!("connect {connect}"))?;
+        let mut stream = dial(connect, mark).with_context(|| format!("connect {connect}"))?;
         let peer = stream.peer_addr()?;
         stream.write_all(&payload)?;
+        std::thread::sleep(std::time::Duration::from_millis(hold_ms));
         let shut = Instant::now();
         stream.shutdown(std::net::Shutdown::Write)?;
         let mut answer = [0u8; 16];
@@ -226,6 +260,61 @@ fn client(connect: SocketAddr, size: usize, count: usize) -> anyhow::Result<()> 
         ));
     }
     Ok(())
+}
+
+fn sink(listen: SocketAddr) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen).with_context(|| format!("sink on {listen}"))?;
+    say("ready");
+    for conn in listener.incoming() {
+        drop(conn);
+    }
+    Ok(())
+}
+
+fn churn(connect: SocketAddr, count: usize) -> anyhow::Result<()> {
+    let (mut ok, mut failed) = (0usize, 0usize);
+    let mut first_error = String::new();
+    for _ in 0..count {
+        match TcpStream::connect(connect) {
+            Ok(stream) => {
+                socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO))?;
+                ok += 1;
+            }
+            Err(e) => {
+                if failed == 0 {
+                    first_error = e.to_string().replace(' ', "_");
+                }
+                failed += 1;
+            }
+        }
+    }
+    say(&format!(
+        "done ok={ok} failed={failed} first_error={first_error}"
+    ));
+    Ok(())
+}
+
+fn udp_echo(listen: SocketAddr) -> anyhow::Result<()> {
+    let socket = std::net::UdpSocket::bind(listen).with_context(|| format!("udp on {listen}"))?;
+    say("ready");
+    let mut buf = [0u8; 2048];
+    loop {
+        let (n, from) = socket.recv_from(&mut buf)?;
+        socket.send_to(&buf[..n], from)?;
+    }
+}
+
+fn dial(addr: SocketAddr, mark: Option<u32>) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    if let Some(mark) = mark {
+        socket.set_mark(mark)?;
+    }
+    socket.connect(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// Deterministic bytes that make reordering or corruption visible.

@@ -1,0 +1,198 @@
+//! What the data path leaves alone, what it bounds, and the opt-in DNS
+//! redirect. Needs root, iproute2, python3.
+
+use std::path::Path;
+use std::time::Duration;
+
+use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+use netns_ebpf::defaults::CONNECTION_MAP_ENTRIES;
+use netns_ebpf::{MeshSettings, OriginalDst, SockPair, counter, names};
+use netns_tests::mesh::{Mesh, POD_A, POD_A_TO_B, POD_A_TO_B6, POD_A6, Place, SVC, SVC6, field};
+
+const MESHTEST: &str = env!("CARGO_BIN_EXE_meshtest");
+
+fn captured(
+    mesh: &mut Mesh,
+    sidecar: &mut netns_tests::mesh::Proc,
+    target: &str,
+    extra: &[&str],
+) -> bool {
+    let mut role = vec!["client", "--connect", target, "--size", "1000"];
+    role.extend_from_slice(extra);
+    let out = mesh.run(Place::PodA, None, &role);
+    let done = out
+        .iter()
+        .find(|l| l.starts_with("done"))
+        .expect("client result");
+    assert_eq!(field(done, "ok"), Some("true"), "{target}: {done}");
+    assert_eq!(field(done, "peer"), Some(target), "{done}");
+    sidecar
+        .wait_for("accepted", Duration::from_millis(500))
+        .is_some()
+}
+
+#[test]
+fn root_bypass_mark_excluded_port_and_cidr_and_unmeshed_pod_connect_directly() {
+    let mut mesh = Mesh::new(MESHTEST, MeshSettings::istio());
+    let (plain, port_excluded) = (format!("{SVC}:8080"), format!("{SVC}:9090"));
+    let cidr_excluded = format!("[{SVC6}]:8080");
+    let _s1 = mesh.start(Place::Svc, None, &["serve", "--listen", &plain]);
+    let _s2 = mesh.start(Place::Svc, None, &["serve", "--listen", &port_excluded]);
+    let _s3 = mesh.start(Place::Svc, None, &["serve", "--listen", &cidr_excluded]);
+    let mut sidecar = mesh.start(
+        Place::PodA,
+        Some(1337),
+        &[
+            "sidecar",
+            "--listen",
+            "127.0.0.1:15001",
+            "--listen",
+            "[::1]:15001",
+        ],
+    );
+    mesh.datapath().exclude_port(9090).unwrap();
+    mesh.datapath()
+        .exclude_cidr("fd00:77::".parse().unwrap(), 64)
+        .unwrap();
+
+    assert!(
+        captured(&mut mesh, &mut sidecar, &plain, &[]),
+        "control: plain traffic is captured"
+    );
+    let before = mesh.datapath().counters().unwrap();
+    assert!(
+        !captured(&mut mesh, &mut sidecar, &plain, &["--mark", "1337"]),
+        "bypass mark: {:?}",
+        sidecar.seen
+    );
+    assert!(
+        !captured(&mut mesh, &mut sidecar, &port_excluded, &[]),
+        "excluded port"
+    );
+    assert!(
+        !captured(&mut mesh, &mut sidecar, &cidr_excluded, &[]),
+        "excluded CIDR"
+    );
+
+    let pod_a = mesh.pod_a.cookie().unwrap();
+    let addrs: Vec<std::net::IpAddr> = [POD_A, POD_A_TO_B, POD_A6, POD_A_TO_B6]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    mesh.datapath().remove_pod(pod_a, &addrs).unwrap();
+    assert!(
+        !captured(&mut mesh, &mut sidecar, &plain, &[]),
+        "pod out of the mesh"
+    );
+    mesh.datapath().add_pod(pod_a, &addrs).unwrap();
+    assert!(
+        captured(&mut mesh, &mut sidecar, &plain, &[]),
+        "pod back in the mesh"
+    );
+
+    let after = mesh.datapath().counters().unwrap();
+    let redirected = after[counter::REDIRECTED_OUTBOUND as usize]
+        - before[counter::REDIRECTED_OUTBOUND as usize];
+    assert_eq!(redirected, 1, "only the last connection was redirected");
+    assert_eq!(
+        after[counter::BYPASSED_MARK as usize] - before[counter::BYPASSED_MARK as usize],
+        1
+    );
+}
+
+fn entries<K: aya::Pod>(pin: &Path) -> usize {
+    let data = MapData::from_pin(pin).expect("open pinned map");
+    let map: BpfHashMap<MapData, K, OriginalDst> =
+        BpfHashMap::try_from(Map::LruHashMap(data)).unwrap();
+    map.keys().filter_map(Result::ok).count()
+}
+
+#[test]
+fn root_connection_maps_stay_bounded_under_100k_connections() {
+    let mut mesh = Mesh::new(MESHTEST, MeshSettings::istio());
+    let _sink = mesh.start(
+        Place::PodA,
+        Some(1337),
+        &["sink", "--listen", "127.0.0.1:15001"],
+    );
+    let target = format!("{SVC}:8080");
+    let out = mesh.run(
+        Place::PodA,
+        None,
+        &["churn", "--connect", &target, "--count", "100000"],
+    );
+    let done = out
+        .iter()
+        .find(|l| l.starts_with("done"))
+        .expect("churn result");
+    assert_eq!(field(done, "failed"), Some("0"), "{done}");
+    assert_eq!(field(done, "ok"), Some("100000"), "{done}");
+
+    let by_cookie = entries::<u64>(&mesh.map_pin(names::COOKIE_ORIG_DST));
+    let by_pair = entries::<SockPair>(&mesh.map_pin(names::PAIR_ORIG_DST));
+    println!("after 100000 connections: {by_cookie} cookie entries, {by_pair} pair entries");
+    let bound = CONNECTION_MAP_ENTRIES as usize;
+    assert!(
+        by_cookie <= bound && by_pair <= bound,
+        "{by_cookie} / {by_pair} > {bound}"
+    );
+    let c = mesh.datapath().counters().unwrap();
+    assert_eq!(c[counter::REDIRECTED_OUTBOUND as usize], 100_000, "{c:?}");
+}
+
+const PYTHON_DNS: &str = r#"
+import socket, sys
+server = (sys.argv[1], 53)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(5)
+u.sendto(b"query-1", server)
+data, addr = u.recvfrom(100)
+print("unconnected reply=%s from=%s:%d" % (data.decode(), addr[0], addr[1]), flush=True)
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.settimeout(5)
+c.connect(server)
+c.send(b"query-2")
+data = c.recv(100)
+peer = c.getpeername()
+print("connected reply=%s peer=%s:%d" % (data.decode(), peer[0], peer[1]), flush=True)
+"#;
+
+#[test]
+fn root_dns_redirect_reaches_the_local_resolver_and_answers_from_the_server() {
+    let mut settings = MeshSettings::istio();
+    settings.flags = MeshSettings::FLAG_DNS_REDIRECT;
+    let mut mesh = Mesh::new(MESHTEST, settings);
+    let _resolver = mesh.start(
+        Place::PodA,
+        Some(1337),
+        &["udp-echo", "--listen", "127.0.0.1:15053"],
+    );
+    let out = mesh.run(
+        Place::PodA,
+        None,
+        &["exec", "python3", "-c", PYTHON_DNS, SVC],
+    );
+    let from = format!("{SVC}:53");
+    let unconnected = out
+        .iter()
+        .find(|l| l.starts_with("unconnected"))
+        .expect("answer");
+    assert_eq!(
+        field(unconnected, "reply"),
+        Some("query-1"),
+        "{unconnected}"
+    );
+    assert_eq!(
+        field(unconnected, "from"),
+        Some(from.as_str()),
+        "{unconnected}"
+    );
+    let connected = out
+        .iter()
+        .find(|l| l.starts_with("connected"))
+        .expect("answer");
+    assert_eq!(field(connected, "reply"), Some("query-2"), "{connected}");
+    assert_eq!(field(connected, "peer"), Some(from.as_str()), "{connected}");
+    let c = mesh.datapath().counters().unwrap();
+    assert_eq!(c[counter::DNS_REDIRECTED as usize], 2, "{c:?}");
+}
