@@ -31,7 +31,6 @@
 
 mod error;
 mod programs;
-mod sys;
 
 use std::fs::File;
 use std::net::IpAddr;
@@ -46,7 +45,7 @@ use netns_ebpf::{LocalPod, MeshSettings, PodFlags, SockPair, counter, names};
 pub use error::DataPathError;
 use programs::{Hook, PROGRAMS, ProgramSpec, When};
 
-use crate::{bpffs, cgroup};
+use crate::{bpffs, cgroup, sys};
 
 /// Where and how to attach the data path.
 #[derive(Debug, Clone)]

@@ -1,83 +1,131 @@
-//! `netns-agent demo`: the per-pod work of the agent, on pods it makes itself.
+//! `netns-agent demo`: the agent's data path end to end on a throw-away pod,
+//! in one process, touching nothing outside what it creates.
+//!
+//! It makes a child cgroup (never the root), attaches the data path there,
+//! creates a pod namespace, moves itself into the cgroup, and plays the pod's
+//! app, sidecar and backend: the app dials a service address that exists
+//! nowhere; the data path sends it to the sidecar, which learns the address
+//! through `SO_ORIGINAL_DST` and forwards it, its own sockets marked with the
+//! bypass mark. Then everything is taken down again.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr};
-use std::os::unix::fs::MetadataExt;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
+use netns_agent::cgroup::{ChildCgroup, cgroup2_mount};
+use netns_agent::datapath::{DataPath, DataPathConfig};
 use netns_core::{NetNs, TempNetNs};
+use netns_ebpf::{MeshSettings, counter};
 
-/// What one pod reported, each value read back from the kernel.
-struct PodReport {
-    name: String,
-    netns_ino: u64,
-    listener: SocketAddr,
-    mark: u32,
-    echoed: usize,
-}
+/// The service address the app dials: routed nowhere, reachable only by capture.
+const SERVICE_VIP: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10)), 80);
+/// Where the pod's backend really listens.
+const BACKEND: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
 
-pub(crate) fn run(pods: u8, mark: u32) -> anyhow::Result<()> {
-    let host_ino = NetNs::current()
-        .context("open this thread's network namespace")?
-        .id()
-        .ino;
-    println!("host network namespace: net:[{host_ino}]");
-    // Every pod is removed when `made` drops, also on an error half-way.
-    let mut made = Vec::new();
-    for _ in 0..pods {
-        made.push(TempNetNs::new("netns-demo-pod").context("create a pod namespace")?);
-    }
+pub(crate) fn run(requests: u8) -> anyhow::Result<()> {
+    let settings = MeshSettings::istio();
+    let v2 = cgroup2_mount().context("find the cgroup v2 mount")?;
+    let tag = std::process::id();
+    let cgroup =
+        ChildCgroup::create(&v2, &format!("netns-demo-{tag}")).context("create the demo cgroup")?;
     println!(
-        "{:<28} {:>16} {:>18} {:>8} {:>7}",
-        "pod", "netns", "listener", "mark", "echoed"
+        "cgroup v2 at {}; demo cgroup {}",
+        v2.display(),
+        cgroup.path().display()
     );
-    for pod in &made {
-        let report = pod_work(pod, mark).with_context(|| format!("pod {}", pod.name()))?;
-        if report.netns_ino == host_ino {
-            bail!("pod {} reports the host's namespace", report.name);
-        }
-        println!(
-            "{:<28} {:>16} {:>18} {:>#8x} {:>7}",
-            report.name,
-            format!("net:[{}]", report.netns_ino),
-            report.listener,
-            report.mark,
-            report.echoed
-        );
+
+    let config = DataPathConfig {
+        cgroup: cgroup.path().to_owned(),
+        pin_dir: PathBuf::from(format!("/tmp/netns-demo-{tag}")),
+        settings,
+    };
+    let mut datapath = DataPath::attach(netns_agent::EBPF_OBJECT, &config)
+        .context("attach the data path to the demo cgroup")?;
+    let names: Vec<String> = datapath
+        .programs()
+        .iter()
+        .map(|p| format!("{}#{}", p.name, p.id))
+        .collect();
+    println!("data path attached: {}", names.join(" "));
+    println!("maps and links pinned under {}", config.pin_dir.display());
+
+    let pod = TempNetNs::new("netns-demo-pod").context("create the pod namespace")?;
+    pod.set_loopback_up()?;
+    let cookie = pod.cookie()?;
+    datapath.add_pod(cookie, &[])?;
+    println!(
+        "pod {}: {}, netns cookie {cookie}, in the mesh",
+        pod.name(),
+        pod.id()
+    );
+
+    // From here on this process's new sockets belong to the demo cgroup (its
+    // guard moves the process back out before removing it).
+    cgroup.add_process(std::process::id())?;
+    let result = serve_requests(&pod, &settings, requests);
+    let counters = datapath.counters()?;
+    datapath.detach().context("detach the data path")?;
+    println!(
+        "counters: redirected_outbound={} original_dst_answered={} bypassed_mark={}",
+        counters[counter::REDIRECTED_OUTBOUND as usize],
+        counters[counter::ORIGINAL_DST_ANSWERED as usize],
+        counters[counter::BYPASSED_MARK as usize],
+    );
+    result?;
+    drop(pod);
+    drop(cgroup);
+    if config.pin_dir.exists() {
+        bail!("{} was not removed", config.pin_dir.display());
     }
-    let paths: Vec<_> = made.iter().map(|pod| pod.path().to_owned()).collect();
-    drop(made);
-    if let Some(left) = paths.iter().find(|p| p.exists()) {
-        bail!("pod namespace {} was not removed", left.display());
-    }
-    println!("all {pods} pods removed; this thread is still in net:[{host_ino}]");
+    println!("detached, pins removed, pod and cgroup deleted");
     Ok(())
 }
 
-fn pod_work(pod: &TempNetNs, mark: u32) -> anyhow::Result<PodReport> {
-    pod.set_loopback_up()?;
-    let listener = pod
-        .sockets()
-        .mark(mark)
-        .tcp_listener(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
-    let addr = listener.local_addr().context("listener address")?;
-    let mut client = pod.sockets().tcp_connect(addr)?;
-    let (mut served, _) = listener.accept().context("accept inside the pod")?;
-    let greeting = format!("hello from {}", pod.name());
-    client.write_all(greeting.as_bytes()).context("send")?;
-    let mut buf = vec![0; greeting.len()];
-    served.read_exact(&mut buf).context("receive")?;
-    if buf != greeting.as_bytes() {
-        bail!("bytes changed on the way");
-    }
-    let netns_ino = pod
-        .run(|_| std::fs::metadata("/proc/thread-self/ns/net"))??
-        .ino();
-    Ok(PodReport {
-        name: pod.name().to_owned(),
-        netns_ino,
-        listener: addr,
-        mark: netns_core::mark(&listener).context("read SO_MARK back")?,
-        echoed: buf.len(),
+/// The app, the sidecar and the backend of one pod, as threads.
+fn serve_requests(pod: &NetNs, settings: &MeshSettings, requests: u8) -> anyhow::Result<()> {
+    let mark = settings.bypass_mark;
+    let backend = pod.sockets().mark(mark).tcp_listener(BACKEND)?;
+    let outbound = SocketAddr::from((Ipv4Addr::LOCALHOST, settings.outbound_port));
+    let sidecar = pod.sockets().mark(mark).tcp_listener(outbound)?;
+    std::thread::scope(|scope| {
+        // The sidecar, and the backend it forwards to, on one thread.
+        let sidecar_thread = scope.spawn(|| -> anyhow::Result<()> {
+            for _ in 0..requests {
+                let (mut app_side, peer) = sidecar.accept().context("sidecar accept")?;
+                let orig = netns_agent::original_dst(&app_side).context("SO_ORIGINAL_DST")?;
+                println!(
+                    "  sidecar accepted {peer} on {outbound}; SO_ORIGINAL_DST says {orig}; \
+                     forwarding to {BACKEND} with SO_MARK {mark:#x}"
+                );
+                let mut upstream = pod.sockets().mark(mark).tcp_connect(BACKEND)?;
+                let (mut served, _) = backend.accept().context("backend accept")?;
+                served.write_all(b"hello from the backend")?;
+                drop(served);
+                let mut reply = Vec::new();
+                upstream.read_to_end(&mut reply)?;
+                app_side.write_all(&reply)?;
+            }
+            Ok(())
+        });
+        for i in 0..requests {
+            println!(
+                "app request {}: dials {SERVICE_VIP} (an address that exists nowhere)",
+                i + 1
+            );
+            let mut app: TcpStream = pod.sockets().tcp_connect(SERVICE_VIP)?;
+            app.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let peer = app.peer_addr()?;
+            let mut reply = String::new();
+            app.read_to_string(&mut reply)
+                .with_context(|| format!("read the reply to request {}", i + 1))?;
+            println!("  app: getpeername() = {peer}; reply {reply:?}");
+            if peer != SERVICE_VIP {
+                bail!("the app saw {peer}, not the address it dialed");
+            }
+        }
+        sidecar_thread.join().expect("sidecar thread")
     })
 }

@@ -7,12 +7,16 @@
 //! - [`cgroup`]: find the cgroup v2 mount, check a path is cgroup v2, and make
 //!   throw-away child cgroups.
 //! - [`bpffs`]: make sure a directory is on a BPF filesystem, mounting one if not.
+//! - [`original_dst`]: `SO_ORIGINAL_DST`, as a sidecar asks it.
 
 #![deny(missing_docs)]
 
 pub mod bpffs;
 pub mod cgroup;
 pub mod datapath;
+mod sys;
+
+pub use sys::original_dst;
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at compile time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("NETNS_EBPF_OBJECT"));

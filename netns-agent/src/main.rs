@@ -1,13 +1,11 @@
-//! netns-agent: the node agent. Today it runs the per-pod namespace work on
-//! throw-away pods (`demo`); loading the eBPF data path and watching real pods
-//! arrive with the data-path issue.
+//! netns-agent: the node agent. Today its command is `demo`, the data path end
+//! to end on a throw-away pod; the long-running agent (pod sources, metrics)
+//! builds on the same library (`netns_agent::datapath`).
 
 // Doc comments here are clap's --help text, where backticks would show literally.
 #![allow(clippy::doc_markdown)]
 
 mod demo;
-
-use netns_agent as _;
 
 use clap::{Parser, Subcommand};
 
@@ -23,24 +21,23 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create throw-away pod namespaces, do the per-pod work in each through
-    /// netns-core (a listener marked with the bypass mark, a connection made
-    /// inside, bytes echoed), print what the kernel reports, and remove them.
+    /// Run the data path end to end on a throw-away pod, in one process:
+    /// attach the eBPF programs to a new child cgroup (never the root), create
+    /// a pod namespace, and play its app, sidecar and backend. The app dials a
+    /// service address that exists nowhere; the data path hands the connection
+    /// to the sidecar, which reads SO_ORIGINAL_DST and forwards it. Then
+    /// everything is detached and removed.
     ///
-    /// Example: netns-agent demo --pods 3
+    /// Example: netns-agent demo --requests 3
     Demo {
-        /// How many throw-away pods to create.
-        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=32))]
-        pods: u8,
-        /// SO_MARK for the pods' listeners (the mark that tells the data path
-        /// to leave a socket alone).
-        #[arg(long, default_value_t = netns_ebpf::defaults::BYPASS_MARK)]
-        mark: u32,
+        /// How many requests the app makes.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=100))]
+        requests: u8,
     },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Demo { pods, mark } => demo::run(pods, mark),
+        Command::Demo { requests } => demo::run(requests),
     }
 }

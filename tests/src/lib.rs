@@ -74,6 +74,3 @@ pub fn socket_inode(socket: &impl std::os::fd::AsFd) -> u64 {
 
 pub mod kernel;
 pub mod mesh;
-mod sockopt;
-
-pub use sockopt::original_dst;

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use netns_tests::original_dst;
+use netns_agent::original_dst;
 
 #[derive(Debug, Parser)]
 struct Cli {

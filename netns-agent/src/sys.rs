@@ -1,0 +1,127 @@
+//! The agent's only unsafe code: two raw system calls no crate wraps.
+//!
+//! - Pinning a link aya gives no handle on: aya 0.16 cannot turn a
+//!   `CgroupSockoptLink` into an `FdLink`, so it cannot pin it. We find the link
+//!   by its program id, open it by id and pin it ourselves, so that
+//!   `getsockopt` survives an agent restart like the other programs.
+//! - `getsockopt(SO_ORIGINAL_DST)`, as a sidecar asks it.
+
+use std::ffi::CString;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::AsFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+
+/// `union bpf_attr`, as much of it as these two commands read (zero-filled).
+#[repr(C, align(8))]
+struct BpfAttr([u8; 128]);
+
+impl BpfAttr {
+    fn new() -> BpfAttr {
+        BpfAttr([0; 128])
+    }
+
+    fn put_u32(&mut self, offset: usize, value: u32) {
+        self.0[offset..offset + 4].copy_from_slice(&value.to_ne_bytes());
+    }
+
+    fn put_u64(&mut self, offset: usize, value: u64) {
+        self.0[offset..offset + 8].copy_from_slice(&value.to_ne_bytes());
+    }
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut BpfAttr) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a valid, initialised bpf_attr-sized buffer that lives for
+    // the call; the kernel reads at most its size, which we pass.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            (&raw mut attr.0).cast::<libc::c_void>(),
+            std::mem::size_of::<BpfAttr>(),
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Pins the (only) link of program `prog_id` at `path`.
+pub(crate) fn pin_link_of_program(prog_id: u32, path: &Path) -> io::Result<()> {
+    let link_id = aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .find(|link| link.program_id() == prog_id)
+        .map(|link| link.id())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no link for program {prog_id}"),
+            )
+        })?;
+
+    let mut attr = BpfAttr::new();
+    attr.put_u32(0, link_id); // link_id
+    let fd = bpf(BPF_LINK_GET_FD_BY_ID, &mut attr)?;
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("fd out of range"))?;
+    // SAFETY: the kernel just returned this new descriptor; we own it.
+    let link = unsafe { OwnedFd::from_raw_fd(fd) };
+
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut attr = BpfAttr::new();
+    attr.put_u64(0, c_path.as_ptr() as u64); // pathname
+    attr.put_u32(8, link.as_raw_fd().cast_unsigned()); // bpf_fd
+    bpf(BPF_OBJ_PIN, &mut attr).map(drop)
+}
+
+const SO_ORIGINAL_DST: libc::c_int = 80;
+
+/// Where a redirected connection was going: `SO_ORIGINAL_DST` on an accepted
+/// IPv4 socket, `IP6T_SO_ORIGINAL_DST` on an IPv6 one. Answered by netfilter
+/// after an iptables REDIRECT, or by the data path's getsockopt program.
+pub fn original_dst(conn: &impl AsFd) -> io::Result<SocketAddr> {
+    let fd = conn.as_fd().as_raw_fd();
+    let local = socket2::SockRef::from(conn).local_addr()?;
+    if local.is_ipv4() {
+        // SAFETY: sockaddr_in is plain old data; all-zero is valid.
+        let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        getsockopt(fd, libc::SOL_IP, &mut sin)?;
+        let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+        Ok(SocketAddrV4::new(ip, u16::from_be(sin.sin_port)).into())
+    } else {
+        // SAFETY: sockaddr_in6 is plain old data; all-zero is valid.
+        let mut sin6: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        getsockopt(fd, libc::SOL_IPV6, &mut sin6)?;
+        let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+        Ok(SocketAddrV6::new(ip, u16::from_be(sin6.sin6_port), 0, 0).into())
+    }
+}
+
+/// `getsockopt(fd, level, SO_ORIGINAL_DST)` into a sockaddr of type `T`.
+fn getsockopt<T>(fd: std::os::fd::RawFd, level: libc::c_int, out: &mut T) -> io::Result<()> {
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<T>())
+        .map_err(|_| io::Error::other("sockaddr too large"))?;
+    // SAFETY: `out` is a live, writable `T` of `len` bytes; the kernel writes
+    // at most `len` bytes of a sockaddr into it.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            SO_ORIGINAL_DST,
+            std::ptr::from_mut(out).cast(),
+            &raw mut len,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
