@@ -380,3 +380,13 @@ fn root_temp_namespace_removes_itself_on_drop() {
     };
     assert!(!path.exists());
 }
+
+#[test]
+fn root_netns_cookie_identifies_the_namespace() {
+    let (a, b) = (scratch(), scratch());
+    let a_again = NetNs::open(a.path()).unwrap();
+    assert_eq!(a.cookie().unwrap(), a_again.cookie().unwrap());
+    assert_ne!(a.cookie().unwrap(), b.cookie().unwrap());
+    // That it is the value bpf_get_netns_cookie sees is what the data path
+    // tests show: pods are put in the mesh by this cookie.
+}
