@@ -25,14 +25,23 @@
 //!
 //! # Example
 //!
-//! ```no_run
-//! use netns_core::NetNs;
+//! ```
+//! use netns_core::{NetNs, TempNetNs};
 //!
-//! let pod = NetNs::open("/run/netns/pod-a")?;
+//! // A named namespace (like `ip netns add`), removed again on drop. Needs root.
+//! let pod = TempNetNs::new("doc-pod")?;
+//! pod.set_loopback_up()?;
+//! let same = NetNs::open(pod.path())?; // e.g. "/run/netns/doc-pod-<pid>-<n>"
+//! assert_eq!(same.id(), pod.id());
+//!
 //! // A listener inside the pod, its packets marked 0x539, usable from any thread.
-//! let listener = pod.sockets().mark(0x539).tcp_listener("0.0.0.0:15001".parse()?)?;
+//! let listener = pod.sockets().mark(0x539).tcp_listener("127.0.0.1:0".parse()?)?;
+//! assert_eq!(netns_core::mark(&listener)?, 0x539);
+//!
 //! // A closure inside the pod; the thread comes back even if it panics.
-//! let routes = pod.run(|_host| std::fs::read_to_string("/proc/net/route"))??;
+//! let inside = pod.run(|_host| std::fs::metadata("/proc/thread-self/ns/net"))??;
+//! # use std::os::unix::fs::MetadataExt;
+//! assert_eq!(inside.ino(), pod.id().ino);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!

@@ -202,12 +202,15 @@ impl NetNs {
     /// `f` is synchronous by design: it cannot `.await`, so it cannot resume on
     /// another thread. For async work see `NetNs::run_async` (feature `tokio`).
     ///
-    /// ```no_run
+    /// ```
     /// use std::net::TcpListener;
     ///
-    /// let ns = netns_core::NetNs::open("/run/netns/blue")?;
-    /// // The listener belongs to "blue" for life and can be used from any thread.
-    /// let listener = ns.run(|_host| TcpListener::bind("127.0.0.1:8080"))??;
+    /// let ns = netns_core::NetNs::new_anonymous()?; // needs root
+    /// ns.set_loopback_up()?;
+    /// // The listener belongs to `ns` for life and can be used from any thread.
+    /// let listener = ns.run(|_host| TcpListener::bind("127.0.0.1:0"))??;
+    /// let caught = std::panic::catch_unwind(|| ns.run(|_| panic!("inside")));
+    /// assert!(caught.is_err()); // and this thread is back where it was
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn run<T>(&self, f: impl FnOnce(&NetNs) -> T) -> Result<T> {
