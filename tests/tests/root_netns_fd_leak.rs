@@ -15,8 +15,11 @@ fn root_ten_thousand_calls_leak_no_descriptor() {
 
     let before = open_fd_count();
     // On a fresh thread: its record of its namespace is opened and closed with it.
+    // Joined, not left to the scope: a scope stops waiting once the closure has
+    // returned, before the thread's TLS destructors close that record (seen under
+    // QEMU/TCG); `join` waits for the thread to exit.
     std::thread::scope(|scope| {
-        scope.spawn(|| {
+        let worker = scope.spawn(|| {
             for i in 0..10_000 {
                 let ns = if i % 2 == 0 { &anonymous } else { &*named };
                 ns.run(|_| ()).unwrap();
@@ -36,6 +39,7 @@ fn root_ten_thousand_calls_leak_no_descriptor() {
                 );
             }
         });
+        worker.join().unwrap();
     });
     assert_eq!(open_fd_count(), before, "descriptors leaked");
 

@@ -6,6 +6,7 @@ mod bench;
 mod cmd;
 mod ebpf;
 mod test;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -42,6 +43,9 @@ enum Verb {
         #[arg(long, default_value_t = 7)]
         rounds: u32,
     },
+    /// Run the kernel test suite (tests/) on this kernel (`local`, root) or on
+    /// each kernel of xtask/vm-kernels.txt booted under QEMU (`vm`).
+    IntegrationTest(vm::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,5 +63,6 @@ fn main() -> anyhow::Result<()> {
             cmd::status(&mut cargo)
         }
         Verb::Bench { iters, rounds } => bench::run(iters, rounds),
+        Verb::IntegrationTest(args) => vm::run(&args),
     }
 }

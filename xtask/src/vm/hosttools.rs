@@ -1,0 +1,126 @@
+//! Host programs the tests call by name (iproute2's `ip` and `tc`, `bpftool`),
+//! copied into the guest with the shared libraries and the loader `ldd` names,
+//! at the same paths. The programs land in `/usr/local/sbin`, ahead of busybox's
+//! smaller applets of the same name in the guest's `PATH`.
+//!
+//! python3 is not among them (its standard library is a tree, not a file): tests
+//! that need it say so through the skip protocol (see the parent module).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+use crate::apt;
+
+/// (program, Debian package that installs it on the host).
+const TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("tc", "iproute2"),
+    ("bpftool", "bpftool"),
+];
+const HOST_DIRS: &[&str] = &["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+const GUEST_DIR: &str = "/usr/local/sbin";
+
+/// A host file and where it goes in the guest.
+#[derive(Debug, Clone)]
+pub(crate) struct GuestFile {
+    pub(crate) guest: String,
+    pub(crate) host: PathBuf,
+    pub(crate) mode: u32,
+}
+
+impl GuestFile {
+    /// `host` at the same path in the guest.
+    pub(crate) fn same_path(host: &Path, mode: u32) -> anyhow::Result<Self> {
+        let guest = host
+            .to_str()
+            .with_context(|| format!("{} is not UTF-8", host.display()))?
+            .to_owned();
+        Ok(Self {
+            guest,
+            host: host.to_owned(),
+            mode,
+        })
+    }
+}
+
+/// The tools and everything they load, each file once.
+pub(crate) fn collect() -> anyhow::Result<Vec<GuestFile>> {
+    let packages: Vec<&str> = TOOLS.iter().map(|(_, package)| *package).collect();
+    apt::ensure(&packages, "tests call them; the guests get copies")?;
+    let mut files: Vec<GuestFile> = Vec::new();
+    for (tool, package) in TOOLS {
+        let host = HOST_DIRS
+            .iter()
+            .map(|dir| Path::new(dir).join(tool))
+            .find(|p| p.is_file())
+            .with_context(|| format!("{tool} (Debian {package}) is not in {HOST_DIRS:?}"))?;
+        files.push(GuestFile {
+            guest: format!("{GUEST_DIR}/{tool}"),
+            host: host.clone(),
+            mode: 0o755,
+        });
+        for library in libraries(&host)? {
+            if !files.iter().any(|f| f.host == library) {
+                files.push(GuestFile::same_path(&library, 0o755)?);
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// The shared objects `program` loads, the dynamic loader included, per `ldd`.
+fn libraries(program: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let out = Command::new("ldd")
+        .arg(program)
+        .output()
+        .with_context(|| format!("cannot start ldd {}", program.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        // Static programs need nothing ("not a dynamic executable").
+        if text.contains("not a dynamic")
+            || String::from_utf8_lossy(&out.stderr).contains("not a dynamic")
+        {
+            return Ok(Vec::new());
+        }
+        bail!("ldd {} failed ({})", program.display(), out.status);
+    }
+    Ok(parse_ldd(&text))
+}
+
+/// `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` and
+/// `/lib64/ld-linux-x86-64.so.2 (0x...)` give a path; the vDSO does not.
+fn parse_ldd(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let path = line.split_once("=>").map_or(line, |(_, rest)| rest.trim());
+            let path = path.split_whitespace().next()?;
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_ldd;
+
+    #[test]
+    fn reads_ldd_output() {
+        let text = "\tlinux-vdso.so.1 (0x00007f70becf3000)\n\
+                    \tlibbpf.so.1 => /lib/x86_64-linux-gnu/libbpf.so.1 (0x00007f70beb93000)\n\
+                    \t/lib64/ld-linux-x86-64.so.2 (0x00007f70becf5000)\n";
+        let paths: Vec<_> = parse_ldd(text)
+            .into_iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "/lib/x86_64-linux-gnu/libbpf.so.1",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
+        );
+    }
+}
