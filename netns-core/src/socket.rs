@@ -72,7 +72,7 @@ impl NetNs {
         let sock = self.sockets().raw(Domain::UNIX, Type::DGRAM, None)?;
         crate::sys::netns_cookie(&sock).map_err(|source| NsError::Socket {
             path: self.path().to_owned(),
-            op: "read SO_NETNS_COOKIE".into(),
+            op: "read SO_NETNS_COOKIE (needs Linux 5.14+)".into(),
             source,
         })
     }

@@ -5,6 +5,11 @@ use std::os::fd::{AsFd, AsRawFd};
 
 /// `NS_GET_NSTYPE` from `<linux/nsfs.h>`: `_IO(0xb7, 0x3)`.
 const NS_GET_NSTYPE: libc::Ioctl = 0xb703;
+// The request type of ioctl(2) is `c_ulong` on glibc and `c_int` on musl.
+#[allow(clippy::unnecessary_cast, clippy::cast_possible_truncation)]
+const SIOCGIFFLAGS: libc::Ioctl = libc::SIOCGIFFLAGS as libc::Ioctl;
+#[allow(clippy::unnecessary_cast, clippy::cast_possible_truncation)]
+const SIOCSIFFLAGS: libc::Ioctl = libc::SIOCSIFFLAGS as libc::Ioctl;
 
 /// The `CLONE_NEW*` type of the namespace behind `fd` (Linux 4.11+).
 pub(crate) fn ns_get_nstype(fd: impl AsFd) -> io::Result<i32> {
@@ -24,7 +29,7 @@ pub(crate) fn set_interface_up(sock: impl AsFd, ifname: &str) -> io::Result<()> 
     let fd = sock.as_fd().as_raw_fd();
     // SAFETY: `req` is a valid, initialised ifreq that outlives the call; SIOCGIFFLAGS
     // writes only its `ifru_flags` union member.
-    if unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &raw mut req) } < 0 {
+    if unsafe { libc::ioctl(fd, SIOCGIFFLAGS, &raw mut req) } < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: SIOCGIFFLAGS succeeded, so `ifru_flags` is the initialised member.
@@ -34,7 +39,7 @@ pub(crate) fn set_interface_up(sock: impl AsFd, ifname: &str) -> io::Result<()> 
     let up = libc::IFF_UP as libc::c_short;
     req.ifr_ifru.ifru_flags = flags | up;
     // SAFETY: as above; SIOCSIFFLAGS reads the name and flags from `req`.
-    if unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &raw const req) } < 0 {
+    if unsafe { libc::ioctl(fd, SIOCSIFFLAGS, &raw const req) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

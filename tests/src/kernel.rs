@@ -31,6 +31,14 @@ pub fn program_exists(id: u32) -> bool {
         .success()
 }
 
+/// Can user space read a namespace's cookie (`SO_NETNS_COOKIE`, Linux 5.14)?
+#[must_use]
+pub fn has_netns_cookie() -> bool {
+    netns_core::NetNs::current()
+        .and_then(|ns| ns.cookie())
+        .is_ok()
+}
+
 /// Every number that follows `key` in a JSON text (enough for bpftool's flat output).
 fn json_numbers(json: &str, key: &str) -> Vec<u32> {
     json.match_indices(key)

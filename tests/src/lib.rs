@@ -74,3 +74,33 @@ pub fn socket_inode(socket: &impl std::os::fd::AsFd) -> u64 {
 
 pub mod kernel;
 pub mod mesh;
+
+/// True inside the guests of `./x integration-test vm`.
+#[must_use]
+pub fn in_vm() -> bool {
+    std::env::var_os("NETNS_TEST_IN_VM").is_some()
+}
+
+/// Inside a VM guest, records that the calling test cannot run there and why
+/// (the harness lists it as skipped, with the reason) and returns true: the
+/// test then returns. On the host it returns false: host tests never skip.
+#[must_use]
+pub fn skip_in_vm(reason: &str) -> bool {
+    if !in_vm() {
+        return false;
+    }
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unknown test")
+        .to_owned();
+    if let Some(file) = std::env::var_os("NETNS_TEST_SKIP_FILE") {
+        use std::io::Write as _;
+        let mut out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+            .expect("open the VM skip file");
+        writeln!(out, "{test}\t{reason}").expect("write the VM skip file");
+    }
+    true
+}

@@ -109,6 +109,19 @@ impl Proc {
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 impl Mesh {
+    /// Like [`Mesh::new`], but `None` in a VM guest whose kernel lacks what
+    /// pods are meshed by (`SO_NETNS_COOKIE`, Linux 5.14); the skip is recorded
+    /// with its reason. On the host a missing feature fails the test.
+    #[must_use]
+    pub fn new_or_skip(meshtest: &str, settings: MeshSettings) -> Option<Mesh> {
+        if !crate::kernel::has_netns_cookie()
+            && crate::skip_in_vm("SO_NETNS_COOKIE (Linux 5.14) is missing: pods cannot be meshed")
+        {
+            return None;
+        }
+        Some(Mesh::new(meshtest, settings))
+    }
+
     /// Builds the mesh and attaches the data path with `settings`.
     /// `meshtest` is the helper binary (`env!("CARGO_BIN_EXE_meshtest")`).
     pub fn new(meshtest: &str, settings: MeshSettings) -> Mesh {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use netns_ebpf::MeshSettings;
 use netns_tests::kernel::tcp_mem_pages;
 use netns_tests::mesh::{Mesh, Place, SVC, field};
+use netns_tests::{in_vm, skip_in_vm};
 
 const MESHTEST: &str = env!("CARGO_BIN_EXE_meshtest");
 const UPLOAD: &str = "16777216";
@@ -86,8 +87,10 @@ fn worst_close(lines: &[String]) -> f64 {
 }
 
 #[test]
-fn root_blocking_uploads_see_no_eagain_no_close_stall_and_bounded_memory() {
-    let mut mesh = Mesh::new(MESHTEST, MeshSettings::istio());
+fn root_blocking_std_net_uploads_see_no_eagain_no_close_stall_and_bounded_memory() {
+    let Some(mut mesh) = Mesh::new_or_skip(MESHTEST, MeshSettings::istio()) else {
+        return;
+    };
     let target = format!("{SVC}:8080");
     let _service = mesh.start(Place::Svc, None, &["serve", "--listen", &target]);
     let _sidecar = mesh.start(
@@ -119,14 +122,40 @@ fn root_blocking_uploads_see_no_eagain_no_close_stall_and_bounded_memory() {
          worst_close_ms captured={worst_close_ms:.1} uncaptured={:.1}",
         worst_close(&uncaptured)
     );
-    assert!(worst_close_ms < 50.0, "a close stalled {worst_close_ms} ms");
+    // Under QEMU's emulation everything is tens of times slower: there a stall
+    // is judged against uncaptured traffic in the same guest.
+    let limit = if in_vm() {
+        50.0_f64.max(3.0 * worst_close(&uncaptured))
+    } else {
+        50.0
+    };
+    assert!(
+        worst_close_ms < limit,
+        "a close stalled {worst_close_ms} ms (limit {limit} ms)"
+    );
     // The sidecar hop holds a second and third socket's buffers: allow for
     // them, but an unbounded queue (hundreds of MiB) fails this by far.
     assert!(
         captured_peak <= 2 * uncaptured_peak.max(2048),
         "TCP memory peaked at {captured_peak} pages captured vs {uncaptured_peak} uncaptured"
     );
+}
 
+#[test]
+fn root_python_blocking_client_sees_no_eagain() {
+    if skip_in_vm("no python3 in the guest") {
+        return;
+    }
+    let Some(mut mesh) = Mesh::new_or_skip(MESHTEST, MeshSettings::istio()) else {
+        return;
+    };
+    let target = format!("{SVC}:8080");
+    let _service = mesh.start(Place::Svc, None, &["serve", "--listen", &target]);
+    let _sidecar = mesh.start(
+        Place::PodA,
+        Some(1337),
+        &["sidecar", "--listen", "127.0.0.1:15001"],
+    );
     let python = mesh.run(
         Place::PodA,
         None,

@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! meshtest [--cgroup DIR] [--netns PATH] [--uid UID] sidecar|serve|client|exec ...
+//! meshtest ... echo|drain|rr|connrate|bulk ...      (the data path benchmark)
 //! ```
 //!
 //! Output is one `key=value ...` line per event on stdout, for the test to parse.
@@ -13,6 +14,7 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -45,6 +47,10 @@ enum Role {
         /// SO_MARK for the sidecar's onward connections.
         #[arg(long)]
         mark: Option<u32>,
+        /// Report only the first accepted connection (benchmarks: a line per
+        /// connection costs a pipe write and a wakeup of the reader).
+        #[arg(long)]
+        quiet: bool,
     },
     /// A server: for each connection, read until EOF, then answer with the
     /// byte count (8 bytes, big endian) and an FNV-1a hash of the bytes (8 bytes).
@@ -85,6 +91,63 @@ enum Role {
         #[arg(long)]
         listen: SocketAddr,
     },
+    /// Send one datagram to `server` and print the reply and whom it came from:
+    /// with `sendto` (unconnected), or after `connect` (then `getpeername`).
+    UdpQuery {
+        #[arg(long)]
+        server: SocketAddr,
+        #[arg(long)]
+        payload: String,
+        #[arg(long)]
+        connected: bool,
+    },
+    /// Benchmark echo server: `workers` threads accept in turn and send back
+    /// whatever a connection sends until it closes (keep-alive, `TCP_NODELAY`).
+    Echo {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 8)]
+        workers: usize,
+    },
+    /// Benchmark bulk sink: read until EOF, answer the byte count (8 bytes,
+    /// big endian). No hashing, unlike `serve`: it measures the path, not FNV.
+    Drain {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 8)]
+        workers: usize,
+    },
+    /// Request/response latency: one connection (`TCP_NODELAY`), `count`
+    /// round trips of `size` bytes to an `echo` server after `warmup` ones;
+    /// prints per-request percentiles measured in this process.
+    Rr {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long, default_value_t = 10_000)]
+        count: u32,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 200)]
+        warmup: u32,
+    },
+    /// Connection rate: `count` times connect, send 1 byte, read the echo,
+    /// close (after `warmup` untimed ones); prints connections per second.
+    Connrate {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long, default_value_t = 1_000)]
+        count: u32,
+        #[arg(long, default_value_t = 20)]
+        warmup: u32,
+    },
+    /// Bulk throughput: send `mib` MiB to a `drain` server, shut down
+    /// writing, wait for its byte count; prints MB/s (10^6 bytes).
+    Bulk {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long, default_value_t = 256)]
+        mib: u32,
+    },
     /// Run a command (e.g. a Python client) as this process.
     Exec {
         #[arg(trailing_var_arg = true, required = true)]
@@ -108,7 +171,14 @@ fn main() -> anyhow::Result<()> {
         nix::unistd::setuid(uid).context("setuid")?;
     }
     match cli.role {
-        Role::Sidecar { listen, mark } => sidecar(&listen, mark),
+        Role::Sidecar {
+            listen,
+            mark,
+            quiet,
+        } => {
+            QUIET.store(quiet, Ordering::Relaxed);
+            sidecar(&listen, mark)
+        }
         Role::Serve { listen } => serve(listen),
         Role::Client {
             connect,
@@ -120,6 +190,25 @@ fn main() -> anyhow::Result<()> {
         Role::Sink { listen } => sink(listen),
         Role::Churn { connect, count } => churn(connect, count),
         Role::UdpEcho { listen } => udp_echo(listen),
+        Role::UdpQuery {
+            server,
+            payload,
+            connected,
+        } => udp_query(server, &payload, connected),
+        Role::Echo { listen, workers } => serve_workers(listen, workers, echo_conn),
+        Role::Drain { listen, workers } => serve_workers(listen, workers, drain_conn),
+        Role::Rr {
+            connect,
+            count,
+            size,
+            warmup,
+        } => rr(connect, count, size, warmup),
+        Role::Connrate {
+            connect,
+            count,
+            warmup,
+        } => connrate(connect, count, warmup),
+        Role::Bulk { connect, mib } => bulk(connect, mib),
         Role::Exec { command } => {
             let err = std::os::unix::process::CommandExt::exec(
                 std::process::Command::new(&command[0]).args(&command[1..]),
@@ -128,6 +217,10 @@ fn main() -> anyhow::Result<()> {
         }
     }
 }
+
+/// `sidecar --quiet`: report the first accepted connection only.
+static QUIET: AtomicBool = AtomicBool::new(false);
+static REPORTED_ONE: AtomicBool = AtomicBool::new(false);
 
 fn say(line: &str) {
     let mut out = std::io::stdout().lock();
@@ -178,7 +271,9 @@ async fn relay(
     mark: Option<u32>,
 ) -> anyhow::Result<()> {
     let orig = original_dst(&conn).context("SO_ORIGINAL_DST")?;
-    say(&format!("accepted peer={peer} local={local} orig={orig}"));
+    if !QUIET.load(Ordering::Relaxed) || !REPORTED_ONE.swap(true, Ordering::Relaxed) {
+        say(&format!("accepted peer={peer} local={local} orig={orig}"));
+    }
     let socket = match orig {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
@@ -304,6 +399,32 @@ fn udp_echo(listen: SocketAddr) -> anyhow::Result<()> {
     }
 }
 
+fn udp_query(server: SocketAddr, payload: &str, connected: bool) -> anyhow::Result<()> {
+    let local: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()?;
+    let socket = std::net::UdpSocket::bind(local)?;
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    let mut buf = [0u8; 2048];
+    let (n, from) = if connected {
+        socket.connect(server)?;
+        socket.send(payload.as_bytes())?;
+        let n = socket.recv(&mut buf)?;
+        (n, socket.peer_addr()?)
+    } else {
+        socket.send_to(payload.as_bytes(), server)?;
+        socket.recv_from(&mut buf)?
+    };
+    say(&format!(
+        "reply={} from={from}",
+        String::from_utf8_lossy(&buf[..n])
+    ));
+    Ok(())
+}
+
 fn dial(addr: SocketAddr, mark: Option<u32>) -> std::io::Result<TcpStream> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
@@ -342,4 +463,160 @@ impl Fnv {
             self.0 = self.0.wrapping_mul(0x100_0000_01b3);
         }
     }
+}
+
+// ---- The data path benchmark's roles (tests/benches/datapath.rs) ----
+
+/// `workers` threads take turns accepting on one listener and run `handle` on
+/// each connection: no thread is spawned per connection, so a connection's
+/// cost is the path's, not the server's.
+fn serve_workers(listen: SocketAddr, workers: usize, handle: fn(TcpStream)) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen).with_context(|| format!("listen on {listen}"))?;
+    let mut threads = Vec::new();
+    for _ in 0..workers.max(1) {
+        let listener = listener.try_clone()?;
+        threads.push(std::thread::spawn(move || {
+            loop {
+                match listener.accept() {
+                    Ok((conn, _)) => handle(conn),
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        say(&format!("error what=accept:{e}"));
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    say("ready");
+    for thread in threads {
+        let _ = thread.join();
+    }
+    Ok(())
+}
+
+fn echo_conn(mut conn: TcpStream) {
+    let _ = conn.set_nodelay(true);
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if conn.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            // Resets and the like end this connection only.
+            Err(_) => return,
+        }
+    }
+}
+
+fn drain_conn(mut conn: TcpStream) {
+    let mut buf = vec![0; 1024 * 1024];
+    let mut count = 0u64;
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => count += n as u64,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+    let _ = conn.write_all(&count.to_be_bytes());
+}
+
+/// The value at `per_mille` of `sorted` (nearest rank below).
+fn percentile(sorted: &[f64], per_mille: usize) -> f64 {
+    sorted[(sorted.len() - 1) * per_mille / 1000]
+}
+
+fn micros(elapsed: std::time::Duration) -> f64 {
+    elapsed.as_secs_f64() * 1e6
+}
+
+fn rr(connect: SocketAddr, count: u32, size: usize, warmup: u32) -> anyhow::Result<()> {
+    anyhow::ensure!(count > 0 && size > 0, "count and size must be positive");
+    let mut stream = TcpStream::connect(connect).with_context(|| format!("connect {connect}"))?;
+    stream.set_nodelay(true)?;
+    let request = pattern(size);
+    let mut response = vec![0u8; size];
+    for _ in 0..warmup {
+        stream.write_all(&request)?;
+        stream.read_exact(&mut response)?;
+    }
+    let mut took = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let started = Instant::now();
+        stream.write_all(&request)?;
+        stream.read_exact(&mut response)?;
+        took.push(micros(started.elapsed()));
+    }
+    let ok = response == request;
+    took.sort_by(f64::total_cmp);
+    let mean = took.iter().sum::<f64>() / f64::from(count);
+    say(&format!(
+        "done ok={ok} count={count} size={size} p50_us={:.2} p90_us={:.2} p99_us={:.2} \
+         mean_us={mean:.2} min_us={:.2} max_us={:.2}",
+        percentile(&took, 500),
+        percentile(&took, 900),
+        percentile(&took, 990),
+        took[0],
+        took[took.len() - 1],
+    ));
+    Ok(())
+}
+
+fn connrate(connect: SocketAddr, count: u32, warmup: u32) -> anyhow::Result<()> {
+    anyhow::ensure!(count > 0, "count must be positive");
+    let one = |byte: &mut [u8; 1]| -> anyhow::Result<()> {
+        let mut stream =
+            TcpStream::connect(connect).with_context(|| format!("connect {connect}"))?;
+        stream.write_all(b"x")?;
+        stream.read_exact(byte)?;
+        Ok(())
+    };
+    let mut byte = [0u8; 1];
+    for _ in 0..warmup {
+        one(&mut byte)?;
+    }
+    let mut took = Vec::with_capacity(count as usize);
+    let started = Instant::now();
+    for _ in 0..count {
+        let t = Instant::now();
+        one(&mut byte)?;
+        took.push(micros(t.elapsed()));
+    }
+    let per_s = f64::from(count) / started.elapsed().as_secs_f64();
+    took.sort_by(f64::total_cmp);
+    say(&format!(
+        "done ok={} count={count} conns_per_s={per_s:.1} p50_us={:.2} p99_us={:.2}",
+        byte == *b"x",
+        percentile(&took, 500),
+        percentile(&took, 990),
+    ));
+    Ok(())
+}
+
+fn bulk(connect: SocketAddr, mib: u32) -> anyhow::Result<()> {
+    const CHUNK: usize = 256 * 1024;
+    let chunk = pattern(CHUNK);
+    let bytes = u64::from(mib) << 20;
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(connect).with_context(|| format!("connect {connect}"))?;
+    for _ in 0..(bytes / CHUNK as u64) {
+        stream.write_all(&chunk)?;
+    }
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut answer = [0u8; 8];
+    stream.read_exact(&mut answer)?;
+    let secs = started.elapsed().as_secs_f64();
+    let got = u64::from_be_bytes(answer);
+    say(&format!(
+        "done ok={} mib={mib} secs={secs:.3} mb_per_s={:.1}",
+        got == bytes,
+        f64::from(mib) * 1.048_576 / secs,
+    ));
+    Ok(())
 }
