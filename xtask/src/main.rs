@@ -20,9 +20,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Verb {
-    /// Check formatting, run clippy with -D warnings, then every test of the
-    /// workspace, root-only kernel tests included (needs root).
-    Test,
+    /// Check formatting, clippy -D warnings and docs, run every test of the
+    /// workspace on this kernel (root-only kernel tests included), then the
+    /// kernel suite on every kernel of xtask/vm-kernels.txt under QEMU (needs
+    /// root; the first run installs QEMU and downloads the kernels).
+    Test {
+        /// Skip the QEMU kernels: this kernel only (quicker, for development).
+        #[arg(long)]
+        no_vm: bool,
+    },
     /// Build the eBPF programs into target/ebpf/netns-ebpf.o (installs the
     /// pinned nightly and builds bpf-linker against its LLVM when missing).
     BuildEbpf,
@@ -50,7 +56,7 @@ enum Verb {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().verb {
-        Verb::Test => test::run(),
+        Verb::Test { no_vm } => test::run(!no_vm),
         Verb::BuildEbpf => ebpf::build().map(|object| eprintln!("xtask: {}", object.display())),
         Verb::Run { args } => {
             cmd::require_root("./x run")?;

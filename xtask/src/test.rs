@@ -1,8 +1,9 @@
-//! `./x test`: what CI runs. Formatting, lints, then every test, kernel ones included.
+//! `./x test`: what CI runs. Formatting, lints, docs, every test on this
+//! kernel, then the kernel suite on every kernel of `xtask/vm-kernels.txt`.
 
 use crate::cmd::{self, cargo};
 
-pub(crate) fn run() -> anyhow::Result<()> {
+pub(crate) fn run(with_vm: bool) -> anyhow::Result<()> {
     cmd::require_root("./x test")?;
     crate::apt::ensure(
         &["iproute2", "bpftool", "python3"],
@@ -40,5 +41,10 @@ pub(crate) fn run() -> anyhow::Result<()> {
         .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
     eprintln!("xtask: cargo test (root-only kernel tests included)");
-    cmd::status(&mut cargo(&["test", "--workspace", "--all-features"]))
+    cmd::status(&mut cargo(&["test", "--workspace", "--all-features"]))?;
+    if with_vm {
+        eprintln!("xtask: the kernel suite on every kernel of xtask/vm-kernels.txt (QEMU)");
+        crate::vm::run(&crate::vm::Args::all_kernels())?;
+    }
+    Ok(())
 }

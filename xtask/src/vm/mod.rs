@@ -90,6 +90,21 @@ pub(crate) struct Args {
     libtest: Vec<String>,
 }
 
+impl Args {
+    /// `vm` on every listed kernel, every test, default timeout.
+    pub(crate) fn all_kernels() -> Args {
+        Args {
+            mode: Mode::Vm,
+            kernels: Vec::new(),
+            tests: Vec::new(),
+            timeout: 600,
+            refresh: false,
+            verbose: false,
+            libtest: Vec::new(),
+        }
+    }
+}
+
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     match args.mode {
         Mode::Local => local(args),
@@ -443,6 +458,14 @@ fn print_table(rows: &[Row], total: Duration) {
         "{ok} of {} kernels passed; {}s in all",
         rows.len(),
         secs(total)
+    );
+    // The plain closing line CI runners read, summed over the kernels.
+    let sum = |f: fn(&Row) -> u64| rows.iter().map(f).sum::<u64>();
+    println!(
+        "vm: {} passed, {} failed, {} skipped",
+        sum(|r| u64::from(r.passed)),
+        sum(|r| u64::from(r.failed)),
+        sum(|r| r.skipped as u64)
     );
 }
 
