@@ -45,22 +45,25 @@ impl NsType {
         }
     }
 
+    /// Every type this crate knows.
+    pub const KNOWN: [NsType; 8] = [
+        NsType::Net,
+        NsType::Mount,
+        NsType::Pid,
+        NsType::Uts,
+        NsType::Ipc,
+        NsType::User,
+        NsType::Cgroup,
+        NsType::Time,
+    ];
+
     /// The type whose `CLONE_NEW*` flag is `flag`.
     #[must_use]
     pub fn from_clone_flag(flag: i32) -> NsType {
-        [
-            NsType::Net,
-            NsType::Mount,
-            NsType::Pid,
-            NsType::Uts,
-            NsType::Ipc,
-            NsType::User,
-            NsType::Cgroup,
-            NsType::Time,
-        ]
-        .into_iter()
-        .find(|t| t.clone_flag() == flag)
-        .unwrap_or(NsType::Other(flag))
+        NsType::KNOWN
+            .into_iter()
+            .find(|t| t.clone_flag() == flag)
+            .unwrap_or(NsType::Other(flag))
     }
 
     /// The type named by a `/proc/*/ns/*` link target prefix such as `net` in `net:[4026531840]`.
@@ -101,16 +104,7 @@ mod tests {
 
     #[test]
     fn clone_flags_round_trip() {
-        for t in [
-            NsType::Net,
-            NsType::Mount,
-            NsType::Pid,
-            NsType::Uts,
-            NsType::Ipc,
-            NsType::User,
-            NsType::Cgroup,
-            NsType::Time,
-        ] {
+        for t in NsType::KNOWN {
             assert_eq!(NsType::from_clone_flag(t.clone_flag()), t);
         }
         assert_eq!(NsType::from_clone_flag(0x7), NsType::Other(0x7));

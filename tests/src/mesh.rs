@@ -258,6 +258,19 @@ impl Mesh {
         proc
     }
 
+    /// The usual pair: a service on `SVC:8080` and pod A's sidecar (uid 1337)
+    /// on `127.0.0.1:15001`. Returns them and the service address.
+    pub fn start_service_and_sidecar(&mut self) -> (Proc, Proc, String) {
+        let target = format!("{SVC}:8080");
+        let service = self.start(Place::Svc, None, &["serve", "--listen", &target]);
+        let sidecar = self.start(
+            Place::PodA,
+            Some(1337),
+            &["sidecar", "--listen", "127.0.0.1:15001"],
+        );
+        (service, sidecar, target)
+    }
+
     /// Runs a role to completion and returns its stdout lines; panics with its
     /// output if it fails.
     pub fn run(&self, place: Place, uid: Option<u32>, role: &[&str]) -> Vec<String> {

@@ -91,13 +91,7 @@ fn root_blocking_std_net_uploads_see_no_eagain_no_close_stall_and_bounded_memory
     let Some(mut mesh) = Mesh::new_or_skip(MESHTEST, MeshSettings::istio()) else {
         return;
     };
-    let target = format!("{SVC}:8080");
-    let _service = mesh.start(Place::Svc, None, &["serve", "--listen", &target]);
-    let _sidecar = mesh.start(
-        Place::PodA,
-        Some(1337),
-        &["sidecar", "--listen", "127.0.0.1:15001"],
-    );
+    let (_service, _sidecar, target) = mesh.start_service_and_sidecar();
     let client = [
         "client",
         "--connect",
@@ -149,13 +143,7 @@ fn root_python_blocking_client_sees_no_eagain() {
     let Some(mut mesh) = Mesh::new_or_skip(MESHTEST, MeshSettings::istio()) else {
         return;
     };
-    let target = format!("{SVC}:8080");
-    let _service = mesh.start(Place::Svc, None, &["serve", "--listen", &target]);
-    let _sidecar = mesh.start(
-        Place::PodA,
-        Some(1337),
-        &["sidecar", "--listen", "127.0.0.1:15001"],
-    );
+    let (_service, _sidecar, target) = mesh.start_service_and_sidecar();
     let python = mesh.run(
         Place::PodA,
         None,
