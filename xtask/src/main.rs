@@ -3,6 +3,7 @@
 
 mod apt;
 mod bench;
+mod bench_datapath;
 mod cmd;
 mod ebpf;
 mod test;
@@ -52,6 +53,10 @@ enum Verb {
     /// Run the kernel test suite (tests/) on this kernel (`local`, root) or on
     /// each kernel of xtask/vm-kernels.txt booted under QEMU (`vm`).
     IntegrationTest(vm::Args),
+    /// Measure the data path: connection rate, request/response latency and
+    /// bulk throughput for direct, iptables REDIRECT, our eBPF programs and the
+    /// sockmap mode (installs iptables; needs root).
+    BenchDatapath(bench_datapath::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,5 +75,6 @@ fn main() -> anyhow::Result<()> {
         }
         Verb::Bench { iters, rounds } => bench::run(iters, rounds),
         Verb::IntegrationTest(args) => vm::run(&args),
+        Verb::BenchDatapath(args) => bench_datapath::run(&args),
     }
 }

@@ -1,0 +1,843 @@
+//! The data path benchmark: connection rate, request/response latency (p50,
+//! p99) and bulk throughput between test namespaces, for
+//!
+//! - `direct`: the app dials the service, nothing captures it;
+//! - `iptables`: Istio's default capture, the `nat OUTPUT` rules of
+//!   istio-iptables (outbound part) REDIRECT to the sidecar on 15001, which asks
+//!   `SO_ORIGINAL_DST` (answered by conntrack) and dials onward;
+//! - `bpf`: our default programs (connect4 redirect, getsockopt answer,
+//!   bookkeeping sock_ops) take the app to the same sidecar;
+//! - `leg_bpf` / `leg_sockmap`: where the opt-in sockmap mode applies, the
+//!   sidecar-to-sidecar leg (app A, sidecar A, sidecar B, app B on pod B's
+//!   inbound port 15006), with sockmap off and on in one mesh (the settings flag
+//!   is flipped between measurements; every measurement opens new connections).
+//!
+//! Each capture path lives where it would in production: `iptables` in its own
+//! mesh whose pod A has the rules (so conntrack runs there) and no eBPF
+//! attached; `direct` and `bpf` in a mesh whose pod A has no netfilter rules
+//! (no conntrack); the sidecar is the same program (`meshtest sidecar`, a tokio
+//! current-thread relay, uid 1337) in both, so the ratios isolate the capture.
+//! Latency is measured inside the client process (an `Instant` per round
+//! trip); every client is a fresh process, the servers and sidecars stay up.
+//! Pod namespaces get the full port range and `tcp_tw_reuse=1`, so that tens
+//! of thousands of closed connections do not turn `connect()` into a port hunt.
+//!
+//! Rounds interleave the paths (their order rotates every round) so machine
+//! noise hits them alike; a warm-up round is discarded; figures are medians
+//! over rounds. Pinned mode (the default) puts this process, and so every
+//! process it starts, on one CPU: unpinned loopback round trips on these
+//! machines vary ~3x with where the scheduler puts the three processes.
+//!
+//! Afterwards, with run-time statistics switched on through `BPF_ENABLE_STATS`
+//! (an fd: off again when it closes; the sysctl is never touched), it reports
+//! what our programs cost per connection and per request.
+//!
+//! Run with `./x bench-datapath` (root; installs iptables). Environment:
+//! `NETNS_BENCH_ROUNDS` (9), `NETNS_BENCH_PIN` (1|0), `NETNS_BENCH_CPU` (the
+//! CPU when pinned; default the last one), `NETNS_BENCH_RR_COUNT` (5000 round
+//! trips), `NETNS_BENCH_RR_SIZE` (64 bytes), `NETNS_BENCH_CONNS` (1000),
+//! `NETNS_BENCH_BULK_MIB` (256), `NETNS_BENCH_PATHS` (comma list of `direct`,
+//! `iptables`, `bpf`, `sockmap`; default all), `NETNS_BENCH_KINDS` (`rr`,
+//! `conn`, `bulk`), `NETNS_BENCH_COST` (1|0), `NETNS_BENCH_VERBOSE` (set: every
+//! client's result line on stderr).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use netns_ebpf::{MeshSettings, counter};
+use netns_tests::mesh::{Mesh, POD_A, POD_B, Place, Proc, SVC, field};
+
+const MESHTEST: &str = env!("CARGO_BIN_EXE_meshtest");
+const SIDECAR_UID: u32 = MeshSettings::istio().sidecar_uid;
+const ECHO_PORT: u16 = 8080;
+const DRAIN_PORT: u16 = 9000;
+
+// The figures, per path: medians over rounds.
+const RR_P50: &str = "rr_p50_us";
+const RR_P99: &str = "rr_p99_us";
+const CONN_RATE: &str = "conn_rate_per_s";
+const CONN_P50: &str = "conn_p50_us";
+const BULK: &str = "bulk_mb_per_s";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Path {
+    Direct,
+    Iptables,
+    Bpf,
+    LegBpf,
+    LegSockmap,
+}
+
+impl Path {
+    const ALL: [Path; 5] = [
+        Path::Direct,
+        Path::Iptables,
+        Path::Bpf,
+        Path::LegBpf,
+        Path::LegSockmap,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Path::Direct => "direct",
+            Path::Iptables => "iptables",
+            Path::Bpf => "bpf",
+            Path::LegBpf => "leg_bpf",
+            Path::LegSockmap => "leg_sockmap",
+        }
+    }
+
+    /// The name in `NETNS_BENCH_PATHS`.
+    fn selector(self) -> &'static str {
+        match self {
+            Path::LegBpf | Path::LegSockmap => "sockmap",
+            other => other.name(),
+        }
+    }
+
+    fn is_leg(self) -> bool {
+        matches!(self, Path::LegBpf | Path::LegSockmap)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Rr,
+    Conn,
+    Bulk,
+}
+
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::Rr, Kind::Conn, Kind::Bulk];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Rr => "rr",
+            Kind::Conn => "conn",
+            Kind::Bulk => "bulk",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Config {
+    rounds: u32,
+    cpu: Option<usize>,
+    rr_count: u32,
+    rr_size: u32,
+    conns: u32,
+    bulk_mib: u32,
+    paths: Vec<Path>,
+    kinds: Vec<Kind>,
+    cost: bool,
+}
+
+fn env_u32(name: &str, default: u32) -> u32 {
+    std::env::var(name).ok().map_or(default, |v| {
+        v.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} must be a number, not {v:?}"))
+    })
+}
+
+fn env_flag(name: &str, default: bool) -> bool {
+    match std::env::var(name).as_deref().map(str::trim) {
+        Err(_) | Ok("") => default,
+        Ok("1" | "on" | "true" | "yes") => true,
+        Ok("0" | "off" | "false" | "no") => false,
+        Ok(other) => panic!("{name} must be 1 or 0, not {other:?}"),
+    }
+}
+
+fn env_list(name: &str) -> Option<Vec<String>> {
+    let v = std::env::var(name).ok()?;
+    Some(
+        v.split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
+    )
+}
+
+impl Config {
+    fn from_env() -> Config {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let cpu = env_flag("NETNS_BENCH_PIN", true).then(|| {
+            let cpu = env_u32("NETNS_BENCH_CPU", u32::try_from(cpus - 1).unwrap_or(0));
+            usize::try_from(cpu).expect("a CPU number")
+        });
+        let paths = match env_list("NETNS_BENCH_PATHS") {
+            None => Path::ALL.to_vec(),
+            Some(names) => {
+                for n in &names {
+                    assert!(
+                        Path::ALL.iter().any(|p| p.selector() == n),
+                        "NETNS_BENCH_PATHS: unknown path {n:?} (direct, iptables, bpf, sockmap)"
+                    );
+                }
+                Path::ALL
+                    .into_iter()
+                    .filter(|p| names.iter().any(|n| n == p.selector()))
+                    .collect()
+            }
+        };
+        let kinds = match env_list("NETNS_BENCH_KINDS") {
+            None => Kind::ALL.to_vec(),
+            Some(names) => {
+                for n in &names {
+                    assert!(
+                        Kind::ALL.iter().any(|k| k.name() == n),
+                        "NETNS_BENCH_KINDS: unknown kind {n:?} (rr, conn, bulk)"
+                    );
+                }
+                Kind::ALL
+                    .into_iter()
+                    .filter(|k| names.iter().any(|n| n == k.name()))
+                    .collect()
+            }
+        };
+        Config {
+            rounds: env_u32("NETNS_BENCH_ROUNDS", 9).max(1),
+            cpu,
+            rr_count: env_u32("NETNS_BENCH_RR_COUNT", 5_000),
+            rr_size: env_u32("NETNS_BENCH_RR_SIZE", 64),
+            conns: env_u32("NETNS_BENCH_CONNS", 1_000),
+            bulk_mib: env_u32("NETNS_BENCH_BULK_MIB", 256),
+            paths,
+            kinds,
+            cost: env_flag("NETNS_BENCH_COST", true),
+        }
+    }
+
+    fn wants(&self, path: Path) -> bool {
+        self.paths.contains(&path)
+    }
+}
+
+/// Puts this process (and so everything it starts later) on `cpu`.
+fn pin_to(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)
+        .unwrap_or_else(|e| panic!("CPU {cpu} out of range: {e}"));
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .unwrap_or_else(|e| panic!("pin to CPU {cpu}: {e}"));
+}
+
+/// The meshes and their long-running processes (kept so their output pipes
+/// stay open).
+struct Setup {
+    /// `direct` and `bpf`: default programs, no netfilter rules in pod A.
+    main: Mesh,
+    /// `iptables`: the rules in pod A, no eBPF attached.
+    ipt: Mesh,
+    /// The sidecar-to-sidecar leg, attached with the sockmap mode.
+    leg: Option<Mesh>,
+    /// Servers and sidecars, kept to read their error lines at the end.
+    procs: Vec<Proc>,
+}
+
+/// Runs `command...` inside `place`'s network namespace (meshtest `exec`).
+fn exec_in(mesh: &Mesh, place: Place, command: &[&str]) {
+    let mut role = vec!["exec"];
+    role.extend_from_slice(command);
+    mesh.run(place, None, &role);
+}
+
+/// The connection-rate runs open tens of thousands of connections to one
+/// destination, and each leaves a `TIME_WAIT`: without help, `connect()` soon
+/// scans the whole port range for a free port (rates collapse ~20x after
+/// ~30,000 connections). All pod namespaces get the full port range and
+/// `tcp_tw_reuse=1` (reuse a `TIME_WAIT` older than 1 s for a new outgoing
+/// connection); per namespace, and only in the ones the benchmark made.
+fn tune_ports(mesh: &Mesh, place: Place) {
+    exec_in(
+        mesh,
+        place,
+        &[
+            "sh",
+            "-c",
+            "echo '1024 65535' > /proc/sys/net/ipv4/ip_local_port_range \
+             && echo 1 > /proc/sys/net/ipv4/tcp_tw_reuse",
+        ],
+    );
+}
+
+/// Istio's outbound capture as istio-iptables writes it by default (the
+/// inbound `ISTIO_IN_REDIRECT` rule is left out: nothing here is inbound).
+fn install_istio_rules(mesh: &Mesh) {
+    let uid = SIDECAR_UID.to_string();
+    let outbound = MeshSettings::istio().outbound_port.to_string();
+    let rules: Vec<Vec<&str>> = vec![
+        vec!["-N", "ISTIO_REDIRECT"],
+        vec!["-N", "ISTIO_OUTPUT"],
+        vec!["-A", "OUTPUT", "-p", "tcp", "-j", "ISTIO_OUTPUT"],
+        vec![
+            "-A",
+            "ISTIO_OUTPUT",
+            "-s",
+            "127.0.0.6/32",
+            "-o",
+            "lo",
+            "-j",
+            "RETURN",
+        ],
+        vec![
+            "-A",
+            "ISTIO_OUTPUT",
+            "-o",
+            "lo",
+            "-m",
+            "owner",
+            "!",
+            "--uid-owner",
+            &uid,
+            "-j",
+            "RETURN",
+        ],
+        vec![
+            "-A",
+            "ISTIO_OUTPUT",
+            "-m",
+            "owner",
+            "--uid-owner",
+            &uid,
+            "-j",
+            "RETURN",
+        ],
+        vec![
+            "-A",
+            "ISTIO_OUTPUT",
+            "-m",
+            "owner",
+            "--gid-owner",
+            &uid,
+            "-j",
+            "RETURN",
+        ],
+        vec!["-A", "ISTIO_OUTPUT", "-d", "127.0.0.1/32", "-j", "RETURN"],
+        vec!["-A", "ISTIO_OUTPUT", "-j", "ISTIO_REDIRECT"],
+        vec![
+            "-A",
+            "ISTIO_REDIRECT",
+            "-p",
+            "tcp",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            &outbound,
+        ],
+    ];
+    for rule in rules {
+        let mut command = vec!["iptables", "-w", "-t", "nat"];
+        command.extend(rule);
+        exec_in(mesh, Place::PodAUncaptured, &command);
+    }
+}
+
+fn start_servers(mesh: &mut Mesh, place: Place, addr: &str, procs: &mut Vec<Proc>) {
+    let echo = format!("{addr}:{ECHO_PORT}");
+    let drain = format!("{addr}:{DRAIN_PORT}");
+    procs.push(mesh.start(place, None, &["echo", "--listen", &echo]));
+    procs.push(mesh.start(place, None, &["drain", "--listen", &drain]));
+}
+
+fn start_sidecar(mesh: &mut Mesh, place: Place, listen: &str) -> Proc {
+    mesh.start(
+        place,
+        Some(SIDECAR_UID),
+        &["sidecar", "--listen", listen, "--quiet"],
+    )
+}
+
+/// The sidecar's report of the first connection it accepted.
+fn first_accepted(sidecar: &mut Proc, what: &str) -> String {
+    sidecar
+        .wait_for("accepted", Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("{what}: the sidecar saw no connection: {:?}", sidecar.seen))
+}
+
+fn check_orig(line: &str, local: &str, orig: &str, what: &str) {
+    assert_eq!(field(line, "local"), Some(local), "{what}: {line}");
+    assert_eq!(field(line, "orig"), Some(orig), "{what}: {line}");
+}
+
+impl Setup {
+    fn new(cfg: &Config) -> Setup {
+        let mut procs = Vec::new();
+        let svc_echo = format!("{SVC}:{ECHO_PORT}");
+        let outbound = format!("127.0.0.1:{}", MeshSettings::istio().outbound_port);
+
+        let mut main = Mesh::new(MESHTEST, MeshSettings::istio());
+        tune_ports(&main, Place::PodAUncaptured);
+        start_servers(&mut main, Place::Svc, SVC, &mut procs);
+        let mut sidecar = start_sidecar(&mut main, Place::PodA, &outbound);
+
+        let mut ipt = Mesh::new(MESHTEST, MeshSettings::istio());
+        ipt.datapath
+            .take()
+            .expect("attached")
+            .detach()
+            .expect("detach the iptables mesh's data path");
+        tune_ports(&ipt, Place::PodAUncaptured);
+        install_istio_rules(&ipt);
+        start_servers(&mut ipt, Place::Svc, SVC, &mut procs);
+        let mut ipt_sidecar = start_sidecar(&mut ipt, Place::PodAUncaptured, &outbound);
+
+        let mut setup = Setup {
+            main,
+            ipt,
+            leg: None,
+            procs: Vec::new(),
+        };
+        // Every path answers, and the capture paths reach the sidecar with the
+        // original destination.
+        for path in [Path::Direct, Path::Bpf, Path::Iptables] {
+            setup.quick_check(path);
+        }
+        let line = first_accepted(&mut sidecar, "bpf");
+        check_orig(&line, &outbound, &svc_echo, "bpf");
+        println!("check_bpf: sidecar {line}");
+        let line = first_accepted(&mut ipt_sidecar, "iptables");
+        check_orig(&line, &outbound, &svc_echo, "iptables");
+        let peer = field(&line, "peer").unwrap_or_default();
+        assert!(
+            peer.starts_with(&format!("{POD_A}:")),
+            "REDIRECT keeps the app's source address: {line}"
+        );
+        println!("check_iptables: sidecar {line} (SO_ORIGINAL_DST answered by conntrack)");
+        procs.push(sidecar);
+        procs.push(ipt_sidecar);
+
+        if cfg.wants(Path::LegSockmap) {
+            let mut settings = MeshSettings::istio();
+            settings.flags = MeshSettings::FLAG_SOCKMAP;
+            let mut leg = Mesh::new(MESHTEST, settings);
+            tune_ports(&leg, Place::PodAUncaptured);
+            tune_ports(&leg, Place::PodB);
+            start_servers(&mut leg, Place::PodB, POD_B, &mut procs);
+            let mut sidecar_a = start_sidecar(&mut leg, Place::PodA, &outbound);
+            let inbound = format!("0.0.0.0:{}", MeshSettings::istio().inbound_port);
+            let mut sidecar_b = start_sidecar(&mut leg, Place::PodB, &inbound);
+            setup.leg = Some(leg);
+            setup.quick_check(Path::LegSockmap);
+            let pod_b_echo = format!("{POD_B}:{ECHO_PORT}");
+            let line = first_accepted(&mut sidecar_a, "leg, sidecar A");
+            check_orig(&line, &outbound, &pod_b_echo, "leg, sidecar A");
+            println!("check_leg: sidecar A {line}");
+            let line = first_accepted(&mut sidecar_b, "leg, sidecar B");
+            let inbound_local = format!("{POD_B}:{}", MeshSettings::istio().inbound_port);
+            check_orig(&line, &inbound_local, &pod_b_echo, "leg, sidecar B");
+            println!("check_leg: sidecar B {line}");
+            procs.push(sidecar_a);
+            procs.push(sidecar_b);
+        }
+        setup.procs = procs;
+        setup
+    }
+
+    /// Error lines the servers and sidecars printed (connections they failed).
+    fn errors(&mut self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for proc in &mut self.procs {
+            errors.extend(
+                proc.drain()
+                    .iter()
+                    .filter(|l| l.starts_with("error"))
+                    .cloned(),
+            );
+        }
+        errors
+    }
+
+    /// The mesh, place and address of the client of `path`.
+    fn client(&mut self, path: Path) -> (&mut Mesh, Place, &'static str) {
+        match path {
+            Path::Direct => (&mut self.main, Place::PodAUncaptured, SVC),
+            Path::Bpf => (&mut self.main, Place::PodA, SVC),
+            Path::Iptables => (&mut self.ipt, Place::PodAUncaptured, SVC),
+            Path::LegBpf | Path::LegSockmap => {
+                (self.leg.as_mut().expect("leg mesh"), Place::PodA, POD_B)
+            }
+        }
+    }
+
+    fn quick_check(&mut self, path: Path) {
+        let done = self.run_client(path, &["rr", "--count", "10", "--warmup", "0"], ECHO_PORT);
+        assert_eq!(field(&done, "ok"), Some("true"), "{}: {done}", path.name());
+    }
+
+    /// Runs one client role on `path` and returns its `done` line. Checks,
+    /// from the data path's counters, that the capture happened as it should.
+    fn run_client(&mut self, path: Path, role: &[&str], port: u16) -> String {
+        let (mesh, place, addr) = self.client(path);
+        if path.is_leg() {
+            let mut settings = MeshSettings::istio();
+            if path == Path::LegSockmap {
+                settings.flags = MeshSettings::FLAG_SOCKMAP;
+            }
+            mesh.datapath()
+                .set_settings(settings)
+                .expect("set settings");
+        }
+        let before = mesh
+            .datapath
+            .as_ref()
+            .map(|d| d.counters().expect("counters"));
+        let target = format!("{addr}:{port}");
+        let mut args = vec![role[0], "--connect", &target];
+        args.extend_from_slice(&role[1..]);
+        let out = mesh.run(place, None, &args);
+        let done = out
+            .iter()
+            .find(|l| l.starts_with("done"))
+            .unwrap_or_else(|| panic!("{}: no result: {out:?}", path.name()))
+            .clone();
+        assert_eq!(field(&done, "ok"), Some("true"), "{}: {done}", path.name());
+        if std::env::var_os("NETNS_BENCH_VERBOSE").is_some() {
+            eprintln!("{} {}: {done}", path.name(), role[0]);
+        }
+        if let (Some(before), Some(dp)) = (before, mesh.datapath.as_ref()) {
+            let after = dp.counters().expect("counters");
+            let delta = |c: u32| after[c as usize] - before[c as usize];
+            let redirected = delta(counter::REDIRECTED_OUTBOUND);
+            let sockmap = delta(counter::SOCKMAP_ADDED);
+            let inbound = delta(counter::REDIRECTED_INBOUND);
+            if path.is_leg() {
+                assert!(inbound > 0, "{}: sidecar A not sent to 15006", path.name());
+            }
+            match path {
+                Path::Direct => assert_eq!(redirected, 0, "direct was captured"),
+                Path::Iptables => unreachable!("no data path in the iptables mesh"),
+                Path::Bpf | Path::LegBpf => {
+                    assert!(redirected > 0, "{}: not redirected", path.name());
+                    assert_eq!(sockmap, 0, "{}: sockets joined the sockhash", path.name());
+                }
+                Path::LegSockmap => {
+                    assert!(redirected > 0, "leg_sockmap: not redirected");
+                    assert!(sockmap > 0, "leg_sockmap: no socket joined the sockhash");
+                }
+            }
+        }
+        done
+    }
+}
+
+fn number(line: &str, key: &str) -> f64 {
+    field(line, key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+}
+
+/// Per path, per figure, one value per round.
+#[derive(Default)]
+struct Figures(BTreeMap<(Path, &'static str), Vec<f64>>);
+
+impl Figures {
+    fn push(&mut self, path: Path, figure: &'static str, value: f64) {
+        self.0.entry((path, figure)).or_default().push(value);
+    }
+
+    fn last(&self, path: Path, figure: &'static str) -> Option<f64> {
+        self.0.get(&(path, figure))?.last().copied()
+    }
+
+    fn median(&self, path: Path, figure: &'static str) -> Option<f64> {
+        self.0.get(&(path, figure)).map(|v| median(v.clone()))
+    }
+
+    /// min and max over rounds of `a / b`, paired by round.
+    fn round_ratio_range(&self, a: Path, b: Path, figure: &'static str) -> Option<(f64, f64)> {
+        let (xs, ys) = (self.0.get(&(a, figure))?, self.0.get(&(b, figure))?);
+        let ratios: Vec<f64> = xs.iter().zip(ys).map(|(x, y)| x / y).collect();
+        let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Some((lo, hi))
+    }
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn measure(setup: &mut Setup, cfg: &Config, path: Path, kind: Kind, figures: &mut Figures) {
+    let (count, size, conns, mib) = (
+        cfg.rr_count.to_string(),
+        cfg.rr_size.to_string(),
+        cfg.conns.to_string(),
+        cfg.bulk_mib.to_string(),
+    );
+    match kind {
+        Kind::Rr => {
+            let done =
+                setup.run_client(path, &["rr", "--count", &count, "--size", &size], ECHO_PORT);
+            figures.push(path, RR_P50, number(&done, "p50_us"));
+            figures.push(path, RR_P99, number(&done, "p99_us"));
+        }
+        Kind::Conn => {
+            let done = setup.run_client(path, &["connrate", "--count", &conns], ECHO_PORT);
+            figures.push(path, CONN_RATE, number(&done, "conns_per_s"));
+            figures.push(path, CONN_P50, number(&done, "p50_us"));
+        }
+        Kind::Bulk => {
+            let done = setup.run_client(path, &["bulk", "--mib", &mib], DRAIN_PORT);
+            figures.push(path, BULK, number(&done, "mb_per_s"));
+        }
+    }
+}
+
+fn run_rounds(setup: &mut Setup, cfg: &Config) -> Figures {
+    let mut figures = Figures::default();
+    // Round 0 warms up (page cache, sidecars, TCP metrics) and is discarded.
+    for round in 0..=cfg.rounds {
+        let mut order = cfg.paths.clone();
+        let len = order.len();
+        order.rotate_left(round as usize % len);
+        let mut scratch = Figures::default();
+        let sink = if round == 0 {
+            &mut scratch
+        } else {
+            &mut figures
+        };
+        for &kind in &cfg.kinds {
+            for &path in &order {
+                measure(setup, cfg, path, kind, sink);
+            }
+        }
+        let mut line = if round == 0 {
+            "warm-up round:".to_owned()
+        } else {
+            format!("round {round}/{}:", cfg.rounds)
+        };
+        for &path in &cfg.paths {
+            let _ = write!(line, " {}", path.name());
+            for figure in [RR_P50, CONN_RATE, BULK] {
+                if let Some(v) = sink.last(path, figure) {
+                    let _ = write!(line, " {v:.1}");
+                }
+            }
+        }
+        eprintln!("{line} (rr_p50_us conn_per_s bulk_mb_per_s)");
+    }
+    figures
+}
+
+fn print_figures(cfg: &Config, figures: &Figures) {
+    for &path in &cfg.paths {
+        for figure in [RR_P50, RR_P99, CONN_RATE, CONN_P50, BULK] {
+            if let Some(v) = figures.median(path, figure) {
+                println!("{}_{figure}: {v:.2}", path.name());
+            }
+        }
+    }
+}
+
+/// A ratio line: `name`, numerator path, denominator path, figure.
+type Ratio = (&'static str, Path, Path, &'static str);
+
+/// Informational ratios; `a_vs_b` is a over b. Latency: lower is better;
+/// rates: higher is better.
+const RATIOS: [Ratio; 11] = [
+    ("bpf_vs_iptables_rr_p99", Path::Bpf, Path::Iptables, RR_P99),
+    ("bpf_vs_direct_rr_p50", Path::Bpf, Path::Direct, RR_P50),
+    (
+        "bpf_vs_direct_conn_rate",
+        Path::Bpf,
+        Path::Direct,
+        CONN_RATE,
+    ),
+    ("bpf_vs_direct_bulk", Path::Bpf, Path::Direct, BULK),
+    (
+        "iptables_vs_direct_rr_p50",
+        Path::Iptables,
+        Path::Direct,
+        RR_P50,
+    ),
+    (
+        "iptables_vs_direct_conn_rate",
+        Path::Iptables,
+        Path::Direct,
+        CONN_RATE,
+    ),
+    (
+        "iptables_vs_direct_bulk",
+        Path::Iptables,
+        Path::Direct,
+        BULK,
+    ),
+    (
+        "sockmap_vs_bpf_leg_rr_p50",
+        Path::LegSockmap,
+        Path::LegBpf,
+        RR_P50,
+    ),
+    (
+        "sockmap_vs_bpf_leg_rr_p99",
+        Path::LegSockmap,
+        Path::LegBpf,
+        RR_P99,
+    ),
+    (
+        "sockmap_vs_bpf_leg_conn_rate",
+        Path::LegSockmap,
+        Path::LegBpf,
+        CONN_RATE,
+    ),
+    (
+        "sockmap_vs_bpf_leg_bulk",
+        Path::LegSockmap,
+        Path::LegBpf,
+        BULK,
+    ),
+];
+
+/// The three headline ratios, printed last.
+const HEADLINE: [Ratio; 3] = [
+    ("bpf_vs_iptables_rr_p50", Path::Bpf, Path::Iptables, RR_P50),
+    (
+        "bpf_vs_iptables_conn_rate",
+        Path::Bpf,
+        Path::Iptables,
+        CONN_RATE,
+    ),
+    ("bpf_vs_iptables_bulk", Path::Bpf, Path::Iptables, BULK),
+];
+
+fn print_ratios(figures: &Figures) {
+    let ratio =
+        |(_, a, b, figure): &Ratio| Some(figures.median(*a, figure)? / figures.median(*b, figure)?);
+    for r in &RATIOS {
+        if let Some(v) = ratio(r) {
+            println!("{}: {v:.2}", r.0);
+        }
+    }
+    // How far single rounds stray (paired by round: drift cancels).
+    for r @ (name, a, b, figure) in HEADLINE.iter().chain(&RATIOS[7..]) {
+        if ratio(r).is_some() {
+            let (lo, hi) = figures
+                .round_ratio_range(*a, *b, figure)
+                .expect("both paths");
+            println!("{name}_per_round: {lo:.2}..{hi:.2}");
+        }
+    }
+    for r in &HEADLINE {
+        if let Some(v) = ratio(r) {
+            println!("{}: {v:.2}", r.0);
+        }
+    }
+}
+
+/// Run time and run count of each of `programs` (name, kernel id).
+fn program_stats(programs: &[(&'static str, u32)]) -> BTreeMap<&'static str, (u64, u64)> {
+    let mut stats = BTreeMap::new();
+    for info in aya::programs::loaded_programs().filter_map(Result::ok) {
+        if let Some((name, _)) = programs.iter().find(|(_, id)| *id == info.id()) {
+            let ns = u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX);
+            stats.insert(*name, (ns, info.run_count()));
+        }
+    }
+    stats
+}
+
+/// What our programs cost while `path` runs `role` (`units` connections or
+/// requests), from the kernel's per-program run-time statistics.
+fn program_cost(setup: &mut Setup, path: Path, role: &[&str], port: u16, units: u32, unit: &str) {
+    let programs: Vec<(&'static str, u32)> = setup
+        .client(path)
+        .0
+        .datapath()
+        .programs()
+        .iter()
+        .map(|p| (p.name, p.id))
+        .collect();
+    let before = program_stats(&programs);
+    setup.run_client(path, role, port);
+    let after = program_stats(&programs);
+    let units = f64::from(units);
+    let mut total_ns = 0.0;
+    let mut parts = Vec::new();
+    for (name, (ns, runs)) in &after {
+        let (ns0, runs0) = before.get(name).copied().unwrap_or_default();
+        let (ns, runs) = (ns - ns0, runs - runs0);
+        if runs == 0 {
+            continue;
+        }
+        // Small counts: exact in f64.
+        #[allow(clippy::cast_precision_loss)]
+        let (ns, runs) = (ns as f64, runs as f64);
+        total_ns += ns;
+        parts.push(format!("{name}={:.3}x{:.0}ns", runs / units, ns / runs));
+    }
+    println!(
+        "{}_prog_ns_per_{unit}: {:.0} ({})",
+        path.name(),
+        total_ns / units,
+        parts.join(" ")
+    );
+}
+
+fn measure_program_cost(setup: &mut Setup, cfg: &Config) {
+    let stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+        Ok(fd) => fd,
+        Err(e) => {
+            println!("prog_cost: unavailable (BPF_ENABLE_STATS: {e})");
+            return;
+        }
+    };
+    let warmup = "0";
+    let (conns, count, size) = (
+        cfg.conns.to_string(),
+        cfg.rr_count.to_string(),
+        cfg.rr_size.to_string(),
+    );
+    let conn_role = ["connrate", "--count", &conns, "--warmup", warmup];
+    let rr_role = ["rr", "--count", &count, "--size", &size, "--warmup", warmup];
+    for path in [Path::Bpf, Path::LegBpf, Path::LegSockmap] {
+        if !cfg.wants(path) {
+            continue;
+        }
+        program_cost(setup, path, &conn_role, ECHO_PORT, cfg.conns, "connection");
+        // A request on an established connection: one rr connection is opened too.
+        program_cost(setup, path, &rr_role, ECHO_PORT, cfg.rr_count, "request");
+    }
+    drop(stats);
+}
+
+fn main() {
+    // `cargo bench` passes --bench; filters are not supported here.
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "the data path benchmark needs root: run `./x bench-datapath`"
+    );
+    let cfg = Config::from_env();
+    if let Some(cpu) = cfg.cpu {
+        // Before any thread or child exists: all of them inherit it.
+        pin_to(cpu);
+    }
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!("kernel: {}", kernel.trim());
+    match cfg.cpu {
+        Some(cpu) => println!("pinned_cpu: {cpu} (every process of the benchmark)"),
+        None => println!("pinned_cpu: none"),
+    }
+    println!("rounds: {} (+1 warm-up, discarded)", cfg.rounds);
+    println!(
+        "per_round: rr {} requests of {} bytes on one connection; conn {} connections (1-byte echo); bulk {} MiB",
+        cfg.rr_count, cfg.rr_size, cfg.conns, cfg.bulk_mib
+    );
+    let names: Vec<&str> = cfg.paths.iter().map(|p| p.name()).collect();
+    println!("paths: {}", names.join(" "));
+    let mut setup = Setup::new(&cfg);
+    let figures = run_rounds(&mut setup, &cfg);
+    print_figures(&cfg, &figures);
+    print_ratios(&figures);
+    let errors = setup.errors();
+    println!("server_and_sidecar_errors: {}", errors.len());
+    for e in errors.iter().take(5) {
+        println!("  {e}");
+    }
+    if cfg.cost {
+        measure_program_cost(&mut setup, &cfg);
+    }
+}

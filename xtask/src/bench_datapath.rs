@@ -1,0 +1,39 @@
+//! `./x bench-datapath`: the data path benchmark (tests/benches/datapath.rs):
+//! direct, iptables REDIRECT (Istio's default capture), our default eBPF
+//! programs, and the opt-in sockmap mode on the sidecar-to-sidecar leg.
+
+use crate::{apt, cmd, ebpf};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Interleaved rounds (plus one discarded warm-up); figures are medians.
+    #[arg(long, default_value_t = 9)]
+    rounds: u32,
+    /// Pin every process of the benchmark to one CPU (the default).
+    #[arg(long, overrides_with = "no_pin")]
+    pin: bool,
+    /// Let the scheduler place the processes (noisier: loopback round trips
+    /// vary ~3x with placement).
+    #[arg(long, overrides_with = "pin")]
+    no_pin: bool,
+    /// The CPU to pin to (default: the last one).
+    #[arg(long)]
+    cpu: Option<u32>,
+}
+
+pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
+    cmd::require_root("./x bench-datapath")?;
+    apt::ensure(
+        &["iptables", "iproute2"],
+        "the benchmark compares against Istio's iptables REDIRECT and builds namespaces with ip",
+    )?;
+    ebpf::build()?;
+    let mut cargo = cmd::cargo(&["bench", "--package", "netns-tests", "--bench", "datapath"]);
+    cargo
+        .env("NETNS_BENCH_ROUNDS", args.rounds.to_string())
+        .env("NETNS_BENCH_PIN", if args.no_pin { "0" } else { "1" });
+    if let Some(cpu) = args.cpu {
+        cargo.env("NETNS_BENCH_CPU", cpu.to_string());
+    }
+    cmd::status(&mut cargo)
+}
