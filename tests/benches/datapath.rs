@@ -160,6 +160,25 @@ fn env_list(name: &str) -> Option<Vec<String>> {
     )
 }
 
+/// The members of `all` named in the comma-separated variable `var` (all of
+/// them when it is unset), in `all`'s order; an unknown name is an error.
+fn select<T: Copy>(var: &str, all: &[T], name: impl Fn(&T) -> &str) -> Vec<T> {
+    let Some(names) = env_list(var) else {
+        return all.to_vec();
+    };
+    for n in &names {
+        let known: Vec<&str> = all.iter().map(&name).collect();
+        assert!(
+            known.contains(&n.as_str()),
+            "{var}: unknown name {n:?} (one of {known:?})"
+        );
+    }
+    all.iter()
+        .copied()
+        .filter(|x| names.iter().any(|n| n == name(x)))
+        .collect()
+}
+
 impl Config {
     fn from_env() -> Config {
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
@@ -167,36 +186,8 @@ impl Config {
             let cpu = env_u32("NETNS_BENCH_CPU", u32::try_from(cpus - 1).unwrap_or(0));
             usize::try_from(cpu).expect("a CPU number")
         });
-        let paths = match env_list("NETNS_BENCH_PATHS") {
-            None => Path::ALL.to_vec(),
-            Some(names) => {
-                for n in &names {
-                    assert!(
-                        Path::ALL.iter().any(|p| p.selector() == n),
-                        "NETNS_BENCH_PATHS: unknown path {n:?} (direct, iptables, bpf, sockmap)"
-                    );
-                }
-                Path::ALL
-                    .into_iter()
-                    .filter(|p| names.iter().any(|n| n == p.selector()))
-                    .collect()
-            }
-        };
-        let kinds = match env_list("NETNS_BENCH_KINDS") {
-            None => Kind::ALL.to_vec(),
-            Some(names) => {
-                for n in &names {
-                    assert!(
-                        Kind::ALL.iter().any(|k| k.name() == n),
-                        "NETNS_BENCH_KINDS: unknown kind {n:?} (rr, conn, bulk)"
-                    );
-                }
-                Kind::ALL
-                    .into_iter()
-                    .filter(|k| names.iter().any(|n| n == k.name()))
-                    .collect()
-            }
-        };
+        let paths = select("NETNS_BENCH_PATHS", &Path::ALL, |p| p.selector());
+        let kinds = select("NETNS_BENCH_KINDS", &Kind::ALL, |k| k.name());
         Config {
             rounds: env_u32("NETNS_BENCH_ROUNDS", 9).max(1),
             cpu,
