@@ -1,6 +1,6 @@
 //! The eBPF data path on the real kernel: attached to a throw-away child cgroup,
 //! with apps, sidecars and services as separate processes in throw-away
-//! namespaces (see `netns_tests::mesh`). Needs root, iproute2, bpftool, python3.
+//! namespaces (see `netns_tests::mesh`). Needs root and iproute2.
 
 use std::path::PathBuf;
 use std::time::Duration;

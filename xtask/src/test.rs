@@ -7,7 +7,7 @@ pub(crate) fn run(with_vm: bool) -> anyhow::Result<()> {
     cmd::require_root("./x test")?;
     crate::apt::ensure(
         &["iproute2", "bpftool", "python3"],
-        "the kernel tests build namespaces with ip, ask bpftool what is attached, and run a Python client",
+        "the kernel tests build namespaces with ip and run a Python client; bpftool goes into the VM guests for inspection",
     )?;
     crate::ebpf::build()?;
     eprintln!("xtask: cargo fmt --check");

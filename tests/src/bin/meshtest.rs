@@ -54,6 +54,7 @@ enum Role {
     },
     /// A server: for each connection, read until EOF, then answer with the
     /// byte count (8 bytes, big endian) and an FNV-1a hash of the bytes (8 bytes).
+    /// Prints `eof bytes=N fin_gap_ms=T`: how long the FIN trailed the last data.
     Serve {
         #[arg(long)]
         listen: SocketAddr,
@@ -297,12 +298,19 @@ fn serve(listen: SocketAddr) -> anyhow::Result<()> {
         std::thread::spawn(move || {
             let mut buf = vec![0; 256 * 1024];
             let (mut count, mut hash) = (0u64, Fnv::new());
+            let mut last_data = Instant::now();
             loop {
                 match conn.read(&mut buf) {
-                    Ok(0) => break,
+                    Ok(0) => {
+                        // How long the FIN trailed the last data: a close stall shows here.
+                        let gap = last_data.elapsed().as_secs_f64() * 1e3;
+                        say(&format!("eof bytes={count} fin_gap_ms={gap:.1}"));
+                        break;
+                    }
                     Ok(n) => {
                         count += n as u64;
                         hash.update(&buf[..n]);
+                        last_data = Instant::now();
                     }
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
                     Err(e) => {
