@@ -364,6 +364,15 @@ impl DataPath {
             }
         };
         // Links first: nothing is redirected any more before the maps go.
+        // Detached explicitly, so that they are gone when this returns.
+        for program in self.attached.drain(..).rev() {
+            note(
+                sys::detach_link_of_program(program.id).map_err(|source| DataPathError::Detach {
+                    program: program.name,
+                    source,
+                }),
+            );
+        }
         for pin in self.pins.drain(..).rev() {
             note(remove(&pin, std::fs::remove_file(&pin)));
         }

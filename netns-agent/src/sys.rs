@@ -16,6 +16,7 @@ use std::path::Path;
 
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+const BPF_LINK_DETACH: libc::c_long = 34;
 
 /// `union bpf_attr`, as much of it as these two commands read (zero-filled).
 #[repr(C, align(8))]
@@ -53,8 +54,8 @@ fn bpf(cmd: libc::c_long, attr: &mut BpfAttr) -> io::Result<libc::c_long> {
     }
 }
 
-/// Pins the (only) link of program `prog_id` at `path`.
-pub(crate) fn pin_link_of_program(prog_id: u32, path: &Path) -> io::Result<()> {
+/// The (only) link of program `prog_id`, opened by its id.
+fn link_of_program(prog_id: u32) -> io::Result<OwnedFd> {
     let link_id = aya::programs::loaded_links()
         .filter_map(Result::ok)
         .find(|link| link.program_id() == prog_id)
@@ -65,14 +66,32 @@ pub(crate) fn pin_link_of_program(prog_id: u32, path: &Path) -> io::Result<()> {
                 format!("no link for program {prog_id}"),
             )
         })?;
-
     let mut attr = BpfAttr::new();
     attr.put_u32(0, link_id); // link_id
     let fd = bpf(BPF_LINK_GET_FD_BY_ID, &mut attr)?;
     let fd = i32::try_from(fd).map_err(|_| io::Error::other("fd out of range"))?;
     // SAFETY: the kernel just returned this new descriptor; we own it.
-    let link = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
 
+/// Detaches the link of program `prog_id` from its target now (Linux 5.9+),
+/// whoever else still holds it. Unpinning alone releases a link only when its
+/// last holder lets go, and the kernel may finish that later, on a workqueue.
+/// A program without a link is not an error.
+pub(crate) fn detach_link_of_program(prog_id: u32) -> io::Result<()> {
+    let link = match link_of_program(prog_id) {
+        Ok(link) => link,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut attr = BpfAttr::new();
+    attr.put_u32(0, link.as_raw_fd().cast_unsigned()); // link_detach.link_fd
+    bpf(BPF_LINK_DETACH, &mut attr).map(drop)
+}
+
+/// Pins the (only) link of program `prog_id` at `path`.
+pub(crate) fn pin_link_of_program(prog_id: u32, path: &Path) -> io::Result<()> {
+    let link = link_of_program(prog_id)?;
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let mut attr = BpfAttr::new();

@@ -62,6 +62,12 @@ fn root_every_program_passes_the_verifier_and_detach_leaves_nothing() {
         "{} removed",
         config.pin_dir.display()
     );
+    // Programs are freed when their last descriptor closes, which the kernel
+    // may finish a moment later (RCU): allow it that moment, not more.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while ours.iter().any(|id| program_exists(*id)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     for id in ours {
         assert!(!program_exists(id), "program {id} unloaded");
     }

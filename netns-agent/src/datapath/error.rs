@@ -87,6 +87,16 @@ pub enum DataPathError {
         mode: &'static str,
     },
 
+    /// Detaching a program's link failed.
+    #[error("cannot detach program {program}")]
+    Detach {
+        /// The program.
+        program: &'static str,
+        /// The kernel's answer.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// Removing pins or the pin directory failed.
     #[error("cannot remove {path}")]
     Unpin {
