@@ -14,8 +14,8 @@ mounted() { mkdir -p "$3" && mount -t "$1" "$2" "$3" || echo "$M warning cannot 
 mounted proc proc /proc
 mounted sysfs sysfs /sys
 mounted devtmpfs devtmpfs /dev
-mounted tmpfs tmpfs /run
-mounted tmpfs tmpfs /tmp
+# No tmpfs over /run or /tmp: the initramfs root is writable already, and the
+# workspace (with the tests' working directories) may itself live under /tmp.
 mounted tmpfs tmpfs /dev/shm
 mounted devpts devpts /dev/pts
 # cgroup v2 where most nodes have it; the tests find the mount themselves.
