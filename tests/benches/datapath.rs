@@ -257,71 +257,23 @@ fn tune_ports(mesh: &Mesh, place: Place) {
 /// Istio's outbound capture as istio-iptables writes it by default (the
 /// inbound `ISTIO_IN_REDIRECT` rule is left out: nothing here is inbound).
 fn install_istio_rules(mesh: &Mesh) {
-    let uid = SIDECAR_UID.to_string();
-    let outbound = MeshSettings::istio().outbound_port.to_string();
-    let rules: Vec<Vec<&str>> = vec![
-        vec!["-N", "ISTIO_REDIRECT"],
-        vec!["-N", "ISTIO_OUTPUT"],
-        vec!["-A", "OUTPUT", "-p", "tcp", "-j", "ISTIO_OUTPUT"],
-        vec![
-            "-A",
-            "ISTIO_OUTPUT",
-            "-s",
-            "127.0.0.6/32",
-            "-o",
-            "lo",
-            "-j",
-            "RETURN",
-        ],
-        vec![
-            "-A",
-            "ISTIO_OUTPUT",
-            "-o",
-            "lo",
-            "-m",
-            "owner",
-            "!",
-            "--uid-owner",
-            &uid,
-            "-j",
-            "RETURN",
-        ],
-        vec![
-            "-A",
-            "ISTIO_OUTPUT",
-            "-m",
-            "owner",
-            "--uid-owner",
-            &uid,
-            "-j",
-            "RETURN",
-        ],
-        vec![
-            "-A",
-            "ISTIO_OUTPUT",
-            "-m",
-            "owner",
-            "--gid-owner",
-            &uid,
-            "-j",
-            "RETURN",
-        ],
-        vec!["-A", "ISTIO_OUTPUT", "-d", "127.0.0.1/32", "-j", "RETURN"],
-        vec!["-A", "ISTIO_OUTPUT", "-j", "ISTIO_REDIRECT"],
-        vec![
-            "-A",
-            "ISTIO_REDIRECT",
-            "-p",
-            "tcp",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            &outbound,
-        ],
+    let uid = SIDECAR_UID;
+    let outbound = MeshSettings::istio().outbound_port;
+    let rules = [
+        "-N ISTIO_REDIRECT".to_owned(),
+        "-N ISTIO_OUTPUT".to_owned(),
+        "-A OUTPUT -p tcp -j ISTIO_OUTPUT".to_owned(),
+        "-A ISTIO_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN".to_owned(),
+        format!("-A ISTIO_OUTPUT -o lo -m owner ! --uid-owner {uid} -j RETURN"),
+        format!("-A ISTIO_OUTPUT -m owner --uid-owner {uid} -j RETURN"),
+        format!("-A ISTIO_OUTPUT -m owner --gid-owner {uid} -j RETURN"),
+        "-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN".to_owned(),
+        "-A ISTIO_OUTPUT -j ISTIO_REDIRECT".to_owned(),
+        format!("-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports {outbound}"),
     ];
-    for rule in rules {
+    for rule in &rules {
         let mut command = vec!["iptables", "-w", "-t", "nat"];
-        command.extend(rule);
+        command.extend(rule.split_whitespace());
         exec_in(mesh, Place::PodAUncaptured, &command);
     }
 }
