@@ -137,10 +137,15 @@ fn root_blocking_std_net_uploads_see_no_eagain_no_close_stall_and_bounded_memory
         captured_gap < 50.0,
         "a FIN trailed the data by {captured_gap} ms"
     );
-    // Shutdown to answer also includes draining buffered data through the
-    // sidecar, which QEMU's emulation slows tenfold: judged on the host only.
+    // Shutdown to answer also includes draining the data still buffered,
+    // through the sidecar: a stall is what it adds over uncaptured traffic.
+    // QEMU's emulation slows the draining tenfold: judged on the host only.
+    let uncaptured_close = worst_close(&uncaptured);
     if !in_vm() {
-        assert!(worst_close_ms < 50.0, "a close took {worst_close_ms} ms");
+        assert!(
+            worst_close_ms < uncaptured_close + 50.0,
+            "a close took {worst_close_ms} ms captured, {uncaptured_close} ms uncaptured"
+        );
     }
     // The sidecar hop holds a second and third socket's buffers: allow for
     // them, but an unbounded queue (hundreds of MiB) fails this by far.
