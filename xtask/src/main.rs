@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 
 /// Developer verbs for the netns workspace (start them with ./x).
 #[derive(Debug, Parser)]
-#[command(name = "./x", about, long_about = None)]
+#[command(name = "./x", bin_name = "./x", about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     verb: Verb,
