@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use netns_core::NetNs;
 use netns_ebpf::MeshSettings;
 use netns_tests::kernel::tcp_mem_pages;
 use netns_tests::mesh::{Mesh, Place, Proc, SVC, field};
@@ -40,13 +41,16 @@ for i in range(count):
     s.close()
 "#;
 
-/// Peak of the kernel's TCP memory (pages) while `work` runs.
-fn peak_tcp_mem(work: impl FnOnce()) -> u64 {
+/// Peak of the kernel's TCP memory (pages), per `/proc/net/sockstat` read
+/// inside `pod`, while `work` runs.
+fn peak_tcp_mem(pod: &NetNs, work: impl FnOnce()) -> u64 {
     let stop = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicU64::new(0));
     let sampler = {
-        let (stop, peak) = (Arc::clone(&stop), Arc::clone(&peak));
+        let (stop, peak, pod) = (Arc::clone(&stop), Arc::clone(&peak), pod.clone());
         std::thread::spawn(move || {
+            // This sampler thread lives in the pod's namespace.
+            pod.set().expect("enter the pod");
             while !stop.load(Ordering::Relaxed) {
                 peak.fetch_max(tcp_mem_pages(), Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(2));
@@ -104,6 +108,7 @@ fn root_blocking_std_net_uploads_see_no_eagain_no_close_stall_and_bounded_memory
         return;
     };
     let (mut service, _sidecar, target) = mesh.start_service_and_sidecar();
+    let pod = NetNs::clone(&mesh.pod_a);
     let client = [
         "client",
         "--connect",
@@ -115,13 +120,14 @@ fn root_blocking_std_net_uploads_see_no_eagain_no_close_stall_and_bounded_memory
     ];
 
     let mut uncaptured = Vec::new();
-    let uncaptured_peak =
-        peak_tcp_mem(|| uncaptured = mesh.run(Place::PodAUncaptured, None, &client));
+    let uncaptured_peak = peak_tcp_mem(&pod, || {
+        uncaptured = mesh.run(Place::PodAUncaptured, None, &client);
+    });
     assert_clean_uploads(&uncaptured, "uncaptured", &target);
     let uncaptured_gap = worst_fin_gap(&mut service);
 
     let mut captured = Vec::new();
-    let captured_peak = peak_tcp_mem(|| captured = mesh.run(Place::PodA, None, &client));
+    let captured_peak = peak_tcp_mem(&pod, || captured = mesh.run(Place::PodA, None, &client));
     assert_clean_uploads(&captured, "std::net client", &target);
     let captured_gap = worst_fin_gap(&mut service);
     let worst_close_ms = worst_close(&captured);
@@ -137,13 +143,14 @@ fn root_blocking_std_net_uploads_see_no_eagain_no_close_stall_and_bounded_memory
         captured_gap < 50.0,
         "a FIN trailed the data by {captured_gap} ms"
     );
-    // Shutdown to answer also includes draining the data still buffered,
-    // through the sidecar: a stall is what it adds over uncaptured traffic.
+    // Shutdown to answer also includes draining the data still buffered (up
+    // to four socket buffers with the sidecar hop), so it varies with
+    // scheduling on two cores; the ~200 ms tail-loss stall still fails this.
     // QEMU's emulation slows the draining tenfold: judged on the host only.
     let uncaptured_close = worst_close(&uncaptured);
     if !in_vm() {
         assert!(
-            worst_close_ms < uncaptured_close + 50.0,
+            worst_close_ms < uncaptured_close + 150.0,
             "a close took {worst_close_ms} ms captured, {uncaptured_close} ms uncaptured"
         );
     }
