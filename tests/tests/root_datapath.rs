@@ -189,3 +189,39 @@ fn root_sidecar_to_local_pod_goes_to_the_inbound_port() {
     assert_eq!(field(&accepted, "orig"), Some(target.as_str()));
     assert!(counters(&mut mesh)[counter::REDIRECTED_INBOUND as usize] >= 1);
 }
+
+#[test]
+fn root_dual_stack_socket_dialing_ipv4_is_captured_as_ipv4() {
+    let Some(mut mesh) = Mesh::new_or_skip(MESHTEST, MeshSettings::istio()) else {
+        return;
+    };
+    let (_service, mut sidecar, target) = mesh.start_service_and_sidecar();
+    // An IPv6 socket dialing ::ffff:10.77.0.2, as Java does by default.
+    let mapped = format!("[::ffff:{SVC}]:8080");
+    for size in ["1", "1048576"] {
+        let out = mesh.run(
+            Place::PodA,
+            None,
+            &["client", "--connect", &mapped, "--size", size],
+        );
+        let done = out
+            .iter()
+            .find(|l| l.starts_with("done"))
+            .expect("client result");
+        assert_eq!(field(done, "ok"), Some("true"), "{done}");
+        assert_eq!(
+            field(done, "peer"),
+            Some(mapped.as_str()),
+            "getpeername6: {done}"
+        );
+        let accepted = sidecar
+            .wait_for("accepted", Duration::from_secs(5))
+            .expect("sidecar");
+        // The sidecar's IPv4 socket gets the IPv4 original destination.
+        assert_eq!(
+            field(&accepted, "orig"),
+            Some(target.as_str()),
+            "{accepted}"
+        );
+    }
+}

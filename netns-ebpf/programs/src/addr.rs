@@ -6,6 +6,8 @@ use netns_ebpf::{AF_INET, AF_INET6, SockPair};
 pub const LOOPBACK4: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
 /// ::1 as network order words.
 pub const LOOPBACK6: [u32; 4] = [0, 0, 0, 1u32.to_be()];
+/// ::ffff:127.0.0.1, the IPv4 loopback as a dual-stack socket dials it.
+pub const LOOPBACK6_MAPPED: [u32; 4] = [0, 0, 0xffffu32.to_be(), LOOPBACK4];
 
 /// A port the kernel stores in network order in the low 16 bits (`user_port`,
 /// `bpf_sock.dst_port`), in host order.

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use netns_ebpf::{AF_INET, AF_INET6, MeshSettings, OriginalDst, counter};
 
-use crate::addr::{self, LOOPBACK4, LOOPBACK6};
+use crate::addr::{self, LOOPBACK4, LOOPBACK6, LOOPBACK6_MAPPED};
 use crate::maps::{
     COOKIE_ORIG_DST, EXCLUDED_CIDRS4, EXCLUDED_CIDRS6, EXCLUDED_PORTS, LOCAL_POD_IPS4,
     LOCAL_POD_IPS6, MESHED_NETNS, SIDECAR_COOKIES, count, settings,
@@ -209,30 +209,50 @@ fn on_connect<const V6: bool>(ctx: &SockAddrContext) {
     // SAFETY: `type_` is readable in connect programs.
     let sock_type = unsafe { (*sa).type_ };
     let d = dest::<V6>(sa);
-    if V6 && addr::is_v4_mapped(&d.addr) {
-        return; // dual-stack sockets dialing IPv4: left alone (documented)
-    }
+    // A dual-stack socket dialing IPv4 (::ffff:a.b.c.d, e.g. Java's default)
+    // is judged as the IPv4 connection it is, and sent to ::ffff:127.0.0.1.
+    let mapped = V6 && addr::is_v4_mapped(&d.addr);
+    let judged = if mapped {
+        Dest {
+            family: AF_INET,
+            addr: [d.addr[3], 0, 0, 0],
+            port: d.port,
+        }
+    } else {
+        Dest { ..d }
+    };
     if has_bypass_mark(sa, &s) {
         count(counter::BYPASSED_MARK);
         return;
     }
     if sock_type == SOCK_DGRAM {
         // Connected UDP (glibc's resolver): the same DNS redirect as sendmsg.
-        redirect_dns::<V6>(sa, &s, &d);
+        if !mapped {
+            redirect_dns::<V6>(sa, &s, &d);
+        }
         return;
     }
     if sock_type != SOCK_STREAM {
         return;
     }
     if uid() == s.sidecar_uid {
-        sidecar_to_local_pod::<V6>(sa, &s, &d);
+        // Sidecars dial IPv4 with IPv4 sockets; a mapped dial is left alone.
+        if !mapped {
+            sidecar_to_local_pod::<V6>(sa, &s, &d);
+        }
         return;
     }
-    if !in_mesh(sa) || addr::is_loopback(d.family, &d.addr) || excluded(&d) {
+    if !in_mesh(sa) || addr::is_loopback(judged.family, &judged.addr) || excluded(&judged) {
         return;
     }
+    // Kept as dialed, so that getpeername6 shows the mapped address again.
     remember(sa, &d);
-    rewrite::<V6>(sa, &loopback::<V6>(), s.outbound_port);
+    let to = if mapped {
+        LOOPBACK6_MAPPED
+    } else {
+        loopback::<V6>()
+    };
+    rewrite::<V6>(sa, &to, s.outbound_port);
     count(counter::REDIRECTED_OUTBOUND);
 }
 

@@ -51,13 +51,22 @@ fn own_pair(ctx: &SockOpsContext) -> Option<SockPair> {
             addr::ctx_addr!(ops, family, remote_ip4, remote_ip6),
         )
     };
-    Some(addr::pair(
-        family,
-        local,
+    let (local_port, remote_port) = (
         ctx.local_port() as u16,
-        remote,
         addr::remote_port(ctx.remote_port()),
-    ))
+    );
+    // A dual-stack socket talking IPv4 is filed as IPv4: that is how its peer
+    // (an IPv4 socket, such as the sidecar's) sees the connection.
+    if family == netns_ebpf::AF_INET6 && addr::is_v4_mapped(&local) && addr::is_v4_mapped(&remote) {
+        return Some(addr::pair(
+            netns_ebpf::AF_INET,
+            [local[3], 0, 0, 0],
+            local_port,
+            [remote[3], 0, 0, 0],
+            remote_port,
+        ));
+    }
+    Some(addr::pair(family, local, local_port, remote, remote_port))
 }
 
 fn cookie(ctx: &SockOpsContext) -> u64 {
@@ -69,7 +78,12 @@ fn on_active_established(ctx: &SockOpsContext) {
     let Some(pair) = own_pair(ctx) else { return };
     let cookie = cookie(ctx);
     // SAFETY: the value is copied out at once.
-    if let Some(orig) = unsafe { COOKIE_ORIG_DST.get(&cookie) }.copied() {
+    if let Some(mut orig) = unsafe { COOKIE_ORIG_DST.get(&cookie) }.copied() {
+        if orig.family == netns_ebpf::AF_INET6 && addr::is_v4_mapped(&orig.addr) {
+            // Dialed as ::ffff:a.b.c.d; the sidecar asks SO_ORIGINAL_DST in IPv4.
+            orig.family = netns_ebpf::AF_INET;
+            orig.addr = [orig.addr[3], 0, 0, 0];
+        }
         let _ = PAIR_ORIG_DST.insert(&pair, &orig, 0);
         // Be told at close, to drop the cookie entry.
         let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
