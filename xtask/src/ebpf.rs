@@ -176,13 +176,16 @@ fn find_libllvm(lib: &Path) -> anyhow::Result<PathBuf> {
     )
 }
 
-/// Tools built once per machine: `$XDG_CACHE_HOME/netns` or `~/.cache/netns`.
+/// Tools built once per machine: `$XDG_CACHE_HOME/netns`, `~/.cache/netns`,
+/// or `/var/cache/netns` when neither variable is set.
 pub(crate) fn tools_home() -> anyhow::Result<PathBuf> {
     if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
         return Ok(PathBuf::from(dir).join("netns"));
     }
-    let home = std::env::var_os("HOME").context("neither XDG_CACHE_HOME nor HOME is set")?;
-    Ok(PathBuf::from(home).join(".cache/netns"))
+    Ok(std::env::var_os("HOME").map_or_else(
+        || PathBuf::from("/var/cache/netns"),
+        |home| PathBuf::from(home).join(".cache/netns"),
+    ))
 }
 
 fn prepend_path(dir: &Path) -> std::ffi::OsString {
