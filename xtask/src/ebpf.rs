@@ -114,7 +114,7 @@ fn ensure_bpf_linker() -> anyhow::Result<Linker> {
     let sysroot = PathBuf::from(capture(nightly("rustc").args(["--print", "sysroot"]))?.trim());
     let libllvm = find_libllvm(&sysroot.join("lib"))?;
 
-    let home = tools_home()?.join(format!("bpf-linker-{BPF_LINKER_VERSION}-{NIGHTLY}"));
+    let home = tools_home().join(format!("bpf-linker-{BPF_LINKER_VERSION}-{NIGHTLY}"));
     let llvm_lib = home.join("llvm/lib");
     let bin = home.join("bin");
     let stamp = home.join("stamp");
@@ -178,14 +178,14 @@ fn find_libllvm(lib: &Path) -> anyhow::Result<PathBuf> {
 
 /// Tools built once per machine: `$XDG_CACHE_HOME/netns`, `~/.cache/netns`,
 /// or `/var/cache/netns` when neither variable is set.
-pub(crate) fn tools_home() -> anyhow::Result<PathBuf> {
+pub(crate) fn tools_home() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
-        return Ok(PathBuf::from(dir).join("netns"));
+        return PathBuf::from(dir).join("netns");
     }
-    Ok(std::env::var_os("HOME").map_or_else(
+    std::env::var_os("HOME").map_or_else(
         || PathBuf::from("/var/cache/netns"),
         |home| PathBuf::from(home).join(".cache/netns"),
-    ))
+    )
 }
 
 fn prepend_path(dir: &Path) -> std::ffi::OsString {
