@@ -271,6 +271,34 @@ impl Mesh {
         (service, sidecar, target)
     }
 
+    /// Runs one blocking `client` in pod A (captured) to `target` with
+    /// `args` (e.g. `--size`), and checks what every dial must show: bytes
+    /// intact, and `getpeername` equal to `target`. Returns the client's result
+    /// line and the sidecar's next `accepted` line, if one comes within `wait`.
+    pub fn dial(
+        &self,
+        sidecar: &mut Proc,
+        target: &str,
+        args: &[&str],
+        wait: Duration,
+    ) -> (String, Option<String>) {
+        let mut role = vec!["client", "--connect", target];
+        role.extend_from_slice(args);
+        let out = self.run(Place::PodA, None, &role);
+        let done = out
+            .into_iter()
+            .find(|l| l.starts_with("done"))
+            .expect("client result");
+        assert_eq!(
+            field(&done, "ok"),
+            Some("true"),
+            "{target} {args:?}: {done}"
+        );
+        assert_eq!(field(&done, "peer"), Some(target), "getpeername: {done}");
+        let accepted = sidecar.wait_for("accepted", wait);
+        (done, accepted)
+    }
+
     /// Runs a role to completion and returns its stdout lines; panics with its
     /// output if it fails.
     pub fn run(&self, place: Place, uid: Option<u32>, role: &[&str]) -> Vec<String> {

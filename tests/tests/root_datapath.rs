@@ -92,25 +92,15 @@ fn redirect_end_to_end(svc: &str, sidecar_listen: &str, sidecar_args: &[&str]) {
 
     let sizes = ["1", "1000", "65536", "1048576", "16777216"];
     for size in sizes {
-        let out = mesh.run(
-            Place::PodA,
-            None,
-            &["client", "--connect", &target, "--size", size],
+        let (done, accepted) = mesh.dial(
+            &mut sidecar,
+            &target,
+            &["--size", size],
+            Duration::from_secs(5),
         );
-        let done = out
-            .iter()
-            .find(|l| l.starts_with("done"))
-            .expect("client result");
-        assert_eq!(field(done, "ok"), Some("true"), "size {size}: {done}");
-        // getpeername in the app: the address it dialed, not the sidecar's.
-        assert_eq!(
-            field(done, "peer"),
-            Some(target.as_str()),
-            "size {size}: {done}"
-        );
-        let accepted = sidecar
-            .wait_for("accepted", Duration::from_secs(5))
-            .unwrap_or_else(|| panic!("sidecar saw no connection: {:?}", sidecar.seen));
+        let accepted = accepted.unwrap_or_else(|| {
+            panic!("size {size}: sidecar saw no connection: {:?}", sidecar.seen)
+        });
         assert_eq!(
             field(&accepted, "orig"),
             Some(target.as_str()),
@@ -124,7 +114,7 @@ fn redirect_end_to_end(svc: &str, sidecar_listen: &str, sidecar_args: &[&str]) {
         // The sidecar's peer is the app's own socket.
         assert_eq!(
             field(&accepted, "peer"),
-            field(done, "local"),
+            field(&done, "local"),
             "{accepted} / {done}"
         );
     }
@@ -199,24 +189,13 @@ fn root_dual_stack_socket_dialing_ipv4_is_captured_as_ipv4() {
     // An IPv6 socket dialing ::ffff:10.77.0.2, as Java does by default.
     let mapped = format!("[::ffff:{SVC}]:8080");
     for size in ["1", "1048576"] {
-        let out = mesh.run(
-            Place::PodA,
-            None,
-            &["client", "--connect", &mapped, "--size", size],
+        let (_, accepted) = mesh.dial(
+            &mut sidecar,
+            &mapped,
+            &["--size", size],
+            Duration::from_secs(5),
         );
-        let done = out
-            .iter()
-            .find(|l| l.starts_with("done"))
-            .expect("client result");
-        assert_eq!(field(done, "ok"), Some("true"), "{done}");
-        assert_eq!(
-            field(done, "peer"),
-            Some(mapped.as_str()),
-            "getpeername6: {done}"
-        );
-        let accepted = sidecar
-            .wait_for("accepted", Duration::from_secs(5))
-            .expect("sidecar");
+        let accepted = accepted.expect("the sidecar got the connection");
         // The sidecar's IPv4 socket gets the IPv4 original destination.
         assert_eq!(
             field(&accepted, "orig"),
