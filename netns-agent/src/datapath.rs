@@ -23,7 +23,7 @@
 //! };
 //! let mut datapath = DataPath::attach(netns_agent::EBPF_OBJECT, &config)?;
 //! let pod = netns_core::NetNs::open("/run/netns/pod-a")?;
-//! datapath.add_pod(pod.cookie()?, &["10.0.0.7".parse()?])?;
+//! datapath.add_pod(pod.cookie()?, &["198.18.0.7".parse()?])?;
 //! // ...
 //! datapath.detach()?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())

@@ -21,7 +21,7 @@ use netns_ebpf::{MeshSettings, counter};
 
 /// The service address the app dials: routed nowhere, reachable only by capture.
 const SERVICE_VIP: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10)), 80);
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(198, 18, 96, 10)), 80);
 /// Where the pod's backend really listens.
 const BACKEND: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
 

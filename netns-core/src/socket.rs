@@ -43,7 +43,7 @@ pub fn mark(socket: impl AsFd) -> io::Result<u32> {
 ///
 /// let ns = netns_core::NetNs::open("/run/netns/blue")?;
 /// let listener = ns.sockets().tcp_listener("127.0.0.1:8080".parse()?)?;
-/// let marked = ns.sockets().mark(0x539).tcp_connect("10.0.0.2:80".parse()?)?;
+/// let marked = ns.sockets().mark(0x539).tcp_connect("198.18.0.2:80".parse()?)?;
 ///
 /// // Async code converts them as usual:
 /// listener.set_nonblocking(true)?;

@@ -4,8 +4,8 @@
 //! also when the test fails.
 //!
 //! ```text
-//!  svc (10.77.0.2, fd00:77::2) ──veth── pod A (10.77.0.1, fd00:77::1)
-//!                                       pod A (10.77.1.1, fd00:77:1::1) ──veth── pod B (10.77.1.2, fd00:77:1::2)
+//!  svc (198.18.0.2, fd00:77::2) ──veth── pod A (198.18.0.1, fd00:77::1)
+//!                                       pod A (198.18.1.1, fd00:77:1::1) ──veth── pod B (198.18.1.2, fd00:77:1::2)
 //! ```
 //! Pods A and B are in the mesh; svc is a service outside it. Traffic only
 //! ever goes to loopback or to these addresses, inside these namespaces.
@@ -25,13 +25,13 @@ use netns_core::{NetNs, TempNetNs};
 use netns_ebpf::MeshSettings;
 
 /// Pod A's address on the link to the service.
-pub const POD_A: &str = "10.77.0.1";
+pub const POD_A: &str = "198.18.0.1";
 /// The service's address.
-pub const SVC: &str = "10.77.0.2";
+pub const SVC: &str = "198.18.0.2";
 /// Pod A's address on the link to pod B.
-pub const POD_A_TO_B: &str = "10.77.1.1";
+pub const POD_A_TO_B: &str = "198.18.1.1";
 /// Pod B's address.
-pub const POD_B: &str = "10.77.1.2";
+pub const POD_B: &str = "198.18.1.2";
 /// The IPv6 addresses, in the same order.
 pub const POD_A6: &str = "fd00:77::1";
 /// The service's IPv6 address.

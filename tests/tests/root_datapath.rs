@@ -186,7 +186,7 @@ fn root_dual_stack_socket_dialing_ipv4_is_captured_as_ipv4() {
         return;
     };
     let (_service, mut sidecar, target) = mesh.start_service_and_sidecar();
-    // An IPv6 socket dialing ::ffff:10.77.0.2, as Java does by default.
+    // An IPv6 socket dialing ::ffff:198.18.0.2, as Java does by default.
     let mapped = format!("[::ffff:{SVC}]:8080");
     for size in ["1", "1048576"] {
         let (_, accepted) = mesh.dial(
