@@ -20,7 +20,9 @@ fn root_demo_redirects_through_the_sidecar_and_cleans_up() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        stdout.matches("SO_ORIGINAL_DST says 198.18.96.10:80").count(),
+        stdout
+            .matches("SO_ORIGINAL_DST says 198.18.96.10:80")
+            .count(),
         3,
         "{stdout}"
     );

@@ -58,7 +58,9 @@ impl MeshSettings {
 }
 
 /// Where a redirected connection was going: the value of the original-destination
-/// maps, and what `SO_ORIGINAL_DST` and `getpeername` answer.
+/// maps ([`names::COOKIE_ORIG_DST`] for the app's socket,
+/// [`names::SOCK_ORIG_DST`] for the sidecar's), and what `SO_ORIGINAL_DST` and
+/// `getpeername` answer.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct OriginalDst {
@@ -70,8 +72,23 @@ pub struct OriginalDst {
     pub family: u16,
 }
 
+/// The TCP option in which a redirected connection's SYN carries its original
+/// destination to the sidecar, on the pod's loopback. Layout: kind, length,
+/// port (network order), address (4 or 16 bytes, network order); 8 or 20
+/// bytes. The kind is an unassigned one (the experimental kinds 253/254 would
+/// need a 2-byte ExID, and an IPv6 destination plus Linux's usual SYN options
+/// leave exactly 20 bytes); it never leaves the host's loopback.
+pub mod tcp_option {
+    /// The option kind.
+    pub const KIND: u8 = 183;
+    /// Length of the option for an IPv4 destination.
+    pub const LEN_V4: u8 = 8;
+    /// Length of the option for an IPv6 destination.
+    pub const LEN_V6: u8 = 20;
+}
+
 /// A TCP connection seen from its client: client address and port, server
-/// address and port. The key of [`names::PAIR_ORIG_DST`] and of the sockmap.
+/// address and port. The key of the sidecar sockmap (opt-in mode).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub struct SockPair {
@@ -127,8 +144,14 @@ pub mod counter {
     pub const DNS_REDIRECTED: u32 = 5;
     /// Connections left alone because of the bypass mark.
     pub const BYPASSED_MARK: u32 = 6;
+    /// Redirected SYNs that had no room for the original-destination option
+    /// (their sidecar gets no `SO_ORIGINAL_DST` answer).
+    pub const ORIGINAL_DST_NO_ROOM: u32 = 7;
+    /// Connections accepted on the outbound port whose SYN carried an original
+    /// destination (filed for the sidecar's socket).
+    pub const ORIGINAL_DST_RECEIVED: u32 = 8;
     /// How many counters there are.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 9;
 }
 
 #[cfg(feature = "user")]

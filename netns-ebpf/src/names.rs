@@ -17,8 +17,9 @@ pub const EXCLUDED_CIDRS4: &str = "EXCLUDED_CIDRS4";
 pub const EXCLUDED_CIDRS6: &str = "EXCLUDED_CIDRS6";
 /// `LruHashMap<u64 socket cookie, OriginalDst>`: written at connect.
 pub const COOKIE_ORIG_DST: &str = "COOKIE_ORIG_DST";
-/// `LruHashMap<SockPair, OriginalDst>`: written when the connection is established.
-pub const PAIR_ORIG_DST: &str = "PAIR_ORIG_DST";
+/// `SkStorage<OriginalDst>`: socket-local storage of the sidecar's accepted
+/// socket, filled from the SYN's option when the connection is established.
+pub const SOCK_ORIG_DST: &str = "SOCK_ORIG_DST";
 /// `LruHashMap<u64 socket cookie, u8>`: sockets the sidecar connected (sockmap mode).
 pub const SIDECAR_COOKIES: &str = "SIDECAR_COOKIES";
 /// `LruHashMap<SockPair, u8>`: sidecar connections in the sockmap (sockmap mode).
@@ -38,7 +39,7 @@ pub const ALL_MAPS: [&str; 13] = [
     EXCLUDED_CIDRS4,
     EXCLUDED_CIDRS6,
     COOKIE_ORIG_DST,
-    PAIR_ORIG_DST,
+    SOCK_ORIG_DST,
     SIDECAR_COOKIES,
     SIDECAR_PAIRS,
     SIDECAR_SOCKS,

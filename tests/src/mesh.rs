@@ -75,6 +75,7 @@ pub struct Mesh {
 #[derive(Debug)]
 pub struct Proc {
     lines: mpsc::Receiver<String>,
+    stdin: Option<std::process::ChildStdin>,
     /// Every line read so far.
     pub seen: Vec<String>,
 }
@@ -95,6 +96,14 @@ impl Proc {
                 Err(_) => return None,
             }
         }
+    }
+
+    /// Writes one line to the process's standard input.
+    pub fn send(&mut self, line: &str) {
+        use std::io::Write as _;
+        let stdin = self.stdin.as_mut().expect("stdin piped");
+        writeln!(stdin, "{line}").expect("write to meshtest");
+        stdin.flush().expect("flush meshtest stdin");
     }
 
     /// Collects the lines that arrived until now.
@@ -230,11 +239,24 @@ impl Mesh {
 
     /// Starts a long-running role (sidecar, serve) and waits for its "ready".
     pub fn start(&mut self, place: Place, uid: Option<u32>, role: &[&str]) -> Proc {
+        self.start_until(place, uid, role, "ready")
+    }
+
+    /// Starts a role and waits for its first line starting with `first`.
+    pub fn start_until(
+        &mut self,
+        place: Place,
+        uid: Option<u32>,
+        role: &[&str],
+        first: &str,
+    ) -> Proc {
         let mut child = self
             .command(place, uid, role)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .expect("start meshtest");
+        let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("piped stdout");
         self.processes.push(child);
         let (tx, rx) = mpsc::channel();
@@ -248,10 +270,11 @@ impl Mesh {
         });
         let mut proc = Proc {
             lines: rx,
+            stdin,
             seen: Vec::new(),
         };
         assert!(
-            proc.wait_for("ready", Duration::from_secs(10)).is_some(),
+            proc.wait_for(first, Duration::from_secs(10)).is_some(),
             "meshtest {role:?} did not become ready: {:?}",
             proc.seen
         );

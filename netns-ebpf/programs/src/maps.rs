@@ -2,7 +2,8 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
 };
 use netns_ebpf::{
@@ -29,9 +30,10 @@ pub static EXCLUDED_CIDRS6: LpmTrie<[u8; 16], u8> =
 #[map]
 pub static COOKIE_ORIG_DST: LruHashMap<u64, OriginalDst> =
     LruHashMap::with_max_entries(CONNECTION_MAP_ENTRIES, 0);
-#[map]
-pub static PAIR_ORIG_DST: LruHashMap<SockPair, OriginalDst> =
-    LruHashMap::with_max_entries(CONNECTION_MAP_ENTRIES, 0);
+/// Per socket, so no key can collide across pods; freed with the socket.
+/// A BTF map: the kernel refuses socket storage without BTF.
+#[btf_map]
+pub static SOCK_ORIG_DST: SkStorage<OriginalDst> = SkStorage::new();
 #[map]
 pub static SIDECAR_COOKIES: LruHashMap<u64, u8> =
     LruHashMap::with_max_entries(CONNECTION_MAP_ENTRIES, 0);
@@ -55,4 +57,9 @@ pub fn count(index: u32) {
         // SAFETY: a per-CPU slot is only touched by programs on this CPU, one at a time.
         unsafe { *slot += 1 };
     }
+}
+
+/// The address of a BTF map definition, as helpers take it.
+pub fn map_ptr<T>(map: &T) -> *mut core::ffi::c_void {
+    core::ptr::from_ref(map).cast_mut().cast()
 }

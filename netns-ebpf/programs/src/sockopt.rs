@@ -1,12 +1,19 @@
 //! cgroup/getsockopt: answers `SO_ORIGINAL_DST` (IPv4) and
 //! `IP6T_SO_ORIGINAL_DST` (IPv6) for connections the data path redirected, the
 //! way netfilter's conntrack answers them after an iptables REDIRECT.
+//!
+//! The answer comes from the asking socket's own storage (filled by sock_ops
+//! from the SYN that opened it), never from a table shared with other sockets:
+//! a socket can only be told where its own connection was going.
+//!
+//! Every other getsockopt of every process in the cgroup passes through
+//! untouched, also those whose value is larger than the page the kernel shows
+//! programs (iptables-legacy's `IPT_SO_GET_ENTRIES`).
 
-use aya_ebpf::{bindings::bpf_sockopt, macros::cgroup_sockopt, programs::SockoptContext};
+use aya_ebpf::{bindings::bpf_sockopt, helpers::bpf_sk_storage_get, macros::cgroup_sockopt, programs::SockoptContext};
 use netns_ebpf::{AF_INET, AF_INET6, OriginalDst, counter};
 
-use crate::addr;
-use crate::maps::{PAIR_ORIG_DST, count};
+use crate::maps::{SOCK_ORIG_DST, count, map_ptr};
 
 const SOL_IP: i32 = 0;
 const SOL_IPV6: i32 = 41;
@@ -17,56 +24,77 @@ const SOCKADDR_IN6_LEN: usize = 28;
 
 #[cgroup_sockopt(getsockopt)]
 pub fn getsockopt(ctx: SockoptContext) -> i32 {
-    on_getsockopt(ctx.sockopt);
+    let so = ctx.sockopt;
+    if !answer(so) {
+        pass_through(so);
+    }
     1
 }
 
-fn on_getsockopt(so: *mut bpf_sockopt) {
+/// A value larger than the buffer the kernel shows us (one page) must be
+/// handed back as the kernel produced it: optlen 0 says so. Leaving optlen
+/// alone makes Linux 5.11 to 6.4 fail the call with EFAULT.
+fn pass_through(so: *mut bpf_sockopt) {
+    // SAFETY: optval, optval_end and optlen are fields of the context.
+    unsafe {
+        let start = (*so).__bindgen_anon_2.optval as usize;
+        let end = (*so).__bindgen_anon_3.optval_end as usize;
+        let optlen = (*so).optlen;
+        if optlen > 0 && (optlen as usize) > end.wrapping_sub(start) {
+            (*so).optlen = 0;
+        }
+    }
+}
+
+/// Answers an original-destination question about a redirected connection;
+/// false when the call is anything else.
+fn answer(so: *mut bpf_sockopt) -> bool {
     // SAFETY: level and optname are readable fields of the context.
     let (level, optname) = unsafe { ((*so).level, (*so).optname) };
-    let family = match (level, optname) {
-        (SOL_IP, SO_ORIGINAL_DST) => AF_INET,
-        (SOL_IPV6, SO_ORIGINAL_DST) => AF_INET6,
-        _ => return,
-    };
-    // SAFETY: `sk` of a sockopt context always points at the socket asked.
-    let sk = unsafe { (*so).__bindgen_anon_1.sk };
-    // SAFETY: fields of a live bpf_sock, readable in sockopt programs.
-    let (local, local_port, remote, remote_port) = unsafe {
-        (
-            addr::ctx_addr!(sk, family, src_ip4, src_ip6),
-            (*sk).src_port as u16,
-            addr::ctx_addr!(sk, family, dst_ip4, dst_ip6),
-            u16::from_be((*sk).dst_port),
-        )
-    };
-    // The sidecar holds the accepting end: its peer dialed, so the peer is the client.
-    let key = addr::pair(family, remote, remote_port, local, local_port);
-    // SAFETY: the value is copied out at once.
-    let Some(orig) = (unsafe { PAIR_ORIG_DST.get(&key) }).copied() else {
-        return;
-    };
-    if orig.family != family {
-        return;
+    if optname != SO_ORIGINAL_DST || (level != SOL_IP && level != SOL_IPV6) {
+        return false;
     }
+    // SAFETY: `sk` of a sockopt context always points at the socket asked;
+    // the storage pointer is checked for null and copied out at once.
+    let orig = unsafe {
+        let sk = (*so).__bindgen_anon_1.sk;
+        let stored = bpf_sk_storage_get(map_ptr(&SOCK_ORIG_DST), sk.cast(), core::ptr::null_mut(), 0)
+            .cast::<OriginalDst>();
+        if stored.is_null() {
+            return false;
+        }
+        *stored
+    };
     // SAFETY: optval..optval_end is the kernel's buffer for the answer; every
     // write below is bounds-checked against optval_end first.
     let written = unsafe {
         let start = (*so).__bindgen_anon_2.optval.cast::<u8>();
         let end = (*so).__bindgen_anon_3.optval_end.cast::<u8>();
-        if family == AF_INET {
-            write_sockaddr_in(start, end, &orig)
-        } else {
-            write_sockaddr_in6(start, end, &orig)
+        match (level, orig.family) {
+            (SOL_IP, AF_INET) => write_sockaddr_in(start, end, &orig),
+            // A dual-stack sidecar ([::]:15001) asks in IPv6 about an IPv4
+            // app: the answer is the mapped address, as its socket sees IPv4.
+            (SOL_IPV6, AF_INET) => write_sockaddr_in6(start, end, &mapped(&orig)),
+            (SOL_IPV6, AF_INET6) => write_sockaddr_in6(start, end, &orig),
+            _ => None,
         }
     };
-    if let Some(len) = written {
-        // SAFETY: optlen and retval are writable in getsockopt programs.
-        unsafe {
-            (*so).optlen = len as i32;
-            (*so).retval = 0;
-        }
-        count(counter::ORIGINAL_DST_ANSWERED);
+    let Some(len) = written else { return false };
+    // SAFETY: optlen and retval are writable in getsockopt programs.
+    unsafe {
+        (*so).optlen = len as i32;
+        (*so).retval = 0;
+    }
+    count(counter::ORIGINAL_DST_ANSWERED);
+    true
+}
+
+/// An IPv4 destination as `::ffff:a.b.c.d`.
+fn mapped(orig: &OriginalDst) -> OriginalDst {
+    OriginalDst {
+        addr: [0, 0, 0xffffu32.to_be(), orig.addr[0]],
+        port: orig.port,
+        family: AF_INET6,
     }
 }
 

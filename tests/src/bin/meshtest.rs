@@ -75,6 +75,28 @@ enum Role {
         #[arg(long)]
         mark: Option<u32>,
     },
+    /// Connect from a fixed source port (bound before connecting, as a
+    /// hostile app can), print `connected local=.. peer=..`, then read until
+    /// the peer closes.
+    Hold {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long)]
+        bind_port: u16,
+    },
+    /// A sidecar that only answers questions: for each line on stdin, accept
+    /// one connection, print what `SO_ORIGINAL_DST` says about it
+    /// (`accepted peer=.. local=.. orig=..` or `.. orig_error=..`), close it.
+    Probe {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Connect to `connect` and ask `SO_ORIGINAL_DST` on the app's own
+    /// socket: `asked orig=..` or `asked orig_error=..`.
+    Ask {
+        #[arg(long)]
+        connect: SocketAddr,
+    },
     /// Accept connections and drop them at once.
     Sink {
         #[arg(long)]
@@ -188,6 +210,14 @@ fn main() -> anyhow::Result<()> {
             hold_ms,
             mark,
         } => client(connect, size, count, hold_ms, mark),
+        Role::Hold { connect, bind_port } => hold(connect, bind_port),
+        Role::Probe { listen } => probe(listen),
+        Role::Ask { connect } => {
+            let stream =
+                TcpStream::connect(connect).with_context(|| format!("connect {connect}"))?;
+            say(&format!("asked {}", orig_answer(&stream)));
+            Ok(())
+        }
         Role::Sink { listen } => sink(listen),
         Role::Churn { connect, count } => churn(connect, count),
         Role::UdpEcho { listen } => udp_echo(listen),
@@ -369,6 +399,58 @@ fn client(
         ));
     }
     Ok(())
+}
+
+fn hold(connect: SocketAddr, bind_port: u16) -> anyhow::Result<()> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(connect),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    let local: SocketAddr = if connect.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, bind_port).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, bind_port).into()
+    };
+    socket.set_reuse_address(true)?;
+    socket
+        .bind(&local.into())
+        .with_context(|| format!("bind {local}"))?;
+    socket
+        .connect(&connect.into())
+        .with_context(|| format!("connect {connect}"))?;
+    let mut stream: TcpStream = socket.into();
+    say(&format!(
+        "connected local={} peer={}",
+        stream.local_addr()?,
+        stream.peer_addr()?
+    ));
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    Ok(())
+}
+
+fn probe(listen: SocketAddr) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen).with_context(|| format!("probe on {listen}"))?;
+    say("ready");
+    for line in std::io::stdin().lines() {
+        line?;
+        let (conn, peer) = listener.accept()?;
+        say(&format!(
+            "accepted peer={peer} local={} {}",
+            conn.local_addr()?,
+            orig_answer(&conn)
+        ));
+    }
+    Ok(())
+}
+
+/// What `SO_ORIGINAL_DST` says about `conn`: `orig=ADDR` or `orig_error=ERRNO`.
+fn orig_answer(conn: &TcpStream) -> String {
+    match original_dst(conn) {
+        Ok(orig) => format!("orig={orig}"),
+        Err(e) => format!("orig_error={}", e.raw_os_error().unwrap_or(0)),
+    }
 }
 
 fn sink(listen: SocketAddr) -> anyhow::Result<()> {
