@@ -104,7 +104,9 @@ const SO_ORIGINAL_DST: libc::c_int = 80;
 
 /// Where a redirected connection was going: `SO_ORIGINAL_DST` on an accepted
 /// IPv4 socket, `IP6T_SO_ORIGINAL_DST` on an IPv6 one. Answered by netfilter
-/// after an iptables REDIRECT, or by the data path's getsockopt program.
+/// after an iptables REDIRECT, or by the data path's getsockopt program. An
+/// IPv4 destination asked about on a dual-stack socket (`::ffff:a.b.c.d`) is
+/// returned as the IPv4 address it is.
 pub fn original_dst(conn: &impl AsFd) -> io::Result<SocketAddr> {
     let fd = conn.as_fd().as_raw_fd();
     let local = socket2::SockRef::from(conn).local_addr()?;
@@ -119,7 +121,11 @@ pub fn original_dst(conn: &impl AsFd) -> io::Result<SocketAddr> {
         let mut sin6: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
         getsockopt(fd, libc::SOL_IPV6, &mut sin6)?;
         let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-        Ok(SocketAddrV6::new(ip, u16::from_be(sin6.sin6_port), 0, 0).into())
+        let port = u16::from_be(sin6.sin6_port);
+        Ok(match ip.to_ipv4_mapped() {
+            Some(v4) => SocketAddrV4::new(v4, port).into(),
+            None => SocketAddrV6::new(ip, port, 0, 0).into(),
+        })
     }
 }
 

@@ -747,6 +747,42 @@ fn measure_program_cost(setup: &mut Setup, cfg: &Config) {
     drop(stats);
 }
 
+/// What an unrelated `getsockopt` (`SO_RCVBUF`) costs a process in the
+/// captured cgroup (the getsockopt program runs and passes it through)
+/// against the same call outside it, interleaved over the rounds.
+fn measure_unrelated_getsockopt(setup: &mut Setup, cfg: &Config) {
+    let iters = "200000";
+    let (mut captured, mut uncaptured) = (Vec::new(), Vec::new());
+    for _ in 0..cfg.rounds {
+        for (place, into) in [
+            (Place::PodA, &mut captured),
+            (Place::PodAUncaptured, &mut uncaptured),
+        ] {
+            let out = setup
+                .main
+                .run(place, None, &["sockopt-loop", "--iters", iters]);
+            let done = out
+                .iter()
+                .find(|l| l.starts_with("done"))
+                .expect("sockopt-loop result");
+            into.push(number(done, "ns_per_call"));
+        }
+    }
+    let ratios: Vec<f64> = captured
+        .iter()
+        .zip(&uncaptured)
+        .map(|(c, u)| c / u)
+        .collect();
+    let (lo, hi) = ratios
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+    let (c, u) = (median(captured), median(uncaptured));
+    println!("getsockopt_unrelated_captured_ns: {c:.1}");
+    println!("getsockopt_unrelated_uncaptured_ns: {u:.1}");
+    println!("getsockopt_unrelated_captured_vs_uncaptured: {:.2}", c / u);
+    println!("getsockopt_unrelated_captured_vs_uncaptured_per_round: {lo:.2}..{hi:.2}");
+}
+
 fn main() {
     // `cargo bench` passes --bench; filters are not supported here.
     assert!(
@@ -780,6 +816,7 @@ fn main() {
     for e in errors.iter().take(5) {
         println!("  {e}");
     }
+    measure_unrelated_getsockopt(&mut setup, &cfg);
     if cfg.cost {
         measure_program_cost(&mut setup, &cfg);
     }

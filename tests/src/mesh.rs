@@ -227,7 +227,8 @@ impl Mesh {
         args
     }
 
-    fn command(&self, place: Place, uid: Option<u32>, role: &[&str]) -> Command {
+    /// The meshtest command line for `role` in `place`, as `uid` (not started).
+    pub fn command(&self, place: Place, uid: Option<u32>, role: &[&str]) -> Command {
         let mut cmd = Command::new(&self.meshtest);
         cmd.args(self.place_args(place));
         if let Some(uid) = uid {

@@ -7,16 +7,22 @@
 //! it, that each sidecar only ever learns its own pod's destination, and that a
 //! process that is not a sidecar learns nothing. Needs root and iproute2.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use netns_ebpf::MeshSettings;
-use netns_tests::mesh::{Mesh, Place, Proc, SVC, SVC6, field};
+use aya::maps::{HashMap, Map, MapData};
+use netns_ebpf::{AF_INET, MeshSettings, OriginalDst, names};
+use netns_tests::mesh::{Mesh, POD_A_TO_B, Place, Proc, SVC, SVC6, field};
 
 const MESHTEST: &str = env!("CARGO_BIN_EXE_meshtest");
 const ROUNDS: u16 = 24;
 const WAIT: Duration = Duration::from_secs(10);
-/// `ENOENT`: what `SO_ORIGINAL_DST` answers for a connection nobody redirected.
-const ENOENT: &str = "2";
+
+/// Did the probe's `SO_ORIGINAL_DST` learn nothing? It fails: ENOENT where
+/// conntrack is loaded (it finds no NAT entry), ENOPROTOOPT where it is not.
+fn learned_nothing(line: &str) -> bool {
+    field(line, "orig").is_none() && matches!(field(line, "orig_error"), Some("2" | "92"))
+}
 
 /// Starts a `hold` app in `place` from `bind_port` to `target`; returns once
 /// it is connected (to its pod's sidecar, or wherever the kernel sent it).
@@ -118,9 +124,8 @@ fn root_a_process_that_is_not_the_sidecar_learns_nothing() {
             Some(format!("127.0.0.1:{port}").as_str()),
             "round {round}: the same 4-tuple as pod A's connection: {stolen}"
         );
-        assert_eq!(
-            field(&stolen, "orig_error"),
-            Some(ENOENT),
+        assert!(
+            learned_nothing(&stolen),
             "round {round}: pod B learned something: {stolen}"
         );
         let own = accept(&mut sidecar_a);
@@ -137,11 +142,111 @@ fn root_a_process_that_is_not_the_sidecar_learns_nothing() {
         &["ask", "--connect", &format!("{SVC}:8002")],
     );
     let asked = asked.iter().find(|l| l.starts_with("asked")).unwrap();
-    assert_eq!(field(asked, "orig_error"), Some(ENOENT), "{asked}");
+    assert!(learned_nothing(asked), "{asked}");
     let own = accept(&mut sidecar_a);
     assert_eq!(
         field(&own, "orig"),
         Some(format!("{SVC}:8002").as_str()),
         "{own}"
     );
+}
+
+/// Files a forged original destination for the socket `forger` made (by its
+/// cookie, where connect would have), lets it connect, and returns what the
+/// probe behind `target` is told.
+fn forged(mesh: &mut Mesh, from: Place, target: &str, claim: &str, probe: &mut Proc) -> String {
+    let mark = MeshSettings::istio().bypass_mark.to_string();
+    // The bypass mark keeps connect from redirecting it; sock_ops still writes
+    // the option for a socket that has an entry.
+    let role = ["forge", "--connect", target, "--mark", &mark];
+    let mut forger = mesh.start_until(from, None, &role, "cookie");
+    let cookie: u64 = forger.seen[0]
+        .strip_prefix("cookie=")
+        .and_then(|c| c.parse().ok())
+        .expect("cookie line");
+    let claim: SocketAddr = claim.parse().unwrap();
+    let orig = OriginalDst {
+        addr: match claim.ip() {
+            IpAddr::V4(v4) => [u32::from_ne_bytes(v4.octets()), 0, 0, 0],
+            IpAddr::V6(_) => unreachable!("IPv4 claims only"),
+        },
+        port: claim.port(),
+        family: AF_INET,
+    };
+    let pin = mesh.map_pin(names::COOKIE_ORIG_DST);
+    let map = Map::HashMap(MapData::from_pin(&pin).expect("open the pinned cookie map"));
+    let mut by_cookie: HashMap<_, u64, OriginalDst> = HashMap::try_from(map).unwrap();
+    by_cookie
+        .insert(&cookie, &orig, 0)
+        .expect("file the forged destination");
+    forger.send("go");
+    assert!(
+        forger.wait_for("connected", WAIT).is_some(),
+        "forger connected: {:?}",
+        forger.seen
+    );
+    accept(probe)
+}
+
+/// A SYN can carry any option its sender likes (a process with CAP_NET_RAW in
+/// its own namespace can write one). Sidecars believe the option only where
+/// it cannot mislead: on the outbound port from their own pod's loopback,
+/// and on the inbound port only about their own address. A forged option
+/// from another pod is ignored: the sidecar learns nothing, and so cannot be
+/// steered. The positive controls (the same forgery where it is believed)
+/// show the option did travel.
+#[test]
+fn root_another_pod_cannot_steer_a_sidecar_with_a_forged_syn_option() {
+    let Some(mut mesh) = Mesh::new_or_skip(MESHTEST, MeshSettings::istio()) else {
+        return;
+    };
+    let mut outbound = mesh.start(
+        Place::PodA,
+        Some(1337),
+        &["probe", "--listen", "0.0.0.0:15001"],
+    );
+    let mut inbound = mesh.start(
+        Place::PodA,
+        Some(1337),
+        &["probe", "--listen", "0.0.0.0:15006"],
+    );
+    let elsewhere = format!("{SVC}:9999");
+    let own = format!("{POD_A_TO_B}:8080");
+
+    // Pod B to pod A's outbound port, claiming a destination elsewhere.
+    let seen = forged(
+        &mut mesh,
+        Place::PodB,
+        &format!("{POD_A_TO_B}:15001"),
+        &elsewhere,
+        &mut outbound,
+    );
+    assert!(learned_nothing(&seen), "believed from pod B: {seen}");
+    // Pod B to pod A's inbound port, claiming another host.
+    let seen = forged(
+        &mut mesh,
+        Place::PodB,
+        &format!("{POD_A_TO_B}:15006"),
+        &elsewhere,
+        &mut inbound,
+    );
+    assert!(learned_nothing(&seen), "believed another host: {seen}");
+
+    // Controls: the same option where it is believed.
+    let seen = forged(
+        &mut mesh,
+        Place::PodA,
+        "127.0.0.1:15001",
+        &elsewhere,
+        &mut outbound,
+    );
+    assert_eq!(field(&seen, "orig"), Some(elsewhere.as_str()), "{seen}");
+    let seen = forged(
+        &mut mesh,
+        Place::PodB,
+        &format!("{POD_A_TO_B}:15006"),
+        &own,
+        &mut inbound,
+    );
+    assert_eq!(field(&seen, "orig"), Some(own.as_str()), "{seen}");
 }

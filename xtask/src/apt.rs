@@ -17,7 +17,15 @@ pub(crate) fn ensure(packages: &[&str], why: &str) -> anyhow::Result<()> {
         .context("apt-get update (are you root?)")?;
     cmd::status(
         Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            // Never remove a package that is there to make room (apt would
+            // otherwise resolve a version conflict by removing one).
+            .args([
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+                "--no-remove",
+            ])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )

@@ -97,6 +97,23 @@ enum Role {
         #[arg(long)]
         connect: SocketAddr,
     },
+    /// Benchmark: `iters` calls of `getsockopt(SO_RCVBUF)` on a TCP socket,
+    /// a call the data path's getsockopt program sees and must pass through;
+    /// prints the mean cost per call.
+    SockoptLoop {
+        #[arg(long, default_value_t = 200_000)]
+        iters: u32,
+    },
+    /// A socket whose SYN the test controls: make it (with `--mark`), print
+    /// `cookie=N` (`SO_COOKIE`, the key the data path files a socket's original
+    /// destination under), wait for a line on stdin, connect, print
+    /// `connected`, read until the peer closes.
+    Forge {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long)]
+        mark: Option<u32>,
+    },
     /// Accept connections and drop them at once.
     Sink {
         #[arg(long)]
@@ -218,6 +235,8 @@ fn main() -> anyhow::Result<()> {
             say(&format!("asked {}", orig_answer(&stream)));
             Ok(())
         }
+        Role::SockoptLoop { iters } => sockopt_loop(iters),
+        Role::Forge { connect, mark } => forge(connect, mark),
         Role::Sink { listen } => sink(listen),
         Role::Churn { connect, count } => churn(connect, count),
         Role::UdpEcho { listen } => udp_echo(listen),
@@ -451,6 +470,66 @@ fn orig_answer(conn: &TcpStream) -> String {
         Ok(orig) => format!("orig={orig}"),
         Err(e) => format!("orig_error={}", e.raw_os_error().unwrap_or(0)),
     }
+}
+
+fn sockopt_loop(iters: u32) -> anyhow::Result<()> {
+    anyhow::ensure!(iters > 0, "iters must be positive");
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    let mut sum = 0usize;
+    let started = Instant::now();
+    for _ in 0..iters {
+        sum = sum.wrapping_add(socket.recv_buffer_size()?);
+    }
+    let ns = started.elapsed().as_secs_f64() * 1e9 / f64::from(iters);
+    say(&format!(
+        "done ok={} iters={iters} ns_per_call={ns:.1}",
+        sum > 0
+    ));
+    Ok(())
+}
+
+fn forge(connect: SocketAddr, mark: Option<u32>) -> anyhow::Result<()> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(connect),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    if let Some(mark) = mark {
+        socket.set_mark(mark)?;
+    }
+    say(&format!("cookie={}", socket_cookie(&socket)?));
+    let mut go = String::new();
+    std::io::stdin().read_line(&mut go)?;
+    socket
+        .connect(&connect.into())
+        .with_context(|| format!("connect {connect}"))?;
+    say("connected");
+    let mut stream: TcpStream = socket.into();
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    Ok(())
+}
+
+/// `SO_COOKIE`: the kernel's 64-bit id of a socket.
+fn socket_cookie(socket: &socket2::Socket) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd as _;
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` is a live u64 and `len` says so; the kernel writes at
+    // most `len` bytes.
+    let ret = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
 }
 
 fn sink(listen: SocketAddr) -> anyhow::Result<()> {

@@ -1,6 +1,7 @@
-//! Host programs the tests call by name (iproute2's `ip` and `tc`, `bpftool`),
-//! copied into the guest with the shared libraries and the loader `ldd` names,
-//! at the same paths. The programs land in `/usr/local/sbin`, ahead of busybox's
+//! Host programs the tests call by name (iproute2's `ip` and `tc`, `bpftool`,
+//! iptables-legacy), copied into the guest with the shared libraries and the
+//! loader `ldd` names, at the same paths, and iptables' extensions (loaded
+//! with dlopen, so `ldd` does not name them). The programs land in `/usr/local/sbin`, ahead of busybox's
 //! smaller applets of the same name in the guest's `PATH`.
 //!
 //! python3 is not among them (its standard library is a tree, not a file): tests
@@ -18,7 +19,16 @@ const TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("tc", "iproute2"),
     ("bpftool", "bpftool"),
+    // One multi-call binary under each name: it dispatches on argv[0].
+    ("iptables-legacy", "iptables"),
+    ("iptables-legacy-restore", "iptables"),
+    ("iptables-legacy-save", "iptables"),
+    ("ip6tables-legacy", "iptables"),
+    ("ip6tables-legacy-restore", "iptables"),
+    ("ip6tables-legacy-save", "iptables"),
 ];
+/// Where iptables finds its match and target extensions.
+const XTABLES_DIR: &str = "/usr/lib/x86_64-linux-gnu/xtables";
 const HOST_DIRS: &[&str] = &["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
 const GUEST_DIR: &str = "/usr/local/sbin";
 
@@ -65,6 +75,12 @@ pub(crate) fn collect() -> anyhow::Result<Vec<GuestFile>> {
             if !files.iter().any(|f| f.host == library) {
                 files.push(GuestFile::same_path(&library, 0o755)?);
             }
+        }
+    }
+    for entry in std::fs::read_dir(XTABLES_DIR).with_context(|| format!("read {XTABLES_DIR}"))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "so") {
+            files.push(GuestFile::same_path(&path, 0o644)?);
         }
     }
     Ok(files)

@@ -43,7 +43,16 @@ use crate::{apt, cmd};
 use report::{Event, Guest, Verdict, secs};
 
 /// Kernel modules the guests load (with their dependencies) unless built in.
-const MODULES: &[&str] = &["veth", "bridge", "sch_ingress", "cls_bpf"];
+const MODULES: &[&str] = &[
+    "veth",
+    "bridge",
+    "sch_ingress",
+    "cls_bpf",
+    // iptables-legacy inside captured pods (the getsockopt pass-through test).
+    "iptable_filter",
+    "ip6table_filter",
+    "xt_tcpudp",
+];
 /// Files tests may need, relative to the workspace root, and the variable that
 /// tells the tests where they are (set when the file exists, locally too).
 const EXTRA_FILES: &[(&str, &str)] = &[("target/ebpf/netns-ebpf.o", "NETNS_EBPF_OBJECT")];
