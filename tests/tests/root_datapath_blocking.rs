@@ -1,5 +1,5 @@
 //! Default mode and blocking applications: the reason the default data path
-//! never puts a socket in a sockmap (shared/notes/sockmap-findings.md). 20
+//! never puts a socket in a sockmap (docs/sockmap.md). 20
 //! uploads of 16 MiB by plain blocking clients (Rust `std::net`, and `CPython`'s
 //! socket module) see no EAGAIN, no close stall, and TCP memory close to that
 //! of uncaptured traffic. Needs root, iproute2, python3.

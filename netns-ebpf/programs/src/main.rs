@@ -3,10 +3,11 @@
 //!
 //! - `connect4/6` send a meshed pod's outbound TCP to the sidecar and remember
 //!   where it was going; `getpeername4/6` show the app that address again.
-//! - `sockops` files the original destination under the connection's 4-tuple
-//!   once it exists, for `getsockopt(SO_ORIGINAL_DST)` in the sidecar.
+//! - `sockops` carries the original destination in the app's SYN (a TCP
+//!   option) into the sidecar socket's own storage, where `getsockopt`
+//!   answers `SO_ORIGINAL_DST` from (docs/security.md says why).
 //! - `sk_msg` + a sockhash short-circuit sidecar-to-sidecar legs: opt-in only,
-//!   never for application sockets (see shared/notes/sockmap-findings.md).
+//!   never for application sockets (docs/sockmap.md says why).
 //! - `sendmsg4/6` + `recvmsg4/6` redirect DNS to a local port, opt-in.
 //!
 //! Every setting comes from maps user space writes: nothing is compiled in.
