@@ -115,7 +115,9 @@ impl NetNs {
     }
 
     /// The network namespace of the calling **thread** (Go: `GetCurrentNS`),
-    /// opened through `/proc/<pid>/task/<tid>/ns/net`.
+    /// opened through `/proc/thread-self/ns/net` (Go spells it
+    /// `/proc/<pid>/task/<tid>/ns/net`, which names another process's thread
+    /// when the caller has its own pid namespace but the host's `/proc`).
     ///
     /// ```
     /// # if !nix::unistd::Uid::effective().is_root() { return Ok(()); }

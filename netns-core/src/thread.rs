@@ -39,9 +39,9 @@ pub fn gettid() -> i32 {
 pub fn setns(fd: impl AsFd, nstype: Option<NsType>) -> io::Result<()> {
     let flags = CloneFlags::from_bits_retain(nstype.map_or(0, NsType::clone_flag));
     nix::sched::setns(fd, flags)?;
-    if nstype.is_none_or(|t| t == NsType::Net) {
-        forget_thread_netns();
-    }
+    // Whatever the type says (`None`, `Other(0)`, `Other(CLONE_NEWNET)` all
+    // can be a network namespace), the record may be stale now: drop it.
+    forget_thread_netns();
     Ok(())
 }
 
@@ -53,10 +53,12 @@ pub fn forget_thread_netns() {
     let _ = CURRENT.try_with(|c| c.set(None));
 }
 
-/// `/proc/<pid>/task/<tid>/ns/net`: the calling thread's own namespace link,
-/// spelled so that it stays meaningful when read by another thread.
+/// `/proc/thread-self/ns/net`: the calling thread's own namespace link. Not
+/// `/proc/<pid>/task/<tid>`: in a process with its own pid namespace that
+/// still sees the host's `/proc` (`unshare --pid --fork` without
+/// `--mount-proc`), those numbers name another process's thread.
 pub(crate) fn own_netns_path() -> PathBuf {
-    format!("/proc/{}/task/{}/ns/net", std::process::id(), gettid()).into()
+    PathBuf::from("/proc/thread-self/ns/net")
 }
 
 /// The namespace the calling thread is in, from its record or from `/proc`.
