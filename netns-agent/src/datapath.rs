@@ -90,6 +90,9 @@ impl DataPath {
     /// program the settings call for to `config.cgroup`. On failure, everything
     /// done so far is undone.
     pub fn attach(object: &[u8], config: &DataPathConfig) -> Result<DataPath, DataPathError> {
+        if object.is_empty() {
+            return Err(DataPathError::NoObject);
+        }
         cgroup::check_cgroup2(&config.cgroup)?;
         // Loading creates the maps in the kernel but changes nothing outside
         // this process, so it goes before the first step that needs undoing.

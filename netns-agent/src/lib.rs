@@ -18,5 +18,6 @@ mod sys;
 
 pub use sys::original_dst;
 
-/// The eBPF object built by `cargo xtask build-ebpf`, embedded at compile time.
+/// The eBPF object built by `cargo xtask build-ebpf`, embedded at compile time;
+/// empty in a build made before the object existed (see [`datapath::DataPathError::NoObject`]).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("NETNS_EBPF_OBJECT"));

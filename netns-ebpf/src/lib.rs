@@ -76,7 +76,7 @@ pub struct OriginalDst {
 /// destination to the sidecar, on the pod's loopback. Layout: kind, length,
 /// port (network order), address (4 or 16 bytes, network order); 8 or 20
 /// bytes. The kind is an unassigned one (the experimental kinds 253/254 would
-/// need a 2-byte ExID, and an IPv6 destination plus Linux's usual SYN options
+/// need a 2-byte `ExID`, and an IPv6 destination plus Linux's usual SYN options
 /// leave exactly 20 bytes); it never leaves the host's loopback.
 pub mod tcp_option {
     /// The option kind.

@@ -228,6 +228,7 @@ impl Mesh {
     }
 
     /// The meshtest command line for `role` in `place`, as `uid` (not started).
+    #[must_use]
     pub fn command(&self, place: Place, uid: Option<u32>, role: &[&str]) -> Command {
         let mut cmd = Command::new(&self.meshtest);
         cmd.args(self.place_args(place));

@@ -9,6 +9,7 @@
 //! without that line, so this test guards the pass-through itself. Needs root
 //! and iptables (installed by `./x test`).
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -31,10 +32,11 @@ fn ruleset(v6: bool) -> String {
         } else {
             format!("192.0.2.{}/32", i % 250 + 1)
         };
-        rules.push_str(&format!(
-            "-A BIG -s {source} -p tcp --dport {} -j ACCEPT\n",
+        let _ = writeln!(
+            rules,
+            "-A BIG -s {source} -p tcp --dport {} -j ACCEPT",
             10_000 + i
-        ));
+        );
     }
     rules.push_str("COMMIT\n");
     rules

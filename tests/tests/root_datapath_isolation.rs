@@ -188,7 +188,7 @@ fn forged(mesh: &mut Mesh, from: Place, target: &str, claim: &str, probe: &mut P
     accept(probe)
 }
 
-/// A SYN can carry any option its sender likes (a process with CAP_NET_RAW in
+/// A SYN can carry any option its sender likes (a process with `CAP_NET_RAW` in
 /// its own namespace can write one). Sidecars believe the option only where
 /// it cannot mislead: on the outbound port from their own pod's loopback,
 /// and on the inbound port only about their own address. A forged option

@@ -18,6 +18,14 @@ pub enum DataPathError {
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
 
+    /// This build of the agent has no eBPF object: it was compiled before
+    /// `cargo xtask build-ebpf` had written one (a check-only build).
+    #[error(
+        "this netns-agent was built without its eBPF object: run `./x build-ebpf` (or \
+         `cargo xtask build-ebpf`), then build the agent again"
+    )]
+    NoObject,
+
     /// The eBPF object could not be parsed or its maps created.
     #[error("cannot load the eBPF object")]
     Object(#[source] aya::EbpfError),

@@ -146,7 +146,9 @@ fn on_option_len(ctx: &SockOpsContext) {
     if !writing_syn(ctx) {
         return;
     }
-    let Some(orig) = app_orig_dst(ctx) else { return };
+    let Some(orig) = app_orig_dst(ctx) else {
+        return;
+    };
     // SAFETY: the sock_ops context, in the header-length callback.
     if unsafe { bpf_reserve_hdr_opt(ctx.ops, option_len(&orig), 0) } != 0 {
         count(counter::ORIGINAL_DST_NO_ROOM);
@@ -157,7 +159,9 @@ fn on_write_option(ctx: &SockOpsContext) {
     if !writing_syn(ctx) {
         return;
     }
-    let Some(orig) = app_orig_dst(ctx) else { return };
+    let Some(orig) = app_orig_dst(ctx) else {
+        return;
+    };
     let mut option = [0u8; OPTION_MAX];
     option[0] = tcp_option::KIND;
     option[2..4].copy_from_slice(&orig.port.to_be_bytes());
@@ -269,7 +273,8 @@ fn file_original_dst(ctx: &SockOpsContext, leg: Leg) {
         )
     };
     let port = u16::from_be_bytes([option[2], option[3]]);
-    let word = |i: usize| u32::from_ne_bytes([option[i], option[i + 1], option[i + 2], option[i + 3]]);
+    let word =
+        |i: usize| u32::from_ne_bytes([option[i], option[i + 1], option[i + 2], option[i + 3]]);
     let mut orig = if len == i64::from(tcp_option::LEN_V4) && option[1] == tcp_option::LEN_V4 {
         OriginalDst {
             addr: [word(4), 0, 0, 0],

@@ -10,7 +10,10 @@
 //! untouched, also those whose value is larger than the page the kernel shows
 //! programs (iptables-legacy's `IPT_SO_GET_ENTRIES`).
 
-use aya_ebpf::{bindings::bpf_sockopt, helpers::bpf_sk_storage_get, macros::cgroup_sockopt, programs::SockoptContext};
+use aya_ebpf::{
+    bindings::bpf_sockopt, helpers::bpf_sk_storage_get, macros::cgroup_sockopt,
+    programs::SockoptContext,
+};
 use netns_ebpf::{AF_INET, AF_INET6, OriginalDst, counter};
 
 use crate::maps::{SOCK_ORIG_DST, count, map_ptr};
@@ -58,8 +61,9 @@ fn answer(so: *mut bpf_sockopt) -> bool {
     // the storage pointer is checked for null and copied out at once.
     let orig = unsafe {
         let sk = (*so).__bindgen_anon_1.sk;
-        let stored = bpf_sk_storage_get(map_ptr(&SOCK_ORIG_DST), sk.cast(), core::ptr::null_mut(), 0)
-            .cast::<OriginalDst>();
+        let stored =
+            bpf_sk_storage_get(map_ptr(&SOCK_ORIG_DST), sk.cast(), core::ptr::null_mut(), 0)
+                .cast::<OriginalDst>();
         if stored.is_null() {
             return false;
         }

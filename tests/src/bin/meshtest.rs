@@ -514,7 +514,7 @@ fn forge(connect: SocketAddr, mark: Option<u32>) -> anyhow::Result<()> {
 fn socket_cookie(socket: &socket2::Socket) -> std::io::Result<u64> {
     use std::os::fd::AsRawFd as _;
     let mut cookie = 0u64;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    let mut len: libc::socklen_t = 8;
     // SAFETY: `cookie` is a live u64 and `len` says so; the kernel writes at
     // most `len` bytes.
     let ret = unsafe {
