@@ -143,10 +143,7 @@ impl Drop for ChildCgroup {
             }
         }
         if let Err(e) = std::fs::remove_dir(&self.path) {
-            eprintln!(
-                "netns-agent: cannot remove cgroup {}: {e}",
-                self.path.display()
-            );
+            tracing::warn!(cgroup = %self.path.display(), error = %e, "cannot remove cgroup");
         }
     }
 }

@@ -429,7 +429,7 @@ use attach_cgroup;
 impl Drop for DataPath {
     fn drop(&mut self) {
         if let Err(e) = self.teardown() {
-            eprintln!("netns-agent: data path teardown: {e}");
+            tracing::warn!(error = %e, "data path teardown");
         }
     }
 }

@@ -95,7 +95,7 @@ fn serve_requests(pod: &NetNs, settings: &MeshSettings, requests: u8) -> anyhow:
         let sidecar_thread = scope.spawn(|| -> anyhow::Result<()> {
             for _ in 0..requests {
                 let (mut app_side, peer) = sidecar.accept().context("sidecar accept")?;
-                let orig = netns_agent::original_dst(&app_side).context("SO_ORIGINAL_DST")?;
+                let orig = netns_core::original_dst(&app_side).context("SO_ORIGINAL_DST")?;
                 println!(
                     "  sidecar accepted {peer} on {outbound}; SO_ORIGINAL_DST says {orig}; \
                      forwarding to {BACKEND} with SO_MARK {mark:#x}"

@@ -7,7 +7,6 @@
 //! - [`cgroup`]: find the cgroup v2 mount, check a path is cgroup v2, and make
 //!   throw-away child cgroups.
 //! - [`bpffs`]: make sure a directory is on a BPF filesystem, mounting one if not.
-//! - [`original_dst`]: `SO_ORIGINAL_DST`, as a sidecar asks it.
 
 #![deny(missing_docs)]
 
@@ -15,8 +14,6 @@ pub mod bpffs;
 pub mod cgroup;
 pub mod datapath;
 mod sys;
-
-pub use sys::original_dst;
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at compile time;
 /// empty in a build made before the object existed (see [`datapath::DataPathError::NoObject`]).

@@ -11,7 +11,8 @@ use clap::{Parser, Subcommand};
 
 /// Merbridge-style node agent for the netns eBPF data path.
 ///
-/// Every command needs root: it creates and enters network namespaces.
+/// Every command needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN and CAP_BPF): it
+/// loads eBPF programs, attaches them to a cgroup and enters network namespaces.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
@@ -37,7 +38,15 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let euid = nix::unistd::Uid::effective();
+    if !euid.is_root() {
+        anyhow::bail!(
+            "netns-agent needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF): it loads eBPF \
+             programs, attaches them to a cgroup and enters network namespaces; running as uid {euid}"
+        );
+    }
+    match cli.command {
         Command::Demo { requests } => demo::run(requests),
     }
 }

@@ -1,15 +1,13 @@
-//! The agent's only unsafe code: two raw system calls no crate wraps.
+//! The agent's only unsafe code: raw `bpf(2)` commands aya does not wrap.
 //!
 //! - Pinning a link aya gives no handle on: aya 0.16 cannot turn a
 //!   `CgroupSockoptLink` into an `FdLink`, so it cannot pin it. We find the link
 //!   by its program id, open it by id and pin it ourselves, so that
 //!   `getsockopt` survives an agent restart like the other programs.
-//! - `getsockopt(SO_ORIGINAL_DST)`, as a sidecar asks it.
+//! - Detaching a link now (`BPF_LINK_DETACH`), whoever else holds it.
 
 use std::ffi::CString;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::AsFd;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -98,55 +96,4 @@ pub(crate) fn pin_link_of_program(prog_id: u32, path: &Path) -> io::Result<()> {
     attr.put_u64(0, c_path.as_ptr() as u64); // pathname
     attr.put_u32(8, link.as_raw_fd().cast_unsigned()); // bpf_fd
     bpf(BPF_OBJ_PIN, &mut attr).map(drop)
-}
-
-const SO_ORIGINAL_DST: libc::c_int = 80;
-
-/// Where a redirected connection was going: `SO_ORIGINAL_DST` on an accepted
-/// IPv4 socket, `IP6T_SO_ORIGINAL_DST` on an IPv6 one. Answered by netfilter
-/// after an iptables REDIRECT, or by the data path's getsockopt program. An
-/// IPv4 destination asked about on a dual-stack socket (`::ffff:a.b.c.d`) is
-/// returned as the IPv4 address it is.
-pub fn original_dst(conn: &impl AsFd) -> io::Result<SocketAddr> {
-    let fd = conn.as_fd().as_raw_fd();
-    let local = socket2::SockRef::from(conn).local_addr()?;
-    if local.is_ipv4() {
-        // SAFETY: sockaddr_in is plain old data; all-zero is valid.
-        let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        getsockopt(fd, libc::SOL_IP, &mut sin)?;
-        let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-        Ok(SocketAddrV4::new(ip, u16::from_be(sin.sin_port)).into())
-    } else {
-        // SAFETY: sockaddr_in6 is plain old data; all-zero is valid.
-        let mut sin6: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-        getsockopt(fd, libc::SOL_IPV6, &mut sin6)?;
-        let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-        let port = u16::from_be(sin6.sin6_port);
-        Ok(match ip.to_ipv4_mapped() {
-            Some(v4) => SocketAddrV4::new(v4, port).into(),
-            None => SocketAddrV6::new(ip, port, 0, 0).into(),
-        })
-    }
-}
-
-/// `getsockopt(fd, level, SO_ORIGINAL_DST)` into a sockaddr of type `T`.
-fn getsockopt<T>(fd: std::os::fd::RawFd, level: libc::c_int, out: &mut T) -> io::Result<()> {
-    let mut len = libc::socklen_t::try_from(std::mem::size_of::<T>())
-        .map_err(|_| io::Error::other("sockaddr too large"))?;
-    // SAFETY: `out` is a live, writable `T` of `len` bytes; the kernel writes
-    // at most `len` bytes of a sockaddr into it.
-    let ret = unsafe {
-        libc::getsockopt(
-            fd,
-            level,
-            SO_ORIGINAL_DST,
-            std::ptr::from_mut(out).cast(),
-            &raw mut len,
-        )
-    };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
 }

@@ -19,6 +19,9 @@ fn root_demo_redirects_through_the_sidecar_and_cleans_up() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The demo's lines are what the sidecar and the app learned from the
+    // kernel (SO_ORIGINAL_DST, getpeername), printed as they got them: the
+    // text the README shows a newcomer.
     assert_eq!(
         stdout
             .matches("SO_ORIGINAL_DST says 198.18.96.10:80")

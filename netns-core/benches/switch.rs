@@ -4,19 +4,27 @@
 //!
 //! Run with `./x bench` (builds the Go anchor, needs root). Rounds interleave the
 //! contenders so machine noise hits them alike; figures are per-call medians.
-//! Prints one `name: value` line per figure, then the ratios:
-//! `run_vs_floor`, `go_do_vs_run`, `netns_rs_vs_run`.
+//! Each round starts with a different contender (the order rotates). Prints
+//! one `name: value` line per figure, then the ratios of the medians with
+//! their per-round range: `run_vs_floor`, `go_do_vs_run`, `netns_rs_vs_run`.
 //!
 //! Environment: `NETNS_BENCH_GO_ANCHOR` (path of the built Go anchor; without it
 //! Go is reported as unavailable), `NETNS_BENCH_ITERS` (calls per round, default
 //! 20000), `NETNS_BENCH_ROUNDS` (default 7).
 
+use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::process::Command;
 use std::time::Instant;
 
 use netns_core::{NetNs, TempNetNs};
 use nix::sched::{CloneFlags, setns};
+
+const FLOOR: &str = "floor";
+const RUN: &str = "run";
+const GUARD: &str = "guard";
+const NETNS_RS: &str = "netns_rs";
+const GO_DO: &str = "go_do";
 
 fn env_or(name: &str, default: u32) -> u32 {
     std::env::var(name).ok().map_or(default, |v| {
@@ -60,6 +68,9 @@ fn go_do_round(anchor: &str, ns: &TempNetNs, iters: u32) -> f64 {
         .expect("Go anchor printed no go_do_ns_per_call line")
 }
 
+/// One contender: its name and one round's measurement (ns per call).
+type Leg<'a> = (&'static str, Box<dyn FnMut() -> f64 + 'a>);
+
 fn main() {
     // `cargo bench` passes --bench; a filter argument is not supported here.
     assert!(
@@ -74,54 +85,92 @@ fn main() {
     let home = NetNs::current().expect("open own namespace");
     let rs_target = netns_rs::get_from_path(target.path()).expect("netns-rs opens the namespace");
 
-    let (mut floor, mut run, mut enter, mut rs, mut go) = (vec![], vec![], vec![], vec![], vec![]);
+    let mut legs: Vec<Leg<'_>> = vec![
+        (
+            FLOOR,
+            Box::new(|| {
+                per_call_ns(iters, || {
+                    setns(&*target, CloneFlags::CLONE_NEWNET).unwrap();
+                    setns(&home, CloneFlags::CLONE_NEWNET).unwrap();
+                })
+            }),
+        ),
+        (
+            RUN,
+            Box::new(|| {
+                per_call_ns(iters, || {
+                    target
+                        .run(|host| {
+                            black_box(host);
+                        })
+                        .unwrap();
+                })
+            }),
+        ),
+        (
+            GUARD,
+            Box::new(|| per_call_ns(iters, || drop(black_box(target.enter().unwrap())))),
+        ),
+        (
+            NETNS_RS,
+            Box::new(|| {
+                per_call_ns(iters, || {
+                    rs_target
+                        .run(|ns| {
+                            black_box(ns);
+                        })
+                        .unwrap();
+                })
+            }),
+        ),
+    ];
+    if let Some(anchor) = &go_anchor {
+        legs.push((GO_DO, Box::new(|| go_do_round(anchor, &target, iters))));
+    }
     // Warm up every path once (the per-thread record, page faults, Go's build cache).
-    target.run(|_| ()).unwrap();
-    for round in 0..rounds {
-        floor.push(per_call_ns(iters, || {
-            setns(&*target, CloneFlags::CLONE_NEWNET).unwrap();
-            setns(&home, CloneFlags::CLONE_NEWNET).unwrap();
-        }));
-        run.push(per_call_ns(iters, || {
-            target
-                .run(|host| {
-                    black_box(host);
-                })
-                .unwrap();
-        }));
-        enter.push(per_call_ns(iters, || {
-            drop(black_box(target.enter().unwrap()));
-        }));
-        rs.push(per_call_ns(iters, || {
-            rs_target
-                .run(|ns| {
-                    black_box(ns);
-                })
-                .unwrap();
-        }));
-        if let Some(anchor) = &go_anchor {
-            go.push(go_do_round(anchor, &target, iters));
+    for (_, leg) in &mut legs {
+        leg();
+    }
+    let mut figures: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    for round in 0..rounds as usize {
+        // Each round starts with another leg, so no contender always goes
+        // first (cold caches) or last.
+        let n = legs.len();
+        for i in 0..n {
+            let (name, leg) = &mut legs[(round + i) % n];
+            figures.entry(*name).or_default().push(leg());
         }
         eprintln!("round {}/{rounds} done", round + 1);
     }
 
-    let floor = median(floor);
-    let run = median(run);
-    let rs = median(rs);
     println!("iters_per_round: {iters}");
-    println!("rounds: {rounds}");
-    println!("floor_two_setns_ns: {floor:.1}");
-    println!("netns_core_run_ns: {run:.1}");
-    println!("netns_core_enter_guard_ns: {:.1}", median(enter));
-    println!("netns_rs_run_ns: {rs:.1}");
-    if go.is_empty() {
-        println!("go_do_ns: unavailable (set NETNS_BENCH_GO_ANCHOR; `./x bench` does)");
-    } else {
-        println!("go_do_ns: {:.1}", median(go.clone()));
+    println!("rounds: {rounds} (leg order rotated each round)");
+    for (name, label) in [
+        (FLOOR, "floor_two_setns_ns"),
+        (RUN, "netns_core_run_ns"),
+        (GUARD, "netns_core_enter_guard_ns"),
+        (NETNS_RS, "netns_rs_run_ns"),
+        (GO_DO, "go_do_ns"),
+    ] {
+        match figures.get(name) {
+            Some(xs) => println!("{label}: {:.1}", median(xs.clone())),
+            None => println!("{label}: unavailable (set NETNS_BENCH_GO_ANCHOR; `./x bench` does)"),
+        }
     }
-    println!("run_vs_floor: {:.3}", run / floor);
-    if !go.is_empty() {
-        println!("go_do_vs_run: {:.2}", median(go) / run);
+    for (label, num, den, precision) in [
+        ("run_vs_floor", RUN, FLOOR, 3),
+        ("go_do_vs_run", GO_DO, RUN, 2),
+        ("netns_rs_vs_run", NETNS_RS, RUN, 2),
+    ] {
+        let (Some(a), Some(b)) = (figures.get(num), figures.get(den)) else {
+            continue;
+        };
+        let per_round: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
+        let lo = per_round.iter().copied().fold(f64::MAX, f64::min);
+        let hi = per_round.iter().copied().fold(f64::MIN, f64::max);
+        println!(
+            "{label}: {:.precision$} (per round {lo:.precision$}..{hi:.precision$})",
+            median(a.clone()) / median(b.clone())
+        );
     }
-    println!("netns_rs_vs_run: {:.2}", rs / run);
 }

@@ -144,7 +144,7 @@ impl std::ops::Deref for TempNetNs {
 impl Drop for TempNetNs {
     fn drop(&mut self) {
         if let Err(e) = NetNs::delete_named(&self.name) {
-            eprintln!("netns-core: cannot delete temporary namespace: {e}");
+            tracing::warn!(error = %e, "cannot delete temporary namespace");
         }
     }
 }

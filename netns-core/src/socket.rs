@@ -1,4 +1,4 @@
-//! Sockets made inside a namespace, and `SO_MARK`.
+//! Sockets made inside a namespace, `SO_MARK`, and `SO_ORIGINAL_DST`.
 //!
 //! A socket belongs for life to the network namespace it was created in. Only
 //! `socket(2)` runs inside the namespace; binding, connecting and every later use
@@ -33,6 +33,41 @@ pub fn set_mark(socket: impl AsFd, mark: u32) -> io::Result<()> {
 /// Reads `SO_MARK` back from a socket.
 pub fn mark(socket: impl AsFd) -> io::Result<u32> {
     SockRef::from(&socket).mark()
+}
+
+/// `SO_ORIGINAL_DST` and `IP6T_SO_ORIGINAL_DST` (they share the number).
+pub const SO_ORIGINAL_DST: i32 = 80;
+
+/// Where a redirected connection was going, as a transparent proxy (a
+/// sidecar) asks it of an accepted socket: `SO_ORIGINAL_DST` on an IPv4
+/// socket, `IP6T_SO_ORIGINAL_DST` on an IPv6 one. Answered by netfilter after
+/// an iptables `REDIRECT`, or by the netns data path's getsockopt program. An
+/// IPv4 destination asked about on a dual-stack socket (`::ffff:a.b.c.d`) is
+/// returned as the IPv4 address it is. A connection nobody redirected gets
+/// `ENOENT` (or `ENOPROTOOPT` where conntrack is not loaded).
+///
+/// ```no_run
+/// let listener = std::net::TcpListener::bind("127.0.0.1:15001")?;
+/// let (conn, _) = listener.accept()?;
+/// let destination = netns_core::original_dst(&conn)?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn original_dst(conn: &impl AsFd) -> io::Result<SocketAddr> {
+    let local = SockRef::from(conn).local_addr()?;
+    if local.as_socket_ipv4().is_some() {
+        let sin: libc::sockaddr_in =
+            crate::sys::getsockopt_value(conn, libc::SOL_IP, SO_ORIGINAL_DST)?;
+        let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+        Ok(SocketAddr::new(ip.into(), u16::from_be(sin.sin_port)))
+    } else {
+        let sin6: libc::sockaddr_in6 =
+            crate::sys::getsockopt_value(conn, libc::SOL_IPV6, SO_ORIGINAL_DST)?;
+        let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+        Ok(SocketAddr::new(
+            ip.to_canonical(),
+            u16::from_be(sin6.sin6_port),
+        ))
+    }
 }
 
 /// Makes sockets inside one namespace, optionally marked. Get one from

@@ -1,4 +1,5 @@
-//! The crate's only unsafe code: the two ioctls nix has no safe wrapper for.
+//! The crate's only unsafe code: the ioctls and socket options nix has no
+//! safe wrapper for.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
@@ -83,5 +84,39 @@ pub(crate) fn netns_cookie(sock: impl AsFd) -> io::Result<u64> {
         Err(io::Error::last_os_error())
     } else {
         Ok(cookie)
+    }
+}
+
+/// Plain-old-data values the kernel writes through `getsockopt`.
+pub(crate) trait SockoptValue: Copy {}
+impl SockoptValue for libc::sockaddr_in {}
+impl SockoptValue for libc::sockaddr_in6 {}
+
+/// `getsockopt(sock, level, name)` into a zeroed `T`.
+pub(crate) fn getsockopt_value<T: SockoptValue>(
+    sock: &impl AsFd,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<T> {
+    // SAFETY: `T` is a C struct of plain data (sealed by `SockoptValue`);
+    // all-zero is a valid value of it.
+    let mut value: T = unsafe { std::mem::zeroed() };
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<T>())
+        .map_err(|_| io::Error::other("option value too large"))?;
+    // SAFETY: `value` is a live, writable `T` of `len` bytes; the kernel
+    // writes at most `len` bytes into it.
+    let ret = unsafe {
+        libc::getsockopt(
+            sock.as_fd().as_raw_fd(),
+            level,
+            name,
+            (&raw mut value).cast(),
+            &raw mut len,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(value)
     }
 }

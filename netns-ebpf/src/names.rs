@@ -70,4 +70,19 @@ pub mod prog {
     pub const SOCKOPS: &str = "sockops_track";
     /// `sk_msg` on [`super::SIDECAR_SOCKS`] (opt-in sockmap mode).
     pub const SK_MSG: &str = "sidecar_msg";
+
+    /// Every program of the object.
+    pub const ALL: [&str; 11] = [
+        CONNECT4,
+        CONNECT6,
+        GETPEERNAME4,
+        GETPEERNAME6,
+        SENDMSG4,
+        RECVMSG4,
+        SENDMSG6,
+        RECVMSG6,
+        GETSOCKOPT,
+        SOCKOPS,
+        SK_MSG,
+    ];
 }

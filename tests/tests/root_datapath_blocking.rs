@@ -3,6 +3,10 @@
 //! uploads of 16 MiB by plain blocking clients (Rust `std::net`, and `CPython`'s
 //! socket module) see no EAGAIN, no close stall, and TCP memory close to that
 //! of uncaptured traffic. Needs root, iproute2, python3.
+//!
+//! TCP memory is a machine-wide counter and the close stall a timing: the
+//! tests of this file run one at a time ([`SERIAL`]), and cargo runs test
+//! files one after another, so no other upload runs while one is measured.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,6 +19,15 @@ use netns_tests::mesh::{Mesh, Place, Proc, SVC, field};
 use netns_tests::{in_vm, skip_in_vm};
 
 const MESHTEST: &str = env!("CARGO_BIN_EXE_meshtest");
+/// Held by each test of this file for its whole run.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    // A failed test poisons the lock; the next one still measures alone.
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 const UPLOAD: &str = "16777216";
 const UPLOADS: &str = "20";
 
@@ -104,6 +117,7 @@ fn worst_close(lines: &[String]) -> f64 {
 
 #[test]
 fn root_blocking_std_net_uploads_see_no_eagain_no_close_stall_and_bounded_memory() {
+    let _alone = serial();
     let Some(mut mesh) = Mesh::new_or_skip(MESHTEST, MeshSettings::istio()) else {
         return;
     };
@@ -164,6 +178,7 @@ fn root_blocking_std_net_uploads_see_no_eagain_no_close_stall_and_bounded_memory
 
 #[test]
 fn root_python_blocking_client_sees_no_eagain() {
+    let _alone = serial();
     if skip_in_vm("no python3 in the guest") {
         return;
     }

@@ -5,9 +5,19 @@ use std::path::PathBuf;
 
 use netns_agent::cgroup::{ChildCgroup, cgroup2_mount};
 use netns_agent::datapath::{DataPath, DataPathConfig, DataPathError};
-use netns_ebpf::MeshSettings;
+use netns_ebpf::{MeshSettings, names};
 use netns_tests::kernel::cgroup_program_ids;
 use netns_tests::require_root;
+
+/// The tests that load programs run one at a time: the half-way test counts
+/// the programs loaded while it runs.
+static LOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn loading_alone() -> std::sync::MutexGuard<'static, ()> {
+    LOADING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 fn config(cgroup: PathBuf, tag: &str) -> DataPathConfig {
     DataPathConfig {
@@ -29,48 +39,90 @@ fn root_a_path_that_is_not_cgroup_v2_is_refused_before_anything_happens() {
     }
 }
 
+/// A stale file where one of the pins will go makes the attach fail at that
+/// step; whatever came before it (maps pinned, programs attached and their
+/// links pinned) must be undone. Tried at three depths: the last map (before
+/// any program), the getsockopt link (pinned by program id, after sock_ops is
+/// attached), and the last cgroup link (after every other program).
 #[test]
 fn root_a_failure_half_way_leaves_nothing_attached() {
     require_root();
+    let _alone = loading_alone();
     let cgroup = ChildCgroup::create(
         &cgroup2_mount().unwrap(),
         &format!("netns-errors-{}", std::process::id()),
     )
     .unwrap();
-    let cfg = config(cgroup.path().to_owned(), "halfway");
-    // A stale pin where a map will go: pinning fails after loading, mid-way.
-    netns_agent::bpffs::ensure(&cfg.pin_dir).unwrap();
-    std::fs::create_dir_all(cfg.pin_dir.join("maps")).unwrap();
-    std::fs::create_dir(cfg.pin_dir.join("maps/COUNTERS")).unwrap();
-    let err = DataPath::attach(netns_agent::EBPF_OBJECT, &cfg).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            DataPathError::Pin {
-                what: "COUNTERS",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    assert!(
-        cgroup_program_ids(cgroup.path()).is_empty(),
-        "nothing attached"
-    );
-    let left: Vec<_> = std::fs::read_dir(cfg.pin_dir.join("maps"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(left, ["COUNTERS"], "only the stale entry is left");
-    std::fs::remove_dir(cfg.pin_dir.join("maps/COUNTERS")).unwrap();
-    std::fs::remove_dir(cfg.pin_dir.join("maps")).unwrap();
-    nix::mount::umount(&cfg.pin_dir).unwrap();
-    std::fs::remove_dir(&cfg.pin_dir).unwrap();
+    for (dir, stale) in [
+        ("maps", names::COUNTERS),
+        ("links", names::prog::GETSOCKOPT),
+        ("links", names::prog::CONNECT6),
+    ] {
+        let cfg = config(cgroup.path().to_owned(), &format!("halfway-{stale}"));
+        netns_agent::bpffs::ensure(&cfg.pin_dir).unwrap();
+        std::fs::create_dir_all(cfg.pin_dir.join(dir)).unwrap();
+        std::fs::create_dir(cfg.pin_dir.join(dir).join(stale)).unwrap();
+        let before: Vec<u32> = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .map(|p| p.id())
+            .collect();
+        let err = DataPath::attach(netns_agent::EBPF_OBJECT, &cfg).unwrap_err();
+        assert!(
+            matches!(&err, DataPathError::Pin { what, .. } if *what == stale),
+            "{stale}: {err:?}"
+        );
+        assert!(
+            cgroup_program_ids(cgroup.path()).is_empty(),
+            "{stale}: nothing stays attached"
+        );
+        // The programs it loaded are gone once their last reference is
+        // (the kernel frees them a moment later, after RCU).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let leaked = || -> Vec<u32> {
+            aya::programs::loaded_programs()
+                .filter_map(Result::ok)
+                .filter(|p| {
+                    p.name_as_str()
+                        .is_some_and(|n| names::prog::ALL.contains(&n))
+                })
+                .map(|p| p.id())
+                .filter(|id| !before.contains(id))
+                .collect()
+        };
+        while !leaked().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(leaked(), Vec::<u32>::new(), "{stale}: programs left loaded");
+        for sub in ["maps", "links"] {
+            let left: Vec<String> = std::fs::read_dir(cfg.pin_dir.join(sub))
+                .map(|entries| {
+                    entries
+                        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let expected: Vec<String> = if sub == dir {
+                vec![stale.to_owned()]
+            } else {
+                Vec::new()
+            };
+            assert_eq!(
+                left, expected,
+                "{stale}: only the stale entry is left in {sub}"
+            );
+        }
+        std::fs::remove_dir(cfg.pin_dir.join(dir).join(stale)).unwrap();
+        let _ = std::fs::remove_dir(cfg.pin_dir.join("maps"));
+        let _ = std::fs::remove_dir(cfg.pin_dir.join("links"));
+        nix::mount::umount(&cfg.pin_dir).unwrap();
+        std::fs::remove_dir(&cfg.pin_dir).unwrap();
+    }
 }
 
 #[test]
 fn root_modes_not_attached_cannot_be_switched_on_later() {
     require_root();
+    let _alone = loading_alone();
     let cgroup = ChildCgroup::create(
         &cgroup2_mount().unwrap(),
         &format!("netns-modes-{}", std::process::id()),

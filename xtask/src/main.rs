@@ -59,20 +59,40 @@ enum Verb {
     BenchDatapath(bench_datapath::Args),
 }
 
+/// `./x run [ARGS]`: builds the agent and runs it with `ARGS`; with none, or
+/// with only options (`./x run --requests 3`), as `demo ARGS`. Exits with the
+/// agent's own exit code.
+fn run_agent(args: &[String]) -> anyhow::Result<()> {
+    const AGENT_FLAGS: [&str; 4] = ["-h", "--help", "-V", "--version"];
+    cmd::require_root("./x run")?;
+    ebpf::build()?;
+    eprintln!("xtask: building netns-agent");
+    cmd::status(&mut cmd::cargo(&[
+        "build",
+        "--quiet",
+        "--package",
+        "netns-agent",
+    ]))?;
+    let mut agent =
+        std::process::Command::new(cmd::workspace_root().join("target/debug/netns-agent"));
+    let options_only = args
+        .first()
+        .is_none_or(|a| a.starts_with('-') && !AGENT_FLAGS.contains(&a.as_str()));
+    if options_only {
+        agent.arg("demo");
+    }
+    agent.args(args);
+    let status = agent
+        .status()
+        .map_err(|e| anyhow::anyhow!("cannot start netns-agent: {e}"))?;
+    std::process::exit(status.code().unwrap_or(1));
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().verb {
         Verb::Test { no_vm } => test::run(!no_vm),
         Verb::BuildEbpf => ebpf::build().map(|object| eprintln!("xtask: {}", object.display())),
-        Verb::Run { args } => {
-            cmd::require_root("./x run")?;
-            ebpf::build()?;
-            let mut cargo = cmd::cargo(&["run", "--quiet", "--package", "netns-agent", "--"]);
-            if args.is_empty() {
-                cargo.arg("demo");
-            }
-            cargo.args(&args);
-            cmd::status(&mut cargo)
-        }
+        Verb::Run { args } => run_agent(&args),
         Verb::Bench { iters, rounds } => bench::run(iters, rounds),
         Verb::IntegrationTest(args) => vm::run(&args),
         Verb::BenchDatapath(args) => bench_datapath::run(&args),

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use netns_agent::original_dst;
+use netns_core::original_dst;
 
 #[derive(Debug, Parser)]
 struct Cli {
