@@ -13,9 +13,9 @@ pub(crate) fn ensure(packages: &[&str], why: &str) -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("xtask: installing {} ({why})", missing.join(" "));
-    cmd::status(Command::new("apt-get").args(["update", "-qq"]))
+    cmd::quiet(Command::new("apt-get").args(["update", "-qq"]))
         .context("apt-get update (are you root?)")?;
-    cmd::status(
+    cmd::quiet(
         Command::new("apt-get")
             // Never remove a package that is there to make room (apt would
             // otherwise resolve a version conflict by removing one).

@@ -32,6 +32,21 @@ pub(crate) fn status(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs an install step with its output held back: one line from the caller
+/// says what happens, and the step's own output is shown only if it fails.
+pub(crate) fn quiet(cmd: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !out.status.success() {
+        eprint!("{}", String::from_utf8_lossy(&out.stdout));
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        bail!("{shown} failed ({})", out.status);
+    }
+    Ok(())
+}
+
 /// Fails with a clear message when not root: these verbs switch namespaces.
 pub(crate) fn require_root(verb: &str) -> anyhow::Result<()> {
     let status = std::fs::read_to_string("/proc/self/status").context("read /proc/self/status")?;

@@ -24,6 +24,7 @@ pub(crate) const OBJECT: &str = "target/ebpf/netns-ebpf.o";
 pub(crate) fn build() -> anyhow::Result<PathBuf> {
     ensure_nightly()?;
     let linker = ensure_bpf_linker()?;
+    eprintln!("xtask: building the eBPF programs ({NIGHTLY}, bpfel-unknown-none)");
     let root = cmd::workspace_root();
     let target_dir = root.join("target/ebpf-build");
     let mut cargo = nightly("cargo");
@@ -44,10 +45,33 @@ pub(crate) fn build() -> anyhow::Result<PathBuf> {
         .env("LD_LIBRARY_PATH", &linker.llvm_lib)
         .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf");
     cmd::status(&mut cargo).context("building the eBPF programs")?;
-    let built = target_dir.join("bpfel-unknown-none/release/netns-ebpf");
+    let built = target_dir.join("bpfel-unknown-none/release/netns-ebpf-programs");
     let object = root.join(OBJECT);
     copy_if_changed(&built, &object)?;
     Ok(object)
+}
+
+/// Clippy with `-D warnings` on the programs, for the BPF target (the
+/// programs' own lint table mirrors the workspace's).
+pub(crate) fn clippy() -> anyhow::Result<()> {
+    ensure_nightly()?;
+    let root = cmd::workspace_root();
+    let mut cargo = nightly("cargo");
+    cargo
+        .args([
+            "clippy",
+            "--quiet",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+        ])
+        .args(["-Z", "build-std=core"])
+        .arg("--manifest-path")
+        .arg(root.join("netns-ebpf/programs/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(root.join("target/ebpf-clippy"))
+        .args(["--", "-D", "warnings"]);
+    cmd::status(&mut cargo).context("clippy on the eBPF programs")
 }
 
 /// `rustup run NIGHTLY <tool>`, cleared of the variables the outer cargo set.
@@ -68,6 +92,10 @@ fn nightly(tool: &str) -> Command {
 }
 
 fn ensure_nightly() -> anyhow::Result<()> {
+    let has_clippy = nightly("cargo")
+        .args(["clippy", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     let has_src = nightly("rustc")
         .args(["--print", "sysroot"])
         .output()
@@ -75,16 +103,28 @@ fn ensure_nightly() -> anyhow::Result<()> {
         .filter(|o| o.status.success())
         .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
         .is_some_and(|sysroot| sysroot.join("lib/rustlib/src/rust/library/core").is_dir());
-    if !has_src {
-        eprintln!("xtask: installing {NIGHTLY} with rust-src (builds the eBPF programs)");
-        cmd::status(Command::new("rustup").args([
+    if !(has_clippy && has_src) {
+        eprintln!(
+            "xtask: installing {NIGHTLY} with rust-src and clippy (builds and lints the eBPF programs)"
+        );
+        cmd::quiet(Command::new("rustup").args([
             "toolchain",
             "install",
+            "--no-self-update",
             NIGHTLY,
             "--profile",
             "minimal",
             "--component",
+            "rust-src,clippy",
+        ]))?;
+        // An existing toolchain keeps its components: add any still missing.
+        cmd::quiet(Command::new("rustup").args([
+            "component",
+            "add",
+            "--toolchain",
+            NIGHTLY,
             "rust-src",
+            "clippy",
         ]))?;
     }
     Ok(())
@@ -142,7 +182,7 @@ fn ensure_bpf_linker() -> anyhow::Result<Linker> {
         std::os::unix::fs::symlink(&libllvm, &link)
             .with_context(|| format!("symlink {} -> {}", link.display(), libllvm.display()))?;
     }
-    cmd::status(
+    cmd::quiet(
         nightly("cargo")
             .args(["install", "--locked", "--force", "--no-default-features"])
             .arg(format!("bpf-linker@{BPF_LINKER_VERSION}"))
@@ -155,7 +195,7 @@ fn ensure_bpf_linker() -> anyhow::Result<Linker> {
     )
     .context("building bpf-linker")?;
     if !works() {
-        bail!("bpf-linker was built but `bpf-linker --version` fails; see the output above");
+        bail!("bpf-linker was built but `bpf-linker --version` fails");
     }
     std::fs::write(&stamp, want).with_context(|| format!("write {}", stamp.display()))?;
     Ok(Linker { bin, llvm_lib })

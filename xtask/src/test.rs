@@ -29,6 +29,8 @@ pub(crate) fn run(with_vm: bool) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    eprintln!("xtask: cargo clippy -D warnings on the eBPF programs (BPF target)");
+    crate::ebpf::clippy()?;
     eprintln!("xtask: cargo doc (warnings are errors)");
     cmd::status(
         cargo(&[

@@ -4,9 +4,9 @@ use netns_ebpf::{AF_INET, AF_INET6, SockPair};
 
 /// 127.0.0.1 as the kernel stores it (network order in a native u32).
 pub const LOOPBACK4: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
-/// ::1 as network order words.
+/// `::1` as network order words.
 pub const LOOPBACK6: [u32; 4] = [0, 0, 0, 1u32.to_be()];
-/// ::ffff:127.0.0.1, the IPv4 loopback as a dual-stack socket dials it.
+/// `::ffff:127.0.0.1`, the IPv4 loopback as a dual-stack socket dials it.
 pub const LOOPBACK6_MAPPED: [u32; 4] = [0, 0, 0xffffu32.to_be(), LOOPBACK4];
 
 /// A port the kernel stores in network order in the low 16 bits (`user_port`,
@@ -32,7 +32,7 @@ pub fn user_port(host: u16) -> u32 {
     u32::from(host.to_be())
 }
 
-/// Is this a loopback destination (127.0.0.0/8, ::1)? Loopback is never captured.
+/// Is this a loopback destination (127.0.0.0/8, `::1`)? Loopback is never captured.
 pub fn is_loopback(family: u16, addr: &[u32; 4]) -> bool {
     if family == AF_INET {
         addr[0].to_ne_bytes()[0] == 127
@@ -41,7 +41,7 @@ pub fn is_loopback(family: u16, addr: &[u32; 4]) -> bool {
     }
 }
 
-/// Is this an IPv4-mapped IPv6 address (::ffff:a.b.c.d)?
+/// Is this an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`)?
 pub fn is_v4_mapped(addr: &[u32; 4]) -> bool {
     addr[0] == 0 && addr[1] == 0 && addr[2] == 0xffffu32.to_be()
 }

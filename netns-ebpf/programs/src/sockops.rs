@@ -334,10 +334,8 @@ fn join_sidecar_leg(ctx: &SockOpsContext) {
 
 fn add_to_sockmap(ctx: &SockOpsContext, mut pair: SockPair) {
     // SAFETY: ctx.ops is a full socket in the established callbacks.
-    if SIDECAR_SOCKS
-        .update(&mut pair, unsafe { &mut *ctx.ops }, BPF_NOEXIST)
-        .is_ok()
-    {
+    let ops = unsafe { &mut *ctx.ops };
+    if SIDECAR_SOCKS.update(&mut pair, ops, BPF_NOEXIST).is_ok() {
         count(counter::SOCKMAP_ADDED);
         let rto_min = SOCKMAP_RTO_MIN_US;
         // SAFETY: bpf_setsockopt reads 4 bytes from a live stack value.

@@ -103,6 +103,9 @@ fn mapped(orig: &OriginalDst) -> OriginalDst {
 }
 
 /// `struct sockaddr_in`: family, port (network order), address, 8 zero bytes.
+///
+/// # Safety
+/// `start..end` must be the kernel's writable buffer of a getsockopt context.
 unsafe fn write_sockaddr_in(start: *mut u8, end: *mut u8, orig: &OriginalDst) -> Option<usize> {
     if start.wrapping_add(SOCKADDR_IN_LEN) > end {
         return None;
@@ -121,6 +124,9 @@ unsafe fn write_sockaddr_in(start: *mut u8, end: *mut u8, orig: &OriginalDst) ->
 }
 
 /// `struct sockaddr_in6`: family, port, flowinfo 0, address, scope id 0.
+///
+/// # Safety
+/// `start..end` must be the kernel's writable buffer of a getsockopt context.
 unsafe fn write_sockaddr_in6(start: *mut u8, end: *mut u8, orig: &OriginalDst) -> Option<usize> {
     if start.wrapping_add(SOCKADDR_IN6_LEN) > end {
         return None;
