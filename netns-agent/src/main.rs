@@ -37,12 +37,26 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// Prints an error with its whole chain of causes, one per line (no
+/// backtrace: an operator needs the causes, the verifier log among them).
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netns-agent: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let euid = nix::unistd::Uid::effective();
     if !euid.is_root() {
         anyhow::bail!(
-            "netns-agent needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF): it loads eBPF \
+            "needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF): it loads eBPF \
              programs, attaches them to a cgroup and enters network namespaces; running as uid {euid}"
         );
     }
