@@ -40,7 +40,7 @@ enum Command {
 /// Prints an error with its whole chain of causes, one per line (no
 /// backtrace: an operator needs the causes, the verifier log among them).
 fn main() -> std::process::ExitCode {
-    match run(Cli::parse()) {
+    match run(&Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("netns-agent: {e}");
@@ -52,7 +52,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: &Cli) -> anyhow::Result<()> {
     let euid = nix::unistd::Uid::effective();
     if !euid.is_root() {
         anyhow::bail!(

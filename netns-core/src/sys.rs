@@ -67,28 +67,12 @@ const SO_NETNS_COOKIE: libc::c_int = 71;
 
 /// The cookie of the network namespace `sock` belongs to.
 pub(crate) fn netns_cookie(sock: impl AsFd) -> io::Result<u64> {
-    let mut cookie: u64 = 0;
-    let mut len: libc::socklen_t = 8;
-    // SAFETY: `cookie` and `len` are valid for writes and describe an 8-byte
-    // buffer, which is what the kernel writes for SO_NETNS_COOKIE.
-    let ret = unsafe {
-        libc::getsockopt(
-            sock.as_fd().as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
-            &raw mut len,
-        )
-    };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(cookie)
-    }
+    getsockopt_value(&sock, libc::SOL_SOCKET, SO_NETNS_COOKIE)
 }
 
 /// Plain-old-data values the kernel writes through `getsockopt`.
 pub(crate) trait SockoptValue: Copy {}
+impl SockoptValue for u64 {}
 impl SockoptValue for libc::sockaddr_in {}
 impl SockoptValue for libc::sockaddr_in6 {}
 

@@ -46,6 +46,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use netns_ebpf::{MeshSettings, counter};
+use netns_tests::bench::{env_flag, env_list, env_u32, median, ratio_range};
 use netns_tests::mesh::{Mesh, POD_A, POD_B, Place, Proc, SVC, field};
 
 const MESHTEST: &str = env!("CARGO_BIN_EXE_meshtest");
@@ -131,33 +132,6 @@ struct Config {
     paths: Vec<Path>,
     kinds: Vec<Kind>,
     cost: bool,
-}
-
-fn env_u32(name: &str, default: u32) -> u32 {
-    std::env::var(name).ok().map_or(default, |v| {
-        v.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name} must be a number, not {v:?}"))
-    })
-}
-
-fn env_flag(name: &str, default: bool) -> bool {
-    match std::env::var(name).as_deref().map(str::trim) {
-        Err(_) | Ok("") => default,
-        Ok("1" | "on" | "true" | "yes") => true,
-        Ok("0" | "off" | "false" | "no") => false,
-        Ok(other) => panic!("{name} must be 1 or 0, not {other:?}"),
-    }
-}
-
-fn env_list(name: &str) -> Option<Vec<String>> {
-    let v = std::env::var(name).ok()?;
-    Some(
-        v.split(',')
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-            .collect(),
-    )
 }
 
 /// The members of `all` named in the comma-separated variable `var` (all of
@@ -492,16 +466,8 @@ impl Figures {
     /// min and max over rounds of `a / b`, paired by round.
     fn round_ratio_range(&self, a: Path, b: Path, figure: &'static str) -> Option<(f64, f64)> {
         let (xs, ys) = (self.0.get(&(a, figure))?, self.0.get(&(b, figure))?);
-        let ratios: Vec<f64> = xs.iter().zip(ys).map(|(x, y)| x / y).collect();
-        let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        Some((lo, hi))
+        Some(ratio_range(xs, ys))
     }
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 fn measure(setup: &mut Setup, cfg: &Config, path: Path, kind: Kind, figures: &mut Figures) {
@@ -768,14 +734,7 @@ fn measure_unrelated_getsockopt(setup: &mut Setup, cfg: &Config) {
             into.push(number(done, "ns_per_call"));
         }
     }
-    let ratios: Vec<f64> = captured
-        .iter()
-        .zip(&uncaptured)
-        .map(|(c, u)| c / u)
-        .collect();
-    let (lo, hi) = ratios
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+    let (lo, hi) = ratio_range(&captured, &uncaptured);
     let (c, u) = (median(captured), median(uncaptured));
     println!("getsockopt_unrelated_captured_ns: {c:.1}");
     println!("getsockopt_unrelated_uncaptured_ns: {u:.1}");

@@ -21,13 +21,13 @@ pub(crate) fn run(iters: u32, rounds: u32) -> anyhow::Result<()> {
         Command::new("go")
             .args(["build", "-o"])
             .arg(&anchor)
-            .arg(root.join("netns-core/benches/go-anchor/main.go"))
+            .arg(root.join("tests/benches/go-anchor/main.go"))
             .env("GOPATH", "/usr/share/gocode")
             .env("GO111MODULE", "off")
             .env("GOCACHE", root.join("target/go-cache")),
     )?;
     cmd::status(
-        cmd::cargo(&["bench", "--package", "netns-core", "--bench", "switch"])
+        cmd::cargo(&["bench", "--package", "netns-tests", "--bench", "switch"])
             .env("NETNS_BENCH_GO_ANCHOR", &anchor)
             .env("NETNS_BENCH_ITERS", iters.to_string())
             .env("NETNS_BENCH_ROUNDS", rounds.to_string()),

@@ -27,20 +27,8 @@ pub(crate) fn build() -> anyhow::Result<PathBuf> {
     eprintln!("xtask: building the eBPF programs ({NIGHTLY}, bpfel-unknown-none)");
     let root = cmd::workspace_root();
     let target_dir = root.join("target/ebpf-build");
-    let mut cargo = nightly("cargo");
+    let mut cargo = programs_cargo("build", &target_dir);
     cargo
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "--target",
-            "bpfel-unknown-none",
-        ])
-        .args(["-Z", "build-std=core"])
-        .arg("--manifest-path")
-        .arg(root.join("netns-ebpf/programs/Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target_dir)
         .env("PATH", prepend_path(&linker.bin))
         .env("LD_LIBRARY_PATH", &linker.llvm_lib)
         .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf");
@@ -55,11 +43,17 @@ pub(crate) fn build() -> anyhow::Result<PathBuf> {
 /// programs' own lint table mirrors the workspace's).
 pub(crate) fn clippy() -> anyhow::Result<()> {
     ensure_nightly()?;
-    let root = cmd::workspace_root();
+    let mut cargo = programs_cargo("clippy", &cmd::workspace_root().join("target/ebpf-clippy"));
+    cargo.args(["--", "-D", "warnings"]);
+    cmd::status(&mut cargo).context("clippy on the eBPF programs")
+}
+
+/// `cargo +NIGHTLY <subcommand>` on the programs crate, for the BPF target.
+fn programs_cargo(subcommand: &str, target_dir: &Path) -> Command {
     let mut cargo = nightly("cargo");
     cargo
         .args([
-            "clippy",
+            subcommand,
             "--quiet",
             "--release",
             "--target",
@@ -67,11 +61,10 @@ pub(crate) fn clippy() -> anyhow::Result<()> {
         ])
         .args(["-Z", "build-std=core"])
         .arg("--manifest-path")
-        .arg(root.join("netns-ebpf/programs/Cargo.toml"))
+        .arg(cmd::workspace_root().join("netns-ebpf/programs/Cargo.toml"))
         .arg("--target-dir")
-        .arg(root.join("target/ebpf-clippy"))
-        .args(["--", "-D", "warnings"]);
-    cmd::status(&mut cargo).context("clippy on the eBPF programs")
+        .arg(target_dir);
+    cargo
 }
 
 /// `rustup run NIGHTLY <tool>`, cleared of the variables the outer cargo set.

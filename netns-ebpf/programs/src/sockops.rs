@@ -200,14 +200,18 @@ fn on_listen(ctx: &SockOpsContext) {
     if port != u32::from(s.outbound_port) && port != u32::from(s.inbound_port) {
         return;
     }
-    let on: i32 = 1;
+    set_tcp_option(ctx, TCP_SAVE_SYN, 1);
+}
+
+/// `bpf_setsockopt(SOL_TCP, name, value)` on this socket, best effort.
+fn set_tcp_option(ctx: &SockOpsContext, name: i32, value: i32) {
     // SAFETY: bpf_setsockopt reads 4 bytes from a live stack value.
     let _ = unsafe {
         bpf_setsockopt(
             ctx.ops.cast::<c_void>(),
             SOL_TCP,
-            TCP_SAVE_SYN,
-            (&raw const on).cast_mut().cast::<c_void>(),
+            name,
+            (&raw const value).cast_mut().cast::<c_void>(),
             4,
         )
     };
@@ -337,17 +341,7 @@ fn add_to_sockmap(ctx: &SockOpsContext, mut pair: SockPair) {
     let ops = unsafe { &mut *ctx.ops };
     if SIDECAR_SOCKS.update(&mut pair, ops, BPF_NOEXIST).is_ok() {
         count(counter::SOCKMAP_ADDED);
-        let rto_min = SOCKMAP_RTO_MIN_US;
-        // SAFETY: bpf_setsockopt reads 4 bytes from a live stack value.
-        let _ = unsafe {
-            bpf_setsockopt(
-                ctx.ops.cast::<c_void>(),
-                SOL_TCP,
-                TCP_BPF_RTO_MIN,
-                (&raw const rto_min).cast_mut().cast::<c_void>(),
-                4,
-            )
-        };
+        set_tcp_option(ctx, TCP_BPF_RTO_MIN, SOCKMAP_RTO_MIN_US);
     }
 }
 

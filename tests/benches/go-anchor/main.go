@@ -4,7 +4,7 @@
 // Build (GOPATH mode against Debian's /usr/share/gocode/src; pass the file, since a directory
 // outside GOPATH is rejected with "cannot import absolute path"):
 //
-//	GOPATH=/usr/share/gocode GO111MODULE=off go build -o OUT "$PWD/netns-core/benches/go-anchor/main.go"
+//	GOPATH=/usr/share/gocode GO111MODULE=off go build -o OUT "$PWD/tests/benches/go-anchor/main.go"
 //
 // (from the workspace root; `./x bench` does this for you)
 //

@@ -2,7 +2,7 @@
 //! (two raw `setns(2)` calls on one thread), the `netns-rs` crate, and Go's
 //! `ns.Do` from Debian's containernetworking package.
 //!
-//! Run with `./x bench` (builds the Go anchor, needs root). Rounds interleave the
+//! Run with `./x bench` (builds the Go anchor in `go-anchor/`, needs root). Rounds interleave the
 //! contenders so machine noise hits them alike; figures are per-call medians.
 //! Each round starts with a different contender (the order rotates). Prints
 //! one `name: value` line per figure, then the ratios of the medians with
@@ -18,6 +18,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use netns_core::{NetNs, TempNetNs};
+use netns_tests::bench::{env_u32, median, ratio_range};
 use nix::sched::{CloneFlags, setns};
 
 const FLOOR: &str = "floor";
@@ -26,24 +27,12 @@ const GUARD: &str = "guard";
 const NETNS_RS: &str = "netns_rs";
 const GO_DO: &str = "go_do";
 
-fn env_or(name: &str, default: u32) -> u32 {
-    std::env::var(name).ok().map_or(default, |v| {
-        v.parse()
-            .unwrap_or_else(|_| panic!("{name} must be a number"))
-    })
-}
-
 fn per_call_ns(iters: u32, mut call: impl FnMut()) -> f64 {
     let start = Instant::now();
     for _ in 0..iters {
         call();
     }
     start.elapsed().as_secs_f64() * 1e9 / f64::from(iters)
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 fn go_do_round(anchor: &str, ns: &TempNetNs, iters: u32) -> f64 {
@@ -77,8 +66,8 @@ fn main() {
         nix::unistd::Uid::effective().is_root(),
         "the switch benchmark needs root (setns): run `./x bench`"
     );
-    let iters = env_or("NETNS_BENCH_ITERS", 20_000);
-    let rounds = env_or("NETNS_BENCH_ROUNDS", 7);
+    let iters = env_u32("NETNS_BENCH_ITERS", 20_000);
+    let rounds = env_u32("NETNS_BENCH_ROUNDS", 7);
     let go_anchor = std::env::var("NETNS_BENCH_GO_ANCHOR").ok();
 
     let target = TempNetNs::new("bench").expect("create bench namespace");
@@ -165,9 +154,7 @@ fn main() {
         let (Some(a), Some(b)) = (figures.get(num), figures.get(den)) else {
             continue;
         };
-        let per_round: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
-        let lo = per_round.iter().copied().fold(f64::MAX, f64::min);
-        let hi = per_round.iter().copied().fold(f64::MIN, f64::max);
+        let (lo, hi) = ratio_range(a, b);
         println!(
             "{label}: {:.precision$} (per round {lo:.precision$}..{hi:.precision$})",
             median(a.clone()) / median(b.clone())
