@@ -206,6 +206,57 @@ impl DataPath {
         Ok(())
     }
 
+    /// Removes local-pod address entries (an address a pod no longer has).
+    pub fn remove_addrs(&mut self, addrs: &[IpAddr]) -> Result<(), DataPathError> {
+        let op = "remove a pod address from";
+        for addr in addrs {
+            match addr {
+                IpAddr::V4(v4) => {
+                    let mut map: HashMap<_, u32, LocalPod> = self.hash(names::LOCAL_POD_IPS4)?;
+                    let key = u32::from_ne_bytes(v4.octets());
+                    remove_present(map.remove(&key), names::LOCAL_POD_IPS4, op)?;
+                }
+                IpAddr::V6(v6) => {
+                    let mut map: HashMap<_, [u32; 4], LocalPod> =
+                        self.hash(names::LOCAL_POD_IPS6)?;
+                    let key = ip6_words(v6.octets());
+                    remove_present(map.remove(&key), names::LOCAL_POD_IPS6, op)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// (map, entries, capacity) of the maps that grow with pods and
+    /// connections, read from the kernel. A map that cannot be read is left out.
+    #[must_use]
+    pub fn map_fill(&self) -> Vec<(&'static str, u64, u64)> {
+        fn fill<K: aya::Pod, V: aya::Pod>(
+            datapath: &DataPath,
+            name: &'static str,
+        ) -> Option<(&'static str, u64, u64)> {
+            let map = datapath.map(name).ok()?;
+            let capacity = match map {
+                aya::maps::Map::HashMap(d) | aya::maps::Map::LruHashMap(d) => {
+                    u64::from(d.info().ok()?.max_entries())
+                }
+                _ => return None,
+            };
+            let hash: HashMap<&MapData, K, V> = HashMap::try_from(map).ok()?;
+            let entries = hash.keys().flatten().count() as u64;
+            Some((name, entries, capacity))
+        }
+        [
+            fill::<u64, PodFlags>(self, names::MESHED_NETNS),
+            fill::<u32, LocalPod>(self, names::LOCAL_POD_IPS4),
+            fill::<[u32; 4], LocalPod>(self, names::LOCAL_POD_IPS6),
+            fill::<u64, netns_ebpf::OriginalDst>(self, names::COOKIE_ORIG_DST),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
     /// Never redirects connections to this destination port.
     pub fn exclude_port(&mut self, port: u16) -> Result<(), DataPathError> {
         let mut map: HashMap<_, u16, u8> = self.hash(names::EXCLUDED_PORTS)?;
@@ -388,6 +439,94 @@ impl DataPath {
         }
         note(remove(&self.pin_dir, std::fs::remove_dir(&self.pin_dir)));
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Removes what a data path left pinned under `pin_dir` (an agent run with
+/// `--keep-state`, or one that was killed), from the pins alone: detaches
+/// every pinned link now, removes every pin and the directories, and
+/// unmounts a bpffs mounted on `pin_dir` itself. Idempotent. Returns what it
+/// removed, one line each.
+pub fn cleanup(pin_dir: &Path) -> Result<Vec<String>, DataPathError> {
+    let mut done = Vec::new();
+    let links = pin_dir.join("links");
+    for pin in pins_in(&links)? {
+        sys::detach_pinned_link(&pin).map_err(|source| DataPathError::Unpin {
+            path: pin.clone(),
+            source,
+        })?;
+        remove(&pin, std::fs::remove_file(&pin))?;
+        done.push(format!("detached and unpinned link {}", pin.display()));
+    }
+    for pin in pins_in(&pin_dir.join("maps"))? {
+        remove(&pin, std::fs::remove_file(&pin))?;
+        done.push(format!("unpinned map {}", pin.display()));
+    }
+    for dir in [links, pin_dir.join("maps")] {
+        if dir.exists() {
+            remove(&dir, std::fs::remove_dir(&dir))?;
+            done.push(format!("removed {}", dir.display()));
+        }
+    }
+    // The node's own bpffs root is never ours to unmount.
+    if pin_dir != Path::new("/sys/fs/bpf")
+        && bpffs::is_bpffs(pin_dir)
+        && nix::mount::umount2(pin_dir, nix::mount::MntFlags::MNT_DETACH).is_ok()
+    {
+        done.push(format!("unmounted the bpffs at {}", pin_dir.display()));
+    }
+    if pin_dir.exists() && std::fs::remove_dir(pin_dir).is_ok() {
+        done.push(format!("removed {}", pin_dir.display()));
+    }
+    Ok(done)
+}
+
+/// The cgroup attach types the data path uses (`enum bpf_attach_type`):
+/// sock_ops, connect4/6, sendmsg4/6, recvmsg4/6, getsockopt, getpeername4/6.
+const CGROUP_ATTACH_TYPES: [u32; 10] = [3, 10, 11, 14, 15, 19, 20, 21, 29, 30];
+
+/// The program ids attached to `cgroup` at the data path's hooks, asked of
+/// the kernel (`BPF_PROG_QUERY`): its view, not ours. Works on every kernel
+/// we support (bpftool's JSON does not on 5.10).
+pub fn attached_program_ids(cgroup: &Path) -> std::io::Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    for attach_type in CGROUP_ATTACH_TYPES {
+        ids.extend(sys::query_cgroup(cgroup, attach_type)?);
+    }
+    Ok(ids)
+}
+
+/// Does a program with this id exist?
+#[must_use]
+pub fn program_exists(id: u32) -> bool {
+    sys::program_exists(id)
+}
+
+/// The pins under `pin_dir` (links, then maps), as paths, for `status` when
+/// no agent runs.
+#[must_use]
+pub fn pins(pin_dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for sub in ["links", "maps"] {
+        let mut here: Vec<String> = pins_in(&pin_dir.join(sub))
+            .unwrap_or_default()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        here.sort();
+        found.extend(here);
+    }
+    found
+}
+
+fn pins_in(dir: &Path) -> Result<Vec<PathBuf>, DataPathError> {
+    match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(DataPathError::Unpin {
+            path: dir.to_owned(),
+            source,
+        }),
+        Ok(entries) => Ok(entries.filter_map(Result::ok).map(|e| e.path()).collect()),
     }
 }
 

@@ -1,11 +1,13 @@
-//! netns-agent: the node agent. Today its command is `demo`, the data path end
-//! to end on a throw-away pod; the long-running agent (pod sources, metrics)
-//! builds on the same library (`netns_agent::datapath`).
+//! netns-agent: the node agent. `run` is the long-running agent; `status`
+//! asks it (or reads the pins), `cleanup` removes what a run left pinned, and
+//! `demo` shows the data path end to end on a throw-away pod. This file only
+//! parses flags and wires the library's stages (`netns_agent::daemon`).
 
 // Doc comments here are clap's --help text, where backticks would show literally.
 #![allow(clippy::doc_markdown)]
 
 mod demo;
+mod flags;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +24,26 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the node agent until SIGTERM or SIGINT: attach the data path to
+    /// --cgroup, take pods from --netns-dir (every network namespace file
+    /// there is a pod; `ip netns add NAME` makes one), do each pod's work
+    /// inside its namespace (netns cookie, addresses, map entries), serve
+    /// status on --control-socket and /healthz, /readyz, /metrics on
+    /// --metrics-addr. On exit everything is detached and unpinned, unless
+    /// --keep-state.
+    ///
+    /// Example: netns-agent run --netns-dir /run/netns --exclude-port 22
+    Run(Box<flags::RunArgs>),
+    /// Show the running agent's view (programs, pods, maps, counters), asked
+    /// over its control socket; with no agent running, list what is pinned.
+    ///
+    /// Example: netns-agent status --json
+    Status(flags::StatusArgs),
+    /// Detach and unpin everything a previous run left under --bpffs, from the
+    /// pins alone. Safe to repeat; says what it removed.
+    ///
+    /// Example: netns-agent cleanup --bpffs /run/netns-agent/bpf
+    Cleanup(flags::CleanupArgs),
     /// Run the data path end to end on a throw-away pod, in one process:
     /// attach the eBPF programs to a new child cgroup (never the root), create
     /// a pod namespace, and play its app, sidecar and backend. The app dials a
@@ -60,7 +82,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
              programs, attaches them to a cgroup and enters network namespaces; running as uid {euid}"
         );
     }
-    match cli.command {
-        Command::Demo { requests } => demo::run(requests),
+    match &cli.command {
+        Command::Demo { requests } => demo::run(*requests),
+        Command::Run(args) => flags::run(args),
+        Command::Status(args) => flags::status(args),
+        Command::Cleanup(args) => flags::cleanup(args),
     }
 }

@@ -12,7 +12,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
 const BPF_LINK_DETACH: libc::c_long = 34;
 
@@ -82,6 +85,51 @@ pub(crate) fn detach_link_of_program(prog_id: u32) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
+    let mut attr = BpfAttr::new();
+    attr.put_u32(0, link.as_raw_fd().cast_unsigned()); // link_detach.link_fd
+    bpf(BPF_LINK_DETACH, &mut attr).map(drop)
+}
+
+/// Program ids attached to `cgroup` for `attach_type` (`BPF_PROG_QUERY`).
+pub(crate) fn query_cgroup(cgroup: &Path, attach_type: u32) -> io::Result<Vec<u32>> {
+    let dir = std::fs::File::open(cgroup)?;
+    let mut found = [0u32; 64];
+    let mut attr = BpfAttr::new();
+    attr.put_u32(0, dir.as_raw_fd().cast_unsigned()); // query.target_fd
+    attr.put_u32(4, attach_type); // query.attach_type
+    attr.put_u64(16, found.as_mut_ptr() as u64); // query.prog_ids
+    attr.put_u32(24, 64); // query.prog_cnt
+    bpf(BPF_PROG_QUERY, &mut attr)?;
+    let count = u32::from_ne_bytes(attr.0[24..28].try_into().expect("4 bytes"));
+    Ok(found[..count.min(64) as usize].to_vec())
+}
+
+/// Does a program with this id exist (`BPF_PROG_GET_FD_BY_ID`)?
+pub(crate) fn program_exists(id: u32) -> bool {
+    let mut attr = BpfAttr::new();
+    attr.put_u32(0, id); // prog_id
+    match bpf(BPF_PROG_GET_FD_BY_ID, &mut attr).map(i32::try_from) {
+        Ok(Ok(fd)) => {
+            // SAFETY: the kernel just returned this new descriptor; we own it.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Detaches the link pinned at `path` now (`BPF_OBJ_GET`, then
+/// `BPF_LINK_DETACH`), from the pin alone: what `netns-agent cleanup` does
+/// with what an earlier run left.
+pub(crate) fn detach_pinned_link(path: &Path) -> io::Result<()> {
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut attr = BpfAttr::new();
+    attr.put_u64(0, c_path.as_ptr() as u64); // pathname
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("fd out of range"))?;
+    // SAFETY: the kernel just returned this new descriptor; we own it.
+    let link = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut attr = BpfAttr::new();
     attr.put_u32(0, link.as_raw_fd().cast_unsigned()); // link_detach.link_fd
     bpf(BPF_LINK_DETACH, &mut attr).map(drop)

@@ -33,7 +33,21 @@ impl NetNs {
         let path = named_path(name)?;
         let dir = Path::new(NETNS_RUN_DIR);
         std::fs::create_dir_all(dir).map_err(|e| lifecycle(dir, "create directory for", e))?;
+        // As `ip netns add`: mounts made here reach other mount namespaces.
         make_shared_mount(dir)?;
+        NetNs::create_at(&path)
+    }
+
+    /// Creates a new network namespace bind-mounted at `path` (a file that
+    /// must not exist yet; its directory is created). For namespace
+    /// directories of your own (an agent's test, a runtime's state dir);
+    /// unlike [`NetNs::create_named`] the directory is not made a shared mount.
+    ///
+    /// On failure nothing is left behind: no file, no mount.
+    pub fn create_at(path: &Path) -> Result<NetNs> {
+        let path = path.to_owned();
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        std::fs::create_dir_all(dir).map_err(|e| lifecycle(dir, "create directory for", e))?;
         File::options()
             .write(true)
             .create_new(true)
@@ -64,7 +78,13 @@ impl NetNs {
     /// Deletes the named namespace at `/run/netns/<name>` (`ip netns del`): its
     /// bind mount and file. Handles still open on it keep it alive.
     pub fn delete_named(name: &str) -> Result<()> {
-        let path = named_path(name)?;
+        NetNs::delete_at(&named_path(name)?)
+    }
+
+    /// Deletes the namespace bind-mounted at `path` (see [`NetNs::create_at`]):
+    /// its bind mount and file.
+    pub fn delete_at(path: &Path) -> Result<()> {
+        let path = path.to_owned();
         match umount2(&path, MntFlags::MNT_DETACH) {
             // EINVAL: not a mount point (a half-made entry); the file still goes.
             Ok(()) | Err(nix::errno::Errno::EINVAL) => {}

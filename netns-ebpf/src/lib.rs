@@ -152,6 +152,19 @@ pub mod counter {
     pub const ORIGINAL_DST_RECEIVED: u32 = 8;
     /// How many counters there are.
     pub const COUNT: u32 = 9;
+
+    /// Their names, by index (for status and metrics).
+    pub const NAMES: [&str; COUNT as usize] = [
+        "redirected_outbound",
+        "redirected_inbound",
+        "original_dst_answered",
+        "sockmap_added",
+        "sockmap_redirected",
+        "dns_redirected",
+        "bypassed_mark",
+        "original_dst_no_room",
+        "original_dst_received",
+    ];
 }
 
 #[cfg(feature = "user")]

@@ -26,6 +26,10 @@ pub enum DataPathError {
     )]
     NoObject,
 
+    /// The agent is stopping: the data path is being taken down.
+    #[error("the agent is stopping")]
+    Stopping,
+
     /// The eBPF object could not be parsed or its maps created.
     #[error("cannot load the eBPF object")]
     Object(#[source] aya::EbpfError),

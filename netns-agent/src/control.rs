@@ -1,0 +1,138 @@
+//! The control socket: a root-only unix socket (mode 0600, peer credentials
+//! checked) that answers one JSON request per line. `netns-agent status`
+//! talks to it; the CNI plugin will.
+//!
+//! ```text
+//! -> {"op":"status"}
+//! <- {"pid":...,"ready":true,...}
+//! -> {"op":"nonsense"}
+//! <- {"error":"unknown op \"nonsense\" (known: status)"}
+//! ```
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::daemon::Agent;
+use crate::status::Status;
+
+/// The longest request line accepted, in bytes.
+pub const MAX_REQUEST: usize = 4096;
+/// How long a client may take to send its request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A request.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Request {
+    /// What is asked: `status`.
+    pub op: String,
+}
+
+/// An answer that is not a status.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Refusal {
+    /// What went wrong.
+    pub error: String,
+}
+
+/// Binds the socket at `path`, replacing a stale one, refusing to steal a
+/// live agent's.
+pub fn listen(path: &Path) -> anyhow::Result<UnixListener> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "another agent answers on {}: stop it first (or pass another --control-socket)",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("remove stale socket {}", path.display()))?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("bind control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod 0600 {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Answers clients until the listener fails. A bad client never stops it.
+pub async fn serve(listener: UnixListener, agent: Arc<Agent>) -> anyhow::Result<()> {
+    loop {
+        let (conn, _) = listener
+            .accept()
+            .await
+            .context("accept on the control socket")?;
+        let agent = Arc::clone(&agent);
+        tokio::spawn(async move {
+            if let Err(e) = answer(conn, &agent).await {
+                tracing::debug!(error = %e, "control client");
+            }
+        });
+    }
+}
+
+async fn answer(mut conn: UnixStream, agent: &Agent) -> std::io::Result<()> {
+    let reply = match conn.peer_cred() {
+        Ok(cred) if cred.uid() == 0 => read_request(&mut conn, agent).await,
+        Ok(cred) => refuse(format!(
+            "permission denied: the control socket answers root only (your uid is {})",
+            cred.uid()
+        )),
+        Err(e) => refuse(format!("cannot read peer credentials: {e}")),
+    };
+    conn.write_all(reply.as_bytes()).await?;
+    conn.write_all(b"\n").await?;
+    conn.shutdown().await
+}
+
+async fn read_request(conn: &mut UnixStream, agent: &Agent) -> String {
+    let mut line = Vec::new();
+    let mut reader = BufReader::new(conn.take(MAX_REQUEST as u64 + 1));
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await;
+    match read {
+        Err(_) => return refuse(format!("no request within {REQUEST_TIMEOUT:?}")),
+        Ok(Err(e)) => return refuse(format!("cannot read the request: {e}")),
+        Ok(Ok(_)) => {}
+    }
+    if line.len() > MAX_REQUEST {
+        return refuse(format!("request larger than {MAX_REQUEST} bytes"));
+    }
+    match serde_json::from_slice::<Request>(&line) {
+        Err(e) => refuse(format!("malformed request: {e}")),
+        Ok(req) if req.op == "status" => {
+            serde_json::to_string(&agent.status()).unwrap_or_else(|e| refuse(e.to_string()))
+        }
+        Ok(req) => refuse(format!("unknown op {:?} (known: status)", req.op)),
+    }
+}
+
+fn refuse(error: String) -> String {
+    serde_json::to_string(&Refusal { error }).unwrap_or_default()
+}
+
+/// Asks the agent at `path` for its status (what `netns-agent status` does).
+pub async fn ask_status(path: &Path) -> anyhow::Result<Status> {
+    let mut conn = UnixStream::connect(path).await.with_context(|| {
+        format!(
+            "no agent answers on {} (is `netns-agent run` running?)",
+            path.display()
+        )
+    })?;
+    conn.write_all(b"{\"op\":\"status\"}\n").await?;
+    let mut reply = String::new();
+    BufReader::new(conn).read_line(&mut reply).await?;
+    if let Ok(refusal) = serde_json::from_str::<Refusal>(&reply) {
+        anyhow::bail!("the agent refused: {}", refusal.error);
+    }
+    serde_json::from_str(&reply)
+        .with_context(|| format!("unreadable status from the agent: {reply}"))
+}

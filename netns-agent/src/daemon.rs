@@ -1,0 +1,431 @@
+//! `netns-agent run`: the long-running node agent. It attaches the data path,
+//! takes pods from a [`PodSource`], does each pod's work inside its namespace
+//! ([`crate::pod`]), keeps the maps true, answers on its control socket
+//! ([`crate::control`]) and its HTTP port ([`crate::http`]), and on SIGTERM or
+//! SIGINT detaches everything, or leaves it attached with `keep_state`.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use netns_ebpf::{counter, names};
+use tokio::sync::mpsc;
+
+use crate::datapath::{DataPath, DataPathConfig};
+use crate::pod::{self, Pod, PodError};
+use crate::source::{PodEvent, PodSource};
+use crate::status::{MapStatus, PodStatus, ProgramStatus, Status};
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Where and how to attach the data path.
+    pub datapath: DataPathConfig,
+    /// The control socket path.
+    pub control_socket: PathBuf,
+    /// The HTTP address for `/healthz`, `/readyz` and `/metrics`.
+    pub metrics_addr: SocketAddr,
+    /// Leave programs and maps attached and pinned at exit.
+    pub keep_state: bool,
+    /// How long a new namespace file may take to become a namespace (`ip
+    /// netns add` creates the file, then bind-mounts it).
+    pub settle: Duration,
+    /// Destination ports never redirected.
+    pub exclude_ports: Vec<u16>,
+    /// Destination CIDRs never redirected.
+    pub exclude_cidrs: Vec<(IpAddr, u8)>,
+}
+
+/// The agent's state, shared by the pod loop, the control socket and HTTP.
+#[derive(Debug)]
+pub struct Agent {
+    datapath: Mutex<Option<DataPath>>,
+    pods: Mutex<BTreeMap<PathBuf, Pod>>,
+    /// Paths seen that are not namespaces, with why (logged once each).
+    skipped: Mutex<BTreeMap<PathBuf, String>>,
+    errors: Mutex<BTreeMap<&'static str, u64>>,
+    setup_seconds: Mutex<Vec<f64>>,
+    ready: std::sync::atomic::AtomicBool,
+    config: AgentConfig,
+    source: &'static str,
+}
+
+impl Agent {
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn count_error(&self, kind: &'static str) {
+        *Self::lock(&self.errors).entry(kind).or_default() += 1;
+    }
+
+    /// Programs attached, initial reconcile done, control socket listening.
+    pub fn ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Pod setup latencies so far, in seconds.
+    pub fn setup_seconds(&self) -> Vec<f64> {
+        Self::lock(&self.setup_seconds).clone()
+    }
+
+    /// A snapshot for `status` and `/metrics`.
+    pub fn status(&self) -> Status {
+        let datapath = Self::lock(&self.datapath);
+        let mut status = Status {
+            pid: std::process::id(),
+            ready: self.ready(),
+            cgroup: self.config.datapath.cgroup.display().to_string(),
+            bpffs: self.config.datapath.pin_dir.display().to_string(),
+            source: self.source.to_owned(),
+            ..Status::default()
+        };
+        if let Some(dp) = datapath.as_ref() {
+            status.programs = dp
+                .programs()
+                .iter()
+                .map(|p| ProgramStatus {
+                    name: p.name.to_owned(),
+                    id: p.id,
+                })
+                .collect();
+            status.maps = dp
+                .map_fill()
+                .into_iter()
+                .map(|(name, entries, capacity)| MapStatus {
+                    name: name.to_owned(),
+                    entries,
+                    capacity,
+                })
+                .collect();
+            if let Ok(values) = dp.counters() {
+                status.counters = counter::NAMES
+                    .iter()
+                    .zip(values)
+                    .map(|(n, v)| ((*n).to_owned(), v))
+                    .collect();
+            }
+        }
+        drop(datapath);
+        status.pods = Self::lock(&self.pods)
+            .values()
+            .map(|p| PodStatus {
+                name: p.name.clone(),
+                path: p.path.display().to_string(),
+                netns_inode: p.id().ino,
+                cookie: p.facts.cookie,
+                addrs: p.facts.addrs.iter().map(ToString::to_string).collect(),
+                meshed: p.meshed,
+                since_unix: p
+                    .since
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            })
+            .collect();
+        status.errors = Self::lock(&self.errors)
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect();
+        status
+    }
+
+    fn with_datapath<T>(
+        &self,
+        f: impl FnOnce(&mut DataPath) -> Result<T, crate::datapath::DataPathError>,
+    ) -> Result<T, crate::datapath::DataPathError> {
+        let mut guard = Self::lock(&self.datapath);
+        let dp = guard
+            .as_mut()
+            .expect("the data path lives as long as the pod loop");
+        f(dp)
+    }
+
+    /// A namespace file appeared (or is present): take the pod on. Waits up
+    /// to `settle` for the file to become a namespace.
+    fn appeared(&self, path: &Path, settle: Duration) {
+        let started = Instant::now();
+        if let Some(existing) = Self::lock(&self.pods).get(path) {
+            // Same file, same namespace: nothing to do. Replaced: redo it.
+            match pod::open(path) {
+                Ok(ns) if ns.id() == existing.id() => return,
+                Err(_) => return,
+                Ok(_) => {}
+            }
+            self.gone(path);
+        }
+        let ns = loop {
+            match pod::open(path) {
+                Ok(ns) => break ns,
+                // Only a file on its way to becoming a namespace is waited for.
+                Err(e) if started.elapsed() >= settle || !about_to_be_mounted(&e) => {
+                    let reason = crate::error_chain(&e);
+                    let mut skipped = Self::lock(&self.skipped);
+                    if skipped.get(path) != Some(&reason) {
+                        tracing::warn!(path = %path.display(), error = %reason, "not a network namespace: skipped");
+                        skipped.insert(path.to_owned(), reason);
+                        self.count_error("not_a_namespace");
+                    }
+                    return;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        };
+        Self::lock(&self.skipped).remove(path);
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let facts = match pod::inspect(&ns) {
+            Ok(facts) => facts,
+            Err(e) => {
+                self.pod_failed(path, &e);
+                return;
+            }
+        };
+        if let Err(e) = self.with_datapath(|dp| dp.add_pod(facts.cookie, &facts.addrs)) {
+            // Undo whatever part of it was written.
+            let _ = self.with_datapath(|dp| dp.remove_pod(facts.cookie, &facts.addrs));
+            tracing::error!(pod = %path.display(), error = %crate::error_chain(&e), "pod setup failed, rolled back");
+            self.count_error("datapath");
+            return;
+        }
+        let inode = ns.id().ino;
+        tracing::info!(
+            pod = %path.display(), netns_inode = inode, cookie = facts.cookie,
+            addrs = ?facts.addrs, "pod meshed"
+        );
+        Self::lock(&self.setup_seconds).push(started.elapsed().as_secs_f64());
+        Self::lock(&self.pods).insert(
+            path.to_owned(),
+            Pod {
+                name,
+                path: path.to_owned(),
+                ns,
+                facts,
+                meshed: true,
+                since: SystemTime::now(),
+            },
+        );
+    }
+
+    fn pod_failed(&self, path: &Path, e: &PodError) {
+        tracing::warn!(pod = %path.display(), error = %crate::error_chain(e), "pod setup failed");
+        self.count_error("pod_setup");
+    }
+
+    /// A namespace file went away: undo exactly what was written for it.
+    fn gone(&self, path: &Path) {
+        Self::lock(&self.skipped).remove(path);
+        let Some(pod) = Self::lock(&self.pods).remove(path) else {
+            return;
+        };
+        match self.with_datapath(|dp| dp.remove_pod(pod.facts.cookie, &pod.facts.addrs)) {
+            Ok(()) => {
+                tracing::info!(pod = %path.display(), netns_inode = pod.id().ino, "pod removed");
+            }
+            Err(e) => {
+                tracing::error!(pod = %path.display(), error = %crate::error_chain(&e), "pod removal failed");
+                self.count_error("datapath");
+            }
+        }
+    }
+
+    /// The source listed what exists: add what is new, drop what is gone,
+    /// and pick up address changes of the pods that stay.
+    fn present(&self, paths: &[PathBuf], settle: Duration) {
+        let known: Vec<PathBuf> = Self::lock(&self.pods).keys().cloned().collect();
+        for path in known.iter().filter(|p| !paths.contains(p)) {
+            self.gone(path);
+        }
+        for path in paths {
+            self.appeared(
+                path,
+                if known.contains(path) {
+                    Duration::ZERO
+                } else {
+                    settle
+                },
+            );
+        }
+        self.refresh_addresses();
+    }
+
+    /// Addresses added to or removed from a pod after it appeared (a CNI
+    /// plugin that configures the interface later).
+    fn refresh_addresses(&self) {
+        let mut pods = Self::lock(&self.pods);
+        for pod in pods.values_mut() {
+            let Ok(now) = pod::inspect(&pod.ns) else {
+                continue;
+            };
+            if now.addrs == pod.facts.addrs {
+                continue;
+            }
+            let added: Vec<IpAddr> = now
+                .addrs
+                .iter()
+                .filter(|a| !pod.facts.addrs.contains(a))
+                .copied()
+                .collect();
+            let removed: Vec<IpAddr> = pod
+                .facts
+                .addrs
+                .iter()
+                .filter(|a| !now.addrs.contains(a))
+                .copied()
+                .collect();
+            let result = self.with_datapath(|dp| {
+                dp.add_pod(pod.facts.cookie, &added)?;
+                dp.remove_addrs(&removed)
+            });
+            match result {
+                Ok(()) => {
+                    tracing::info!(pod = %pod.path.display(), ?added, ?removed, "pod addresses changed");
+                    pod.facts.addrs = now.addrs;
+                }
+                Err(e) => {
+                    tracing::error!(pod = %pod.path.display(), error = %crate::error_chain(&e), "address update failed");
+                    self.count_error("datapath");
+                }
+            }
+        }
+    }
+}
+
+/// `ip netns add` creates an empty regular file, then bind-mounts the new
+/// namespace on it: a path that is not a namespace *yet* may still become
+/// one. A namespace of another type, a missing path or a symlink will not.
+fn about_to_be_mounted(e: &PodError) -> bool {
+    match e {
+        PodError::Namespace {
+            path,
+            source: netns_core::NsError::NotNamespace { .. },
+        } => std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0),
+        _ => false,
+    }
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(config: AgentConfig, source: Box<dyn PodSource>) -> anyhow::Result<()> {
+    let mut datapath =
+        DataPath::attach(crate::EBPF_OBJECT, &config.datapath).with_context(|| {
+            format!(
+                "attach the data path to {} (pins under {})",
+                config.datapath.cgroup.display(),
+                config.datapath.pin_dir.display()
+            )
+        })?;
+    for port in &config.exclude_ports {
+        datapath.exclude_port(*port)?;
+    }
+    for (addr, len) in &config.exclude_cidrs {
+        datapath.exclude_cidr(*addr, *len)?;
+    }
+    let names: Vec<String> = datapath
+        .programs()
+        .iter()
+        .map(|p| format!("{}#{}", p.name, p.id))
+        .collect();
+    tracing::info!(cgroup = %config.datapath.cgroup.display(), programs = %names.join(" "), "data path attached");
+    let agent = Arc::new(Agent {
+        datapath: Mutex::new(Some(datapath)),
+        pods: Mutex::new(BTreeMap::new()),
+        skipped: Mutex::new(BTreeMap::new()),
+        errors: Mutex::new(BTreeMap::new()),
+        setup_seconds: Mutex::new(Vec::new()),
+        ready: std::sync::atomic::AtomicBool::new(false),
+        source: source.name(),
+        config: config.clone(),
+    });
+    let result = serve(&agent, &config, source).await;
+    let datapath = Agent::lock(&agent.datapath).take();
+    if let Some(datapath) = datapath {
+        if config.keep_state {
+            tracing::info!(pins = %config.datapath.pin_dir.display(), "keeping programs and maps attached (--keep-state)");
+            datapath.keep();
+        } else {
+            datapath.detach().context("detach the data path")?;
+            tracing::info!("data path detached, pins removed");
+        }
+    }
+    let _ = std::fs::remove_file(&config.control_socket);
+    result
+}
+
+async fn serve(
+    agent: &Arc<Agent>,
+    config: &AgentConfig,
+    source: Box<dyn PodSource>,
+) -> anyhow::Result<()> {
+    let control = crate::control::listen(&config.control_socket)?;
+    let http = crate::http::listen(config.metrics_addr)?;
+    let (tx, mut rx) = mpsc::channel(1024);
+    // Pod work runs in order on one thread of its own, so that signals and
+    // the sockets are served while a pod is being set up.
+    let (work, queue) = std::sync::mpsc::channel::<PodEvent>();
+    let worker = {
+        let (agent, settle) = (Arc::clone(agent), config.settle);
+        std::thread::Builder::new()
+            .name("pod-worker".into())
+            .spawn(move || {
+                let mut first_listing = true;
+                for event in queue {
+                    let listing = matches!(event, PodEvent::Present(_));
+                    match event {
+                        PodEvent::Appeared(path) => agent.appeared(&path, settle),
+                        PodEvent::Gone(path) => agent.gone(&path),
+                        PodEvent::Present(paths) => agent.present(&paths, settle),
+                    }
+                    if listing && first_listing {
+                        first_listing = false;
+                        agent.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+                        let pods = Agent::lock(&agent.pods).len();
+                        tracing::info!(pods, "initial reconcile done: ready");
+                    }
+                }
+            })
+            .context("start the pod worker thread")?
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(source.run(tx));
+    tasks.spawn(crate::control::serve(control, Arc::clone(agent)));
+    tasks.spawn(crate::http::serve(http, Arc::clone(agent)));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let result = loop {
+        tokio::select! {
+            event = rx.recv() => {
+                let Some(event) = event else { break Err(anyhow::anyhow!("the pod source stopped")) };
+                if work.send(event).is_err() {
+                    break Err(anyhow::anyhow!("the pod worker stopped"));
+                }
+            }
+            done = tasks.join_next() => {
+                if let Some(done) = done {
+                    break match done {
+                        Ok(Ok(())) => Err(anyhow::anyhow!("a task of the agent ended")),
+                        Ok(Err(e)) => Err(e),
+                        Err(e) => Err(e.into()),
+                    };
+                }
+            }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); break Ok(()); }
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break Ok(()); }
+        }
+    };
+    // The worker finishes the pod in hand and ends with the queue; it is not
+    // waited for (a pod setup must not delay the exit).
+    drop(work);
+    drop(worker);
+    result
+}
+
+/// The maps whose fill level status and metrics report.
+pub const REPORTED_MAPS: [&str; 4] = [
+    names::MESHED_NETNS,
+    names::LOCAL_POD_IPS4,
+    names::LOCAL_POD_IPS6,
+    names::COOKIE_ORIG_DST,
+];

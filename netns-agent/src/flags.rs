@@ -1,0 +1,285 @@
+//! The flags of `run`, `status` and `cleanup` (each with an environment
+//! variable), and what each command does with them.
+
+// Doc comments here are clap's --help text, where backticks would show literally.
+#![allow(clippy::doc_markdown)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use netns_agent::cgroup::cgroup2_mount;
+use netns_agent::daemon::AgentConfig;
+use netns_agent::datapath::DataPathConfig;
+use netns_agent::source::{NetnsDir, PodSource};
+use netns_ebpf::{MeshSettings, defaults};
+
+const DEFAULT_BPFFS: &str = "/run/netns-agent/bpf";
+const DEFAULT_SOCKET: &str = "/run/netns-agent/agent.sock";
+/// The agent-owned cgroup under the cgroup v2 mount, used without --cgroup.
+const OWN_CGROUP: &str = "netns-agent";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum SourceKind {
+    /// Every network namespace file in --netns-dir is a pod.
+    NetnsDir,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+// Each flag is one bool: clap's natural shape for on/off switches.
+#[allow(clippy::struct_excessive_bools)]
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// The pods' parent cgroup v2 directory: every process in it (and below)
+    /// is captured. Default: an agent-owned child cgroup, <cgroup v2
+    /// mount>/netns-agent, created if missing (a workstation's choice). On a
+    /// node: the pods' parent (e.g. /sys/fs/cgroup/kubepods.slice). Never the
+    /// cgroup v2 root on a shared machine: that captures every process of it,
+    /// your shell included (refused unless --allow-cgroup-root).
+    #[arg(long, env = "NETNS_AGENT_CGROUP")]
+    cgroup: Option<PathBuf>,
+    /// Allow --cgroup to be the cgroup v2 root (a dedicated node only).
+    #[arg(long, env = "NETNS_AGENT_ALLOW_CGROUP_ROOT")]
+    allow_cgroup_root: bool,
+    /// Directory for the pins (a bpffs is mounted there unless it lies on one).
+    /// On a node: /sys/fs/bpf/netns-agent.
+    #[arg(long, env = "NETNS_AGENT_BPFFS", default_value = DEFAULT_BPFFS)]
+    bpffs: PathBuf,
+    /// Where pods come from.
+    #[arg(long, env = "NETNS_AGENT_POD_SOURCE", value_enum, default_value_t = SourceKind::NetnsDir)]
+    pod_source: SourceKind,
+    /// The directory of namespace files the netns-dir source watches.
+    #[arg(long, env = "NETNS_AGENT_NETNS_DIR", default_value = netns_core::NETNS_RUN_DIR)]
+    netns_dir: PathBuf,
+    /// The root-only control socket (status; the CNI plugin later).
+    #[arg(long, env = "NETNS_AGENT_CONTROL_SOCKET", default_value = DEFAULT_SOCKET)]
+    control_socket: PathBuf,
+    /// Address of /healthz, /readyz and /metrics (keep it on loopback).
+    #[arg(
+        long,
+        env = "NETNS_AGENT_METRICS_ADDR",
+        default_value = "127.0.0.1:9464"
+    )]
+    metrics_addr: SocketAddr,
+    /// Leave programs and maps attached and pinned at exit, so that traffic
+    /// stays captured while the agent restarts or upgrades (a DaemonSet's
+    /// choice). `netns-agent cleanup` removes them.
+    #[arg(long, env = "NETNS_AGENT_KEEP_STATE")]
+    keep_state: bool,
+    /// Sidecar port for redirected outbound connections.
+    #[arg(long, env = "NETNS_AGENT_OUTBOUND_PORT", default_value_t = defaults::OUTBOUND_PORT)]
+    outbound_port: u16,
+    /// Sidecar port for connections into a pod.
+    #[arg(long, env = "NETNS_AGENT_INBOUND_PORT", default_value_t = defaults::INBOUND_PORT)]
+    inbound_port: u16,
+    /// The sidecar's uid: its own connections are never redirected.
+    #[arg(long, env = "NETNS_AGENT_SIDECAR_UID", default_value_t = defaults::SIDECAR_UID)]
+    sidecar_uid: u32,
+    /// Sockets with this SO_MARK are left alone (0: none).
+    #[arg(long, env = "NETNS_AGENT_BYPASS_MARK", default_value_t = defaults::BYPASS_MARK)]
+    bypass_mark: u32,
+    /// Destination port never redirected (repeat the flag for more).
+    #[arg(
+        long = "exclude-port",
+        env = "NETNS_AGENT_EXCLUDE_PORTS",
+        value_delimiter = ','
+    )]
+    exclude_ports: Vec<u16>,
+    /// Destination CIDR never redirected, e.g. 192.0.2.0/24 (repeatable).
+    #[arg(long = "exclude-cidr", env = "NETNS_AGENT_EXCLUDE_CIDRS", value_delimiter = ',', value_parser = parse_cidr)]
+    exclude_cidrs: Vec<(IpAddr, u8)>,
+    /// Redirect the pods' DNS (UDP port 53) to the sidecar's --dns-port.
+    #[arg(long, env = "NETNS_AGENT_DNS_REDIRECT")]
+    dns_redirect: bool,
+    /// The sidecar's DNS port.
+    #[arg(long, env = "NETNS_AGENT_DNS_PORT", default_value_t = defaults::DNS_PORT)]
+    dns_port: u16,
+    /// Opt-in sockmap acceleration between the sidecars' own sockets. Off by
+    /// default: a socket in a sockmap returns EAGAIN to blocking reads, has no
+    /// flow control and can stall at close (docs/sockmap.md); only sidecar
+    /// event loops tolerate it, and application sockets never join.
+    #[arg(long, env = "NETNS_AGENT_SOCKMAP")]
+    sockmap: bool,
+    /// How long a new namespace file may take to become a namespace (`ip
+    /// netns add` creates the file, then bind-mounts it), in milliseconds.
+    #[arg(long, env = "NETNS_AGENT_SETTLE_MS", default_value_t = 2000)]
+    settle_ms: u64,
+    /// How often the directory is listed again and pod addresses re-read, in
+    /// seconds.
+    #[arg(long, env = "NETNS_AGENT_RESYNC_SECS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    resync_secs: u64,
+    /// Log format.
+    #[arg(long, env = "NETNS_AGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log filter (tracing's env-filter syntax), e.g. info or netns_agent=debug.
+    #[arg(long, env = "NETNS_AGENT_LOG", default_value = "info")]
+    log_level: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// The running agent's control socket.
+    #[arg(long, env = "NETNS_AGENT_CONTROL_SOCKET", default_value = DEFAULT_SOCKET)]
+    control_socket: PathBuf,
+    /// Where to look for pins when no agent answers.
+    #[arg(long, env = "NETNS_AGENT_BPFFS", default_value = DEFAULT_BPFFS)]
+    bpffs: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CleanupArgs {
+    /// The pin directory of the run to clean up after.
+    #[arg(long, env = "NETNS_AGENT_BPFFS", default_value = DEFAULT_BPFFS)]
+    bpffs: PathBuf,
+}
+
+fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
+    let (addr, len) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?} is not ADDRESS/PREFIX"))?;
+    let addr: IpAddr = addr.parse().map_err(|e| format!("{addr:?}: {e}"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len: u8 = len
+        .parse()
+        .ok()
+        .filter(|l| *l <= max)
+        .ok_or_else(|| format!("prefix {len:?} must be 0..={max}"))?;
+    Ok((addr, len))
+}
+
+fn init_logs(format: LogFormat, filter: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("--log-level {filter:?}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+/// `netns-agent run`.
+pub(crate) fn run(args: &RunArgs) -> anyhow::Result<()> {
+    init_logs(args.log_format, &args.log_level)?;
+    let v2 = cgroup2_mount().context("find the cgroup v2 mount")?;
+    let (cgroup, own_cgroup) = if let Some(path) = &args.cgroup {
+        (path.clone(), false)
+    } else {
+        let path = v2.join(OWN_CGROUP);
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("create the agent's cgroup {}", path.display()))?;
+        (path, true)
+    };
+    if cgroup.canonicalize().ok() == v2.canonicalize().ok() && !args.allow_cgroup_root {
+        anyhow::bail!(
+            "--cgroup {} is the cgroup v2 root: that captures every process of this machine; \
+             pass the pods' parent cgroup, or --allow-cgroup-root on a dedicated node",
+            cgroup.display()
+        );
+    }
+    let mut settings = MeshSettings::istio();
+    settings.outbound_port = args.outbound_port;
+    settings.inbound_port = args.inbound_port;
+    settings.sidecar_uid = args.sidecar_uid;
+    settings.bypass_mark = args.bypass_mark;
+    settings.dns_port = args.dns_port;
+    if args.dns_redirect {
+        settings.flags |= MeshSettings::FLAG_DNS_REDIRECT;
+    }
+    if args.sockmap {
+        settings.flags |= MeshSettings::FLAG_SOCKMAP;
+    }
+    let config = AgentConfig {
+        datapath: DataPathConfig {
+            cgroup: cgroup.clone(),
+            pin_dir: args.bpffs.clone(),
+            settings,
+        },
+        control_socket: args.control_socket.clone(),
+        metrics_addr: args.metrics_addr,
+        keep_state: args.keep_state,
+        settle: Duration::from_millis(args.settle_ms),
+        exclude_ports: args.exclude_ports.clone(),
+        exclude_cidrs: args.exclude_cidrs.clone(),
+    };
+    let source: Box<dyn PodSource> = match args.pod_source {
+        SourceKind::NetnsDir => Box::new(NetnsDir::new(
+            args.netns_dir.clone(),
+            Duration::from_secs(args.resync_secs),
+        )),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(netns_agent::daemon::run(config, source));
+    if own_cgroup && !args.keep_state {
+        remove_own_cgroup(&cgroup);
+    }
+    result
+}
+
+/// Removes the agent-owned cgroup if nothing lives in it any more.
+fn remove_own_cgroup(cgroup: &Path) {
+    if let Err(e) = std::fs::remove_dir(cgroup) {
+        tracing::info!(cgroup = %cgroup.display(), error = %e, "agent cgroup left in place");
+    }
+}
+
+/// `netns-agent status`.
+pub(crate) fn status(args: &StatusArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match runtime.block_on(netns_agent::control::ask_status(&args.control_socket)) {
+        Ok(status) if args.json => println!("{}", serde_json::to_string_pretty(&status)?),
+        Ok(status) => print!("{}", status.render()),
+        Err(e) => {
+            let pins = netns_agent::datapath::pins(&args.bpffs);
+            if args.json {
+                let report =
+                    serde_json::json!({"running": false, "error": format!("{e:#}"), "pins": pins});
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("no agent running: {e:#}");
+                if pins.is_empty() {
+                    println!("nothing pinned under {}", args.bpffs.display());
+                } else {
+                    println!(
+                        "pinned under {} (`netns-agent cleanup` removes them):",
+                        args.bpffs.display()
+                    );
+                    for pin in &pins {
+                        println!("  {pin}");
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `netns-agent cleanup`.
+pub(crate) fn cleanup(args: &CleanupArgs) -> anyhow::Result<()> {
+    let done = netns_agent::datapath::cleanup(&args.bpffs)
+        .with_context(|| format!("clean up {}", args.bpffs.display()))?;
+    if done.is_empty() {
+        println!("nothing to clean up under {}", args.bpffs.display());
+    }
+    for line in done {
+        println!("{line}");
+    }
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! What `netns-agent status` shows: the agent's own view, serialised for the
+//! control socket (`--json`) and rendered as a table for a person.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+/// A snapshot of the running agent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Status {
+    /// The agent's process id.
+    pub pid: u32,
+    /// Programs attached, initial reconcile done, control socket listening.
+    pub ready: bool,
+    /// The cgroup v2 directory the programs are attached to.
+    pub cgroup: String,
+    /// The pin directory.
+    pub bpffs: String,
+    /// The pod source in use.
+    pub source: String,
+    /// Attached programs.
+    pub programs: Vec<ProgramStatus>,
+    /// Managed pods.
+    pub pods: Vec<PodStatus>,
+    /// Fill levels of the maps that grow with pods and connections.
+    pub maps: Vec<MapStatus>,
+    /// Data path counters, by name.
+    pub counters: Vec<(String, u64)>,
+    /// Errors since start, by kind.
+    pub errors: Vec<(String, u64)>,
+}
+
+/// One attached program.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProgramStatus {
+    /// Its name in the object.
+    pub name: String,
+    /// The kernel's program id.
+    pub id: u32,
+}
+
+/// One managed pod.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PodStatus {
+    /// File name in the watched directory.
+    pub name: String,
+    /// Namespace path.
+    pub path: String,
+    /// Namespace inode.
+    pub netns_inode: u64,
+    /// Namespace cookie.
+    pub cookie: u64,
+    /// Addresses in the data path.
+    pub addrs: Vec<String>,
+    /// In the mesh?
+    pub meshed: bool,
+    /// Seconds since the Unix epoch when the agent took it on.
+    pub since_unix: u64,
+}
+
+/// One map's fill level.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MapStatus {
+    /// Map name.
+    pub name: String,
+    /// Entries now.
+    pub entries: u64,
+    /// Capacity (`max_entries`).
+    pub capacity: u64,
+}
+
+impl Status {
+    /// The table a person reads.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "agent: pid {}, {}",
+            self.pid,
+            if self.ready { "ready" } else { "NOT READY" }
+        );
+        let _ = writeln!(out, "cgroup: {}", self.cgroup);
+        let _ = writeln!(out, "pins: {}", self.bpffs);
+        let _ = writeln!(out, "pod source: {}", self.source);
+        let programs: Vec<String> = self
+            .programs
+            .iter()
+            .map(|p| format!("{}#{}", p.name, p.id))
+            .collect();
+        let _ = writeln!(out, "programs: {}", programs.join(" "));
+        let _ = writeln!(
+            out,
+            "\n{:<24} {:>12} {:>10} {:<7} addresses",
+            "POD", "NETNS", "COOKIE", "MESHED"
+        );
+        for pod in &self.pods {
+            let _ = writeln!(
+                out,
+                "{:<24} {:>12} {:>10} {:<7} {}",
+                pod.name,
+                pod.netns_inode,
+                pod.cookie,
+                if pod.meshed { "yes" } else { "no" },
+                pod.addrs.join(",")
+            );
+        }
+        let _ = writeln!(out, "\n{:<20} {:>10} {:>10}", "MAP", "ENTRIES", "CAPACITY");
+        for map in &self.maps {
+            let _ = writeln!(
+                out,
+                "{:<20} {:>10} {:>10}",
+                map.name, map.entries, map.capacity
+            );
+        }
+        let counters: Vec<String> = self
+            .counters
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect();
+        let _ = writeln!(out, "\ncounters: {}", counters.join(" "));
+        let errors: Vec<String> = self
+            .errors
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "errors: {}",
+            if errors.is_empty() {
+                "none".to_owned()
+            } else {
+                errors.join(" ")
+            }
+        );
+        out
+    }
+}

@@ -1,0 +1,465 @@
+//! `netns-agent run` end to end, through the binary: pods appear and go in a
+//! watched directory (namespaces the test makes, bind-mounted in a private
+//! directory, never /run/netns), the agent writes and removes exactly their
+//! map entries (read back from the pinned maps: the kernel's view), junk in
+//! the directory is skipped while the agent keeps serving, the control
+//! socket refuses bad requests, `status` agrees with `BPF_PROG_QUERY`, and
+//! SIGTERM takes everything down (or, with `--keep-state`, leaves it for
+//! `cleanup`). Needs root and iproute2.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aya::maps::{HashMap, Map, MapData};
+use netns_agent::cgroup::{ChildCgroup, cgroup2_mount};
+use netns_agent::datapath::attached_program_ids;
+use netns_agent::status::Status;
+use netns_core::NetNs;
+use netns_ebpf::{LocalPod, PodFlags, names};
+
+fn require_root() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "needs root: run ./x test"
+    );
+}
+
+fn cgroup_program_ids(cgroup: &Path) -> Vec<u32> {
+    attached_program_ids(cgroup).unwrap()
+}
+
+const AGENT: &str = env!("CARGO_BIN_EXE_netns-agent");
+const WAIT: Duration = Duration::from_secs(10);
+
+/// One agent under test with its private directories; everything is removed
+/// on drop, also when the test fails.
+struct Fixture {
+    dir: PathBuf,
+    cgroup: ChildCgroup,
+    metrics: SocketAddr,
+    agent: Option<Child>,
+}
+
+impl Fixture {
+    fn new(tag: &str) -> Fixture {
+        require_root();
+        let dir = PathBuf::from(format!(
+            "/tmp/netns-agent-test-{}-{tag}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(dir.join("netns")).unwrap();
+        let cgroup = ChildCgroup::create(
+            &cgroup2_mount().unwrap(),
+            &format!("netns-agent-test-{}-{tag}", std::process::id()),
+        )
+        .unwrap();
+        // A free loopback port for the metrics listener.
+        let metrics = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        Fixture {
+            dir,
+            cgroup,
+            metrics,
+            agent: None,
+        }
+    }
+
+    fn netns_dir(&self) -> PathBuf {
+        self.dir.join("netns")
+    }
+
+    fn bpffs(&self) -> PathBuf {
+        self.dir.join("bpf")
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("agent.sock")
+    }
+
+    fn start(&mut self, extra: &[&str]) {
+        let child = Command::new(AGENT)
+            .arg("run")
+            .arg("--cgroup")
+            .arg(self.cgroup.path())
+            .arg("--bpffs")
+            .arg(self.bpffs())
+            .arg("--netns-dir")
+            .arg(self.netns_dir())
+            .arg("--control-socket")
+            .arg(self.socket())
+            .arg("--metrics-addr")
+            .arg(self.metrics.to_string())
+            .args(["--resync-secs", "1"])
+            .args(extra)
+            // A file, not a pipe: a full pipe would stall the agent's logging.
+            .stderr(Stdio::from(
+                std::fs::File::create(self.dir.join("agent.log")).unwrap(),
+            ))
+            .spawn()
+            .expect("start netns-agent");
+        self.agent = Some(child);
+        wait_for("the agent to be ready", || {
+            self.http("/readyz").starts_with("HTTP/1.1 200")
+        });
+    }
+
+    /// A GET on the agent's HTTP port: the whole response, or "" if none.
+    fn http(&self, path: &str) -> String {
+        let Ok(mut conn) = TcpStream::connect_timeout(&self.metrics, Duration::from_millis(200))
+        else {
+            return String::new();
+        };
+        let _ = write!(
+            conn,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        );
+        let mut response = String::new();
+        let _ = conn.read_to_string(&mut response);
+        response
+    }
+
+    /// What the control socket answers to one raw request line.
+    fn ask(&self, request: &[u8]) -> String {
+        let mut conn = UnixStream::connect(self.socket()).expect("connect to the control socket");
+        conn.set_read_timeout(Some(WAIT)).unwrap();
+        conn.write_all(request).unwrap();
+        let mut reply = String::new();
+        let _ = conn.read_to_string(&mut reply);
+        reply
+    }
+
+    fn status(&self) -> Status {
+        let out = Command::new(AGENT)
+            .args(["status", "--json", "--control-socket"])
+            .arg(self.socket())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    /// Adds a pod namespace named `name`, with `addr` on an interface of its own.
+    fn add_pod(&self, name: &str, addr: Option<&str>) -> NetNs {
+        let ns = NetNs::create_at(&self.netns_dir().join(name)).unwrap();
+        if let Some(addr) = addr {
+            add_address(&ns, addr);
+        }
+        ns
+    }
+
+    /// SIGTERM, then the agent's exit status and how long it took.
+    fn stop(&mut self) -> (std::process::ExitStatus, Duration, String) {
+        let mut child = self.agent.take().expect("agent running");
+        let started = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = child.wait().unwrap();
+        let took = started.elapsed();
+        let logs = std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default();
+        (status, took, logs)
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.agent.take() {
+            // Only the process this fixture started, by its PID.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = netns_agent::datapath::cleanup(&self.bpffs());
+        if let Ok(entries) = std::fs::read_dir(self.netns_dir()) {
+            for entry in entries.flatten() {
+                let _ = nix::mount::umount2(&entry.path(), nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn add_address(ns: &NetNs, addr: &str) {
+    let path = ns.path().display().to_string();
+    // A veth pair inside the pod (the kernel here has no dummy driver).
+    let dev = format!("v{}", addr.rsplit('.').next().unwrap());
+    let peer = format!("{dev}p");
+    for args in [
+        vec!["link", "add", &dev, "type", "veth", "peer", "name", &peer],
+        vec!["addr", "add", &format!("{addr}/32"), "dev", &dev],
+        vec!["link", "set", &dev, "up"],
+    ] {
+        let status = Command::new("nsenter")
+            .arg(format!("--net={path}"))
+            .arg("ip")
+            .args(&args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "ip {args:?} in {path}");
+    }
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn pinned(fixture: &Fixture, map: &str) -> Map {
+    let path = fixture.bpffs().join("maps").join(map);
+    Map::HashMap(
+        MapData::from_pin(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display())),
+    )
+}
+
+/// The netns cookies in `MESHED_NETNS`, as the kernel has them.
+fn meshed_cookies(fixture: &Fixture) -> Vec<u64> {
+    let map: HashMap<_, u64, PodFlags> =
+        HashMap::try_from(pinned(fixture, names::MESHED_NETNS)).unwrap();
+    let mut keys: Vec<u64> = map.keys().map(Result::unwrap).collect();
+    keys.sort_unstable();
+    keys
+}
+
+/// IPv4 pod addresses in `LOCAL_POD_IPS4` with their cookies.
+fn local_pods(fixture: &Fixture) -> Vec<(Ipv4Addr, u64)> {
+    let map: HashMap<_, u32, LocalPod> =
+        HashMap::try_from(pinned(fixture, names::LOCAL_POD_IPS4)).unwrap();
+    let mut pods: Vec<(Ipv4Addr, u64)> = map
+        .iter()
+        .map(Result::unwrap)
+        .map(|(k, v)| (Ipv4Addr::from(k.to_ne_bytes()), v.netns_cookie))
+        .collect();
+    pods.sort_unstable();
+    pods
+}
+
+#[test]
+fn root_agent_meshes_pods_from_a_directory_and_undoes_exactly_their_entries() {
+    let mut f = Fixture::new("pods");
+    // Present before the agent starts: a pod too.
+    let early = f.add_pod("early", Some("198.18.7.1"));
+    f.start(&[]);
+    let early_cookie = early.cookie().unwrap();
+    wait_for("the early pod", || meshed_cookies(&f) == [early_cookie]);
+    assert_eq!(
+        local_pods(&f),
+        [(Ipv4Addr::new(198, 18, 7, 1), early_cookie)]
+    );
+
+    // Junk in the directory: skipped, and the agent keeps serving.
+    std::fs::write(f.netns_dir().join("a-regular-file"), b"not a namespace").unwrap();
+    std::os::unix::fs::symlink("/nonexistent/netns", f.netns_dir().join("dangling")).unwrap();
+    let uts = f.netns_dir().join("uts-namespace");
+    std::fs::write(&uts, b"").unwrap();
+    nix::mount::mount(
+        Some("/proc/self/ns/uts"),
+        &uts,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .expect("bind a UTS namespace file (a namespace of another type)");
+
+    // A pod added while it runs, with an address.
+    let late = f.add_pod("late", Some("198.18.7.2"));
+    let late_cookie = late.cookie().unwrap();
+    let mut both = vec![early_cookie, late_cookie];
+    both.sort_unstable();
+    wait_for("the late pod", || meshed_cookies(&f) == both);
+    // An address that arrives after the pod (a CNI plugin's, later).
+    add_address(&early, "198.18.7.3");
+    wait_for("the early pod's new address", || local_pods(&f).len() == 3);
+    assert_eq!(
+        local_pods(&f),
+        [
+            (Ipv4Addr::new(198, 18, 7, 1), early_cookie),
+            (Ipv4Addr::new(198, 18, 7, 2), late_cookie),
+            (Ipv4Addr::new(198, 18, 7, 3), early_cookie),
+        ]
+    );
+
+    // status agrees with the kernel.
+    let status = f.status();
+    assert!(status.ready);
+    let mut ids: Vec<u32> = status.programs.iter().map(|p| p.id).collect();
+    let mut attached = cgroup_program_ids(f.cgroup.path());
+    ids.sort_unstable();
+    attached.sort_unstable();
+    assert_eq!(
+        ids, attached,
+        "status lists what BPF_PROG_QUERY says is attached"
+    );
+    let mut pods: Vec<(String, u64)> = status
+        .pods
+        .iter()
+        .map(|p| (p.name.clone(), p.cookie))
+        .collect();
+    pods.sort();
+    assert_eq!(
+        pods,
+        [
+            ("early".to_owned(), early_cookie),
+            ("late".to_owned(), late_cookie)
+        ]
+    );
+    let skipped = status
+        .errors
+        .iter()
+        .find(|(k, _)| k == "not_a_namespace")
+        .map_or(0, |(_, v)| *v);
+    assert!(skipped >= 3, "junk counted: {:?}", status.errors);
+    let metrics = f.http("/metrics");
+    assert!(metrics.contains("netns_agent_pods_managed 2"), "{metrics}");
+
+    // The late pod goes: exactly its entries go with it.
+    NetNs::delete_at(&f.netns_dir().join("late")).unwrap();
+    wait_for("the late pod's removal", || {
+        meshed_cookies(&f) == [early_cookie]
+    });
+    assert_eq!(
+        local_pods(&f),
+        [
+            (Ipv4Addr::new(198, 18, 7, 1), early_cookie),
+            (Ipv4Addr::new(198, 18, 7, 3), early_cookie)
+        ]
+    );
+
+    let (exit, took, logs) = f.stop();
+    assert!(exit.success(), "{exit}: {logs}");
+    assert!(took < Duration::from_secs(1), "stopped in {took:?}: {logs}");
+    assert!(
+        cgroup_program_ids(f.cgroup.path()).is_empty(),
+        "nothing attached after SIGTERM"
+    );
+    assert!(!f.bpffs().join("maps").exists(), "pins removed");
+    assert!(!f.socket().exists(), "control socket removed");
+    assert!(logs.contains("not a network namespace"), "{logs}");
+}
+
+#[test]
+fn root_agent_control_socket_refuses_bad_requests_and_keeps_serving() {
+    let mut f = Fixture::new("control");
+    f.start(&[]);
+    let reply = f.ask(b"this is not json\n");
+    assert!(reply.contains("\"error\":\"malformed request"), "{reply}");
+    let reply = f.ask(b"{\"op\":\"reboot\"}\n");
+    assert!(reply.contains("unknown op"), "{reply}");
+    let mut huge = vec![b'x'; 10_000];
+    huge.push(b'\n');
+    let reply = f.ask(&huge);
+    assert!(reply.contains("larger than 4096 bytes"), "{reply}");
+    // A client that connects and goes away mid-request.
+    let mut conn = UnixStream::connect(f.socket()).unwrap();
+    conn.write_all(b"{\"op\":").unwrap();
+    drop(conn);
+    // Not root: the socket's mode (0600) refuses the connection itself.
+    let mode = std::fs::metadata(f.socket())
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+        .unwrap();
+    assert_eq!(mode, 0o600);
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(AGENT)
+        .args(["status", "--control-socket"])
+        .arg(f.socket())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs root"),
+        "{out:?}"
+    );
+    // Still serving.
+    assert!(f.status().ready);
+    let (exit, _, logs) = f.stop();
+    assert!(exit.success(), "{logs}");
+}
+
+#[test]
+fn root_agent_keep_state_leaves_the_data_path_and_cleanup_removes_it() {
+    let mut f = Fixture::new("keep");
+    f.start(&["--keep-state"]);
+    let ids: Vec<u32> = f.status().programs.iter().map(|p| p.id).collect();
+    let (exit, _, logs) = f.stop();
+    assert!(exit.success(), "{logs}");
+    let attached = cgroup_program_ids(f.cgroup.path());
+    assert!(
+        ids.iter().all(|id| attached.contains(id)),
+        "still attached: {attached:?} of {ids:?}"
+    );
+    // With no agent running, status lists the pins.
+    let out = Command::new(AGENT)
+        .args(["status", "--control-socket"])
+        .arg(f.socket())
+        .arg("--bpffs")
+        .arg(f.bpffs())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("no agent running") && text.contains("links/connect4"),
+        "{text}"
+    );
+
+    let out = Command::new(AGENT)
+        .args(["cleanup", "--bpffs"])
+        .arg(f.bpffs())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("detached and unpinned link"), "{text}");
+    assert!(
+        cgroup_program_ids(f.cgroup.path()).is_empty(),
+        "cleanup detached everything"
+    );
+    let again = Command::new(AGENT)
+        .args(["cleanup", "--bpffs"])
+        .arg(f.bpffs())
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to clean up"));
+}
+
+#[test]
+fn root_agent_bad_flags_get_one_line_errors_naming_the_flag() {
+    require_root();
+    let root = cgroup2_mount().unwrap().display().to_string();
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["run", "--exclude-cidr", "198.18.0.0/99"],
+            "--exclude-cidr",
+        ),
+        (&["run", "--metrics-addr", "nowhere"], "--metrics-addr"),
+        (
+            &["run", "--cgroup", &root, "--bpffs", "/tmp/never"],
+            "cgroup v2 root",
+        ),
+    ];
+    for (args, named) in cases {
+        let out = Command::new(AGENT).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr.contains(named), "{args:?}: {stderr}");
+        assert!(!Path::new("/tmp/never/maps").exists());
+    }
+}
