@@ -4,8 +4,9 @@
 //! ([`crate::control`]) and its HTTP port ([`crate::http`]), and on SIGTERM or
 //! SIGINT detaches everything, or leaves it attached with `keep_state`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -18,6 +19,7 @@ use crate::datapath::{DataPath, DataPathConfig};
 use crate::pod::{self, Pod, PodError};
 use crate::source::{PodEvent, PodSource};
 use crate::status::{MapStatus, PodStatus, ProgramStatus, Status};
+use netns_core::NetNs;
 
 /// How the agent runs.
 #[derive(Debug, Clone)]
@@ -33,6 +35,8 @@ pub struct AgentConfig {
     /// How long a new namespace file may take to become a namespace (`ip
     /// netns add` creates the file, then bind-mounts it).
     pub settle: Duration,
+    /// How often pod addresses are read again.
+    pub resync: Duration,
     /// Destination ports never redirected.
     pub exclude_ports: Vec<u16>,
     /// Destination CIDRs never redirected.
@@ -147,12 +151,13 @@ impl Agent {
     /// to `settle` for the file to become a namespace.
     fn appeared(&self, path: &Path, settle: Duration) {
         let started = Instant::now();
-        if let Some(existing) = Self::lock(&self.pods).get(path) {
-            // Same file, same namespace: nothing to do. Replaced: redo it.
-            match pod::open(path) {
-                Ok(ns) if ns.id() == existing.id() => return,
-                Err(_) => return,
-                Ok(_) => {}
+        let known = Self::lock(&self.pods).get(path).map(Pod::id);
+        if let Some(id) = known {
+            // Same file, same namespace (a stat, no open): nothing to do.
+            // Replaced by another namespace: redo it.
+            let now = std::fs::metadata(path).map(|m| (m.dev(), m.ino()));
+            if now.is_err() || now.is_ok_and(|(dev, ino)| dev == id.dev && ino == id.ino) {
+                return;
             }
             self.gone(path);
         }
@@ -233,61 +238,67 @@ impl Agent {
         }
     }
 
-    /// The source listed what exists: add what is new, drop what is gone,
-    /// and pick up address changes of the pods that stay.
+    /// The source listed what exists: add what is new, drop what is gone.
     fn present(&self, paths: &[PathBuf], settle: Duration) {
-        let known: Vec<PathBuf> = Self::lock(&self.pods).keys().cloned().collect();
-        for path in known.iter().filter(|p| !paths.contains(p)) {
+        let listed: BTreeSet<&PathBuf> = paths.iter().collect();
+        let known: BTreeSet<PathBuf> = Self::lock(&self.pods).keys().cloned().collect();
+        for path in known.iter().filter(|p| !listed.contains(p)) {
             self.gone(path);
         }
         for path in paths {
-            self.appeared(
-                path,
-                if known.contains(path) {
-                    Duration::ZERO
-                } else {
-                    settle
-                },
-            );
+            let seen = known.contains(path) || Self::lock(&self.skipped).contains_key(path);
+            self.appeared(path, if seen { Duration::ZERO } else { settle });
         }
-        self.refresh_addresses();
     }
 
-    /// Addresses added to or removed from a pod after it appeared (a CNI
-    /// plugin that configures the interface later).
+    /// Addresses added to or removed from pods after they appeared (a CNI
+    /// plugin that configures the interface later). Runs on its own thread:
+    /// reading every pod's addresses must not delay pod events.
     fn refresh_addresses(&self) {
-        let mut pods = Self::lock(&self.pods);
-        for pod in pods.values_mut() {
-            let Ok(now) = pod::inspect(&pod.ns) else {
+        let pods: Vec<(PathBuf, NetNs, u64, Vec<IpAddr>)> = Self::lock(&self.pods)
+            .values()
+            .map(|p| {
+                (
+                    p.path.clone(),
+                    p.ns.clone(),
+                    p.facts.cookie,
+                    p.facts.addrs.clone(),
+                )
+            })
+            .collect();
+        for (path, ns, cookie, before) in pods {
+            let Ok(now) = pod::addresses(&ns) else {
                 continue;
             };
-            if now.addrs == pod.facts.addrs {
+            if now == before {
                 continue;
             }
             let added: Vec<IpAddr> = now
-                .addrs
                 .iter()
-                .filter(|a| !pod.facts.addrs.contains(a))
+                .filter(|a| !before.contains(a))
                 .copied()
                 .collect();
-            let removed: Vec<IpAddr> = pod
-                .facts
-                .addrs
+            let removed: Vec<IpAddr> = before
                 .iter()
-                .filter(|a| !now.addrs.contains(a))
+                .filter(|a| !now.contains(a))
                 .copied()
                 .collect();
+            let mut pods = Self::lock(&self.pods);
+            // Gone or replaced meanwhile: its own events take care of it.
+            let Some(pod) = pods.get_mut(&path).filter(|p| p.facts.cookie == cookie) else {
+                continue;
+            };
             let result = self.with_datapath(|dp| {
-                dp.add_pod(pod.facts.cookie, &added)?;
+                dp.add_pod(cookie, &added)?;
                 dp.remove_addrs(&removed)
             });
             match result {
                 Ok(()) => {
-                    tracing::info!(pod = %pod.path.display(), ?added, ?removed, "pod addresses changed");
-                    pod.facts.addrs = now.addrs;
+                    tracing::info!(pod = %path.display(), ?added, ?removed, "pod addresses changed");
+                    pod.facts.addrs = now;
                 }
                 Err(e) => {
-                    tracing::error!(pod = %pod.path.display(), error = %crate::error_chain(&e), "address update failed");
+                    tracing::error!(pod = %path.display(), error = %crate::error_chain(&e), "address update failed");
                     self.count_error("datapath");
                 }
             }
@@ -389,6 +400,19 @@ async fn serve(
             })
             .context("start the pod worker thread")?
     };
+    let refresher = {
+        let (agent, every) = (Arc::clone(agent), config.resync);
+        std::thread::Builder::new()
+            .name("address-refresh".into())
+            .spawn(move || {
+                // Ends when the agent's last other holder lets go.
+                while Arc::strong_count(&agent) > 1 {
+                    std::thread::sleep(every);
+                    agent.refresh_addresses();
+                }
+            })
+            .context("start the address refresh thread")?
+    };
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(source.run(tx));
     tasks.spawn(crate::control::serve(control, Arc::clone(agent)));
@@ -419,6 +443,7 @@ async fn serve(
     // waited for (a pod setup must not delay the exit).
     drop(work);
     drop(worker);
+    drop(refresher);
     result
 }
 

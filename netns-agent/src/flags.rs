@@ -211,6 +211,7 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<()> {
         metrics_addr: args.metrics_addr,
         keep_state: args.keep_state,
         settle: Duration::from_millis(args.settle_ms),
+        resync: Duration::from_secs(args.resync_secs),
         exclude_ports: args.exclude_ports.clone(),
         exclude_cidrs: args.exclude_cidrs.clone(),
     };

@@ -99,22 +99,28 @@ pub fn inspect(ns: &NetNs) -> Result<PodFacts, PodError> {
         path: path.clone(),
         source,
     })?;
-    let addrs = ns
-        .run(|_| -> std::io::Result<Vec<IpAddr>> {
-            let mut addrs: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
-                .map_err(std::io::Error::from)?
-                .filter_map(|ifaddr| pod_address(ifaddr.address.as_ref()?))
-                .collect();
-            addrs.sort_unstable();
-            addrs.dedup();
-            Ok(addrs)
-        })
-        .map_err(|source| PodError::Namespace {
-            path: path.clone(),
-            source,
-        })?
-        .map_err(|source| PodError::Addresses { path, source })?;
+    let addrs = addresses(ns)?;
     Ok(PodFacts { cookie, addrs })
+}
+
+/// The pod's addresses (loopback and link-local left out), sorted, read
+/// inside its namespace.
+pub fn addresses(ns: &NetNs) -> Result<Vec<IpAddr>, PodError> {
+    let path = ns.path().to_owned();
+    ns.run(|_| -> std::io::Result<Vec<IpAddr>> {
+        let mut addrs: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
+            .map_err(std::io::Error::from)?
+            .filter_map(|ifaddr| pod_address(ifaddr.address.as_ref()?))
+            .collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        Ok(addrs)
+    })
+    .map_err(|source| PodError::Namespace {
+        path: path.clone(),
+        source,
+    })?
+    .map_err(|source| PodError::Addresses { path, source })
 }
 
 /// An address other pods can reach the pod at: not loopback, not link-local.

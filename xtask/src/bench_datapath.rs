@@ -1,4 +1,4 @@
-//! `./x bench-datapath`: the data path benchmark (tests/benches/datapath.rs):
+//! `./x bench-datapath` and `./x bench-agent`. The data path benchmark (tests/benches/datapath.rs):
 //! direct, iptables REDIRECT (Istio's default capture), our default eBPF
 //! programs, and the opt-in sockmap mode on the sidecar-to-sidecar leg.
 
@@ -36,4 +36,29 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         cargo.env("NETNS_BENCH_CPU", cpu.to_string());
     }
     cmd::status(&mut cargo)
+}
+
+/// `./x bench-agent`: the agent benchmark (tests/benches/agent.rs) against a
+/// release build of netns-agent.
+pub(crate) fn run_agent(pods: u32) -> anyhow::Result<()> {
+    cmd::require_root("./x bench-agent")?;
+    apt::ensure(
+        &["iproute2"],
+        "the benchmark configures pod namespaces with ip",
+    )?;
+    ebpf::build()?;
+    eprintln!("xtask: building netns-agent (release)");
+    cmd::status(&mut cmd::cargo(&[
+        "build",
+        "--quiet",
+        "--release",
+        "--package",
+        "netns-agent",
+    ]))?;
+    let agent = cmd::workspace_root().join("target/release/netns-agent");
+    cmd::status(
+        cmd::cargo(&["bench", "--package", "netns-tests", "--bench", "agent"])
+            .env("NETNS_BENCH_AGENT", &agent)
+            .env("NETNS_BENCH_PODS", pods.to_string()),
+    )
 }

@@ -57,6 +57,14 @@ enum Verb {
     /// bulk throughput for direct, iptables REDIRECT, our eBPF programs and the
     /// sockmap mode (installs iptables; needs root).
     BenchDatapath(bench_datapath::Args),
+    /// Measure netns-agent run at scale: 1,000 pods appearing (time to their
+    /// map entries, p50/p99), memory with 1,000 pods, 1,000 add+delete churns
+    /// and what they leak (needs root).
+    BenchAgent {
+        /// How many pods.
+        #[arg(long, default_value_t = 1000)]
+        pods: u32,
+    },
 }
 
 /// `./x run [ARGS]`: builds the agent and runs it with `ARGS`; with none, or
@@ -96,5 +104,6 @@ fn main() -> anyhow::Result<()> {
         Verb::Bench { iters, rounds } => bench::run(iters, rounds),
         Verb::IntegrationTest(args) => vm::run(&args),
         Verb::BenchDatapath(args) => bench_datapath::run(&args),
+        Verb::BenchAgent { pods } => bench_datapath::run_agent(pods),
     }
 }
