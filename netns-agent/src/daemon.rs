@@ -82,7 +82,10 @@ impl Agent {
         let mut status = Status {
             pid: std::process::id(),
             ready: self.ready(),
-            cgroup: self.config.datapath.cgroup.display().to_string(),
+            cgroup: datapath.as_ref().map_or_else(
+                || self.config.datapath.cgroup.display().to_string(),
+                |dp| dp.cgroup().display().to_string(),
+            ),
             bpffs: self.config.datapath.pin_dir.display().to_string(),
             source: self.source.to_owned(),
             ..Status::default()

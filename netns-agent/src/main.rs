@@ -44,6 +44,11 @@ enum Command {
     ///
     /// Example: netns-agent cleanup --bpffs /run/netns-agent/bpf
     Cleanup(flags::CleanupArgs),
+    /// Run a command inside a pod, captured: join the agent's cgroup, enter
+    /// the pod's network namespace, exec the command.
+    ///
+    /// Example: netns-agent exec pod-a -- curl http://198.18.0.10/
+    Exec(flags::ExecArgs),
     /// Run the data path end to end on a throw-away pod, in one process:
     /// attach the eBPF programs to a new child cgroup (never the root), create
     /// a pod namespace, and play its app, sidecar and backend. The app dials a
@@ -87,5 +92,6 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Run(args) => flags::run(args),
         Command::Status(args) => flags::status(args),
         Command::Cleanup(args) => flags::cleanup(args),
+        Command::Exec(args) => flags::exec(args),
     }
 }

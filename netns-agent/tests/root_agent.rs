@@ -463,3 +463,58 @@ fn root_agent_bad_flags_get_one_line_errors_naming_the_flag() {
         assert!(!Path::new("/tmp/never/maps").exists());
     }
 }
+
+/// `exec` runs a command in the pod's namespace and the captured cgroup, as
+/// the kernel reports them to the command itself.
+#[test]
+fn root_agent_exec_runs_a_command_inside_the_pod_and_the_captured_cgroup() {
+    let mut f = Fixture::new("exec");
+    let pod = f.add_pod("app", None);
+    f.start(&[]);
+    let out = Command::new(AGENT)
+        .arg("exec")
+        .arg("--cgroup")
+        .arg(f.cgroup.path())
+        .arg("--netns-dir")
+        .arg(f.netns_dir())
+        .args([
+            "app",
+            "--",
+            "sh",
+            "-c",
+            "readlink /proc/self/ns/net; cat /proc/self/cgroup",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("net:[{}]", pod.id().ino)),
+        "{stdout}"
+    );
+    let cgroup_name = f
+        .cgroup
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(stdout.contains(&cgroup_name), "{stdout}");
+    let out = Command::new(AGENT)
+        .args(["exec", "--netns-dir"])
+        .arg(f.netns_dir())
+        .args(["no-such-pod", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no-such-pod"),
+        "{out:?}"
+    );
+    let (exit, _, logs) = f.stop();
+    assert!(exit.success(), "{logs}");
+}
