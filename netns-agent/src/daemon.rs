@@ -241,6 +241,23 @@ impl Agent {
         }
     }
 
+    /// After the first listing: entries in (adopted) maps that belong to no
+    /// pod now are removed.
+    fn drop_stale_entries(&self) {
+        let pods: Vec<(u64, Vec<IpAddr>)> = Self::lock(&self.pods)
+            .values()
+            .map(|p| (p.facts.cookie, p.facts.addrs.clone()))
+            .collect();
+        match self.with_datapath(|dp| dp.retain_pods(&pods)) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(entries = n, "removed entries of pods that are gone"),
+            Err(e) => {
+                tracing::error!(error = %crate::error_chain(&e), "removing stale entries failed");
+                self.count_error("datapath");
+            }
+        }
+    }
+
     /// The source listed what exists: add what is new, drop what is gone.
     fn present(&self, paths: &[PathBuf], settle: Duration) {
         let listed: BTreeSet<&PathBuf> = paths.iter().collect();
@@ -324,14 +341,20 @@ fn about_to_be_mounted(e: &PodError) -> bool {
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(config: AgentConfig, source: Box<dyn PodSource>) -> anyhow::Result<()> {
-    let mut datapath =
-        DataPath::attach(crate::EBPF_OBJECT, &config.datapath).with_context(|| {
+    let (mut datapath, adopted) = DataPath::adopt(crate::EBPF_OBJECT, &config.datapath)
+        .with_context(|| {
             format!(
                 "attach the data path to {} (pins under {})",
                 config.datapath.cgroup.display(),
                 config.datapath.pin_dir.display()
             )
         })?;
+    if adopted {
+        tracing::info!(
+            pins = %config.datapath.pin_dir.display(),
+            "took over the pinned data path: programs replaced in place, maps and their entries kept"
+        );
+    }
     for port in &config.exclude_ports {
         datapath.exclude_port(*port)?;
     }
@@ -395,6 +418,7 @@ async fn serve(
                     }
                     if listing && first_listing {
                         first_listing = false;
+                        agent.drop_stale_entries();
                         agent.ready.store(true, std::sync::atomic::Ordering::SeqCst);
                         let pods = Agent::lock(&agent.pods).len();
                         tracing::info!(pods, "initial reconcile done: ready");

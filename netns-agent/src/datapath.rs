@@ -34,6 +34,7 @@ mod programs;
 
 use std::fs::File;
 use std::net::IpAddr;
+use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 
 use aya::Ebpf;
@@ -110,9 +111,130 @@ impl DataPath {
         };
         // From here on, an early return drops `datapath`, which undoes it all.
         datapath.pin_maps()?;
+        make_dir(&datapath.layout_marker())?;
         datapath.set_settings(config.settings)?;
         datapath.attach_programs(config.settings.flags)?;
         Ok(datapath)
+    }
+
+    /// Like [`DataPath::attach`], but takes over what an earlier run left
+    /// pinned under `config.pin_dir` (an agent restart with kept state):
+    /// maps whose layout matches are reused with their entries, every pinned
+    /// link gets the new program in place (`BPF_LINK_UPDATE`: the hook is never
+    /// empty, so no connection goes around the sidecar meanwhile), programs
+    /// not attached yet are attached and pinned, links of programs the
+    /// settings no longer call for are detached. Maps of another layout
+    /// version are recreated (the agent's reconcile refills them). With
+    /// nothing pinned this is [`DataPath::attach`]. On failure what was
+    /// pinned stays as it was. Returns whether it adopted.
+    pub fn adopt(
+        object: &[u8],
+        config: &DataPathConfig,
+    ) -> Result<(DataPath, bool), DataPathError> {
+        let links = config.pin_dir.join("links");
+        if pins_in(&links)?.is_empty() {
+            return Ok((DataPath::attach(object, config)?, false));
+        }
+        if object.is_empty() {
+            return Err(DataPathError::NoObject);
+        }
+        cgroup::check_cgroup2(&config.cgroup)?;
+        let maps = config.pin_dir.join("maps");
+        let marker = config.pin_dir.join(LAYOUT_MARKER);
+        if !marker.is_dir() {
+            tracing::warn!(pins = %maps.display(), "pinned maps of another layout: recreating them");
+            for pin in pins_in(&maps)? {
+                remove(&pin, std::fs::remove_file(&pin))?;
+            }
+        }
+        let mut loader = aya::EbpfLoader::new();
+        let pin_paths: Vec<(&str, PathBuf)> = names::ALL_MAPS
+            .iter()
+            .map(|name| (*name, maps.join(name)))
+            .collect();
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        make_dir(&maps)?;
+        make_dir(&marker)?;
+        let ebpf = loader.load(object).map_err(DataPathError::Object)?;
+        let own_mount = bpffs::is_bpffs(&config.pin_dir)
+            && !config.pin_dir.parent().is_some_and(bpffs::is_bpffs);
+        let mut datapath = DataPath {
+            ebpf,
+            cgroup: config.cgroup.clone(),
+            pin_dir: config.pin_dir.clone(),
+            mounted_bpffs: own_mount,
+            pins: pin_paths.into_iter().map(|(_, p)| p).collect(),
+            attached: Vec::new(),
+            attached_modes: 0,
+            // Until the end, a failure leaves the pinned state alone.
+            torn_down: true,
+        };
+        datapath.set_settings(config.settings)?;
+        datapath.take_over_programs(config.settings.flags)?;
+        datapath.torn_down = false;
+        Ok((datapath, true))
+    }
+
+    /// [`DataPath::adopt`]'s program step.
+    fn take_over_programs(&mut self, flags: u16) -> Result<(), DataPathError> {
+        let cgroup_fd = File::open(&self.cgroup).map_err(|source| cgroup::CgroupError::Io {
+            path: self.cgroup.clone(),
+            op: "open",
+            source,
+        })?;
+        let links = self.pin_dir.join("links");
+        for spec in &PROGRAMS {
+            let pin = links.join(spec.name);
+            let pinned = pin.exists();
+            if !wanted(spec, flags) {
+                if pinned {
+                    sys::detach_pinned_link(&pin).map_err(|source| DataPathError::Detach {
+                        program: spec.name,
+                        source,
+                    })?;
+                    remove(&pin, std::fs::remove_file(&pin))?;
+                }
+                continue;
+            }
+            if !pinned || spec.hook == Hook::SkMsg {
+                let link = match spec.hook {
+                    Hook::SockAddr => attach_cgroup!(self, spec, CgroupSockAddr, &cgroup_fd),
+                    Hook::Sockopt => {
+                        attach_cgroup!(self, spec, CgroupSockopt, &cgroup_fd, keep_link)
+                    }
+                    Hook::SockOps => attach_cgroup!(self, spec, SockOps, &cgroup_fd),
+                    Hook::SkMsg => {
+                        self.attach_sk_msg(spec)?;
+                        None
+                    }
+                };
+                if let Some(link) = link {
+                    link.pin(&pin).map_err(|e| pin_error(spec.name, &pin, e))?;
+                    self.pins.push(pin);
+                }
+                continue;
+            }
+            let id = match spec.hook {
+                Hook::SockAddr => load_only::<CgroupSockAddr>(&mut self.ebpf, spec, &pin)?,
+                Hook::Sockopt => load_only::<CgroupSockopt>(&mut self.ebpf, spec, &pin)?,
+                Hook::SockOps => load_only::<SockOps>(&mut self.ebpf, spec, &pin)?,
+                Hook::SkMsg => unreachable!("attached above"),
+            };
+            self.attached.push(AttachedProgram {
+                name: spec.name,
+                id,
+            });
+            self.pins.push(pin);
+        }
+        self.attached_modes =
+            flags & (MeshSettings::FLAG_SOCKMAP | MeshSettings::FLAG_DNS_REDIRECT);
+        Ok(())
+    }
+
+    fn layout_marker(&self) -> PathBuf {
+        self.pin_dir.join(LAYOUT_MARKER)
     }
 
     /// The programs attached, with their kernel ids.
@@ -204,6 +326,50 @@ impl DataPath {
             }
         }
         Ok(())
+    }
+
+    /// Removes every pod entry that does not belong to `pods` (cookie and
+    /// addresses): what a restart finds in adopted maps for pods that went
+    /// away while no agent ran. Returns how many entries it removed.
+    pub fn retain_pods(&mut self, pods: &[(u64, Vec<IpAddr>)]) -> Result<usize, DataPathError> {
+        let op = "drop stale entries from";
+        let cookies: Vec<u64> = pods.iter().map(|(c, _)| *c).collect();
+        let owns =
+            |addr: IpAddr, cookie: u64| pods.iter().any(|(c, a)| *c == cookie && a.contains(&addr));
+        let mut removed = 0;
+        let mut meshed: HashMap<_, u64, PodFlags> = self.hash(names::MESHED_NETNS)?;
+        let stale: Vec<u64> = meshed
+            .keys()
+            .flatten()
+            .filter(|c| !cookies.contains(c))
+            .collect();
+        for cookie in stale {
+            remove_present(meshed.remove(&cookie), names::MESHED_NETNS, op)?;
+            removed += 1;
+        }
+        let mut v4: HashMap<_, u32, LocalPod> = self.hash(names::LOCAL_POD_IPS4)?;
+        let stale: Vec<u32> = v4
+            .iter()
+            .flatten()
+            .filter(|(k, v)| !owns(IpAddr::from(k.to_ne_bytes()), v.netns_cookie))
+            .map(|(k, _)| k)
+            .collect();
+        for key in stale {
+            remove_present(v4.remove(&key), names::LOCAL_POD_IPS4, op)?;
+            removed += 1;
+        }
+        let mut v6: HashMap<_, [u32; 4], LocalPod> = self.hash(names::LOCAL_POD_IPS6)?;
+        let stale: Vec<[u32; 4]> = v6
+            .iter()
+            .flatten()
+            .filter(|(k, v)| !owns(IpAddr::from(ip6_octets(*k)), v.netns_cookie))
+            .map(|(k, _)| k)
+            .collect();
+        for key in stale {
+            remove_present(v6.remove(&key), names::LOCAL_POD_IPS6, op)?;
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     /// Removes local-pod address entries (an address a pod no longer has).
@@ -329,12 +495,7 @@ impl DataPath {
             source,
         })?;
         make_dir(&self.pin_dir.join("links"))?;
-        let wanted = |spec: &ProgramSpec| match spec.when {
-            When::Always => true,
-            When::DnsRedirect => flags & MeshSettings::FLAG_DNS_REDIRECT != 0,
-            When::Sockmap => flags & MeshSettings::FLAG_SOCKMAP != 0,
-        };
-        for spec in PROGRAMS.iter().filter(|s| wanted(s)) {
+        for spec in PROGRAMS.iter().filter(|s| wanted(s, flags)) {
             let link = match spec.hook {
                 Hook::SockAddr => attach_cgroup!(self, spec, CgroupSockAddr, &cgroup_fd),
                 Hook::Sockopt => attach_cgroup!(self, spec, CgroupSockopt, &cgroup_fd, keep_link),
@@ -430,7 +591,11 @@ impl DataPath {
         for pin in self.pins.drain(..).rev() {
             note(remove(&pin, std::fs::remove_file(&pin)));
         }
-        for dir in [self.pin_dir.join("links"), self.pin_dir.join("maps")] {
+        for dir in [
+            self.pin_dir.join("links"),
+            self.pin_dir.join("maps"),
+            self.layout_marker(),
+        ] {
             note(remove(&dir, std::fs::remove_dir(&dir)));
         }
         if self.mounted_bpffs {
@@ -462,7 +627,21 @@ pub fn cleanup(pin_dir: &Path) -> Result<Vec<String>, DataPathError> {
         remove(&pin, std::fs::remove_file(&pin))?;
         done.push(format!("unpinned map {}", pin.display()));
     }
-    for dir in [links, pin_dir.join("maps")] {
+    // Layout markers of any build, this one's included.
+    let markers = std::fs::read_dir(pin_dir).map_or_else(
+        |_| Vec::new(),
+        |entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("layout-v"))
+                })
+                .collect()
+        },
+    );
+    for dir in [links, pin_dir.join("maps")].into_iter().chain(markers) {
         if dir.exists() {
             remove(&dir, std::fs::remove_dir(&dir))?;
             done.push(format!("removed {}", dir.display()));
@@ -573,6 +752,73 @@ impl Drop for DataPath {
     }
 }
 
+/// The directory whose presence says the pinned maps have this build's
+/// layout: bump the number when a map's key, value or meaning changes.
+const LAYOUT_MARKER: &str = "layout-v2";
+
+/// Does `flags` call for `spec`?
+fn wanted(spec: &ProgramSpec, flags: u16) -> bool {
+    match spec.when {
+        When::Always => true,
+        When::DnsRedirect => flags & MeshSettings::FLAG_DNS_REDIRECT != 0,
+        When::Sockmap => flags & MeshSettings::FLAG_SOCKMAP != 0,
+    }
+}
+
+/// Loads program `spec` and puts it into the link pinned at `pin`, in place
+/// of the program there. Returns its id.
+fn load_only<P>(ebpf: &mut Ebpf, spec: &ProgramSpec, pin: &Path) -> Result<u32, DataPathError>
+where
+    for<'a> &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    P: LoadInfo,
+{
+    let program: &mut P = program(ebpf, spec)?;
+    program
+        .load_program()
+        .map_err(|source| load_error(spec, source))?;
+    let fd = program
+        .program_fd()
+        .map_err(|source| load_error(spec, source))?;
+    sys::update_pinned_link(pin, &fd).map_err(|source| DataPathError::Update {
+        program: spec.name,
+        path: pin.to_owned(),
+        source,
+    })?;
+    program
+        .program_id()
+        .map_err(|source| load_error(spec, source))
+}
+
+/// What [`load_only`] needs of a program type.
+trait LoadInfo {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError>;
+    fn program_fd(&self) -> Result<std::os::fd::OwnedFd, aya::programs::ProgramError>;
+    fn program_id(&self) -> Result<u32, aya::programs::ProgramError>;
+}
+
+macro_rules! load_info {
+    ($($ty:ty),*) => {$(
+        impl LoadInfo for $ty {
+            fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
+                self.load()
+            }
+            fn program_fd(&self) -> Result<std::os::fd::OwnedFd, aya::programs::ProgramError> {
+                let fd = self.fd()?.as_fd().try_clone_to_owned().map_err(
+                    |io_error| aya::programs::ProgramError::SyscallError(aya::sys::SyscallError {
+                        call: "dup",
+                        io_error,
+                    }),
+                )?;
+                Ok(fd)
+            }
+            fn program_id(&self) -> Result<u32, aya::programs::ProgramError> {
+                Ok(self.info()?.id())
+            }
+        }
+    )*};
+}
+load_info!(CgroupSockAddr, CgroupSockopt, SockOps);
+
 /// The program `spec` names, as its concrete type.
 fn program<'a, P>(ebpf: &'a mut Ebpf, spec: &ProgramSpec) -> Result<&'a mut P, DataPathError>
 where
@@ -614,6 +860,14 @@ fn remove_present(
         Err(aya::maps::MapError::KeyNotFound) | Ok(()) => Ok(()),
         Err(e) => Err(map_error(map, op, e)),
     }
+}
+
+fn ip6_octets(words: [u32; 4]) -> [u8; 16] {
+    let mut octets = [0; 16];
+    for (chunk, word) in octets.as_chunks_mut::<4>().0.iter_mut().zip(words) {
+        *chunk = word.to_ne_bytes();
+    }
+    octets
 }
 
 fn ip6_words(octets: [u8; 16]) -> [u32; 4] {

@@ -17,6 +17,7 @@ const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_LINK_DETACH: libc::c_long = 34;
 
 /// `union bpf_attr`, as much of it as these two commands read (zero-filled).
@@ -118,10 +119,8 @@ pub(crate) fn program_exists(id: u32) -> bool {
     }
 }
 
-/// Detaches the link pinned at `path` now (`BPF_OBJ_GET`, then
-/// `BPF_LINK_DETACH`), from the pin alone: what `netns-agent cleanup` does
-/// with what an earlier run left.
-pub(crate) fn detach_pinned_link(path: &Path) -> io::Result<()> {
+/// The link pinned at `path` (`BPF_OBJ_GET`).
+fn pinned_link(path: &Path) -> io::Result<OwnedFd> {
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let mut attr = BpfAttr::new();
@@ -129,7 +128,25 @@ pub(crate) fn detach_pinned_link(path: &Path) -> io::Result<()> {
     let fd = bpf(BPF_OBJ_GET, &mut attr)?;
     let fd = i32::try_from(fd).map_err(|_| io::Error::other("fd out of range"))?;
     // SAFETY: the kernel just returned this new descriptor; we own it.
-    let link = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Replaces the program of the link pinned at `path` with `program`, in
+/// place (`BPF_LINK_UPDATE`, Linux 5.7+ for cgroup links): the attachment
+/// never goes away, so no connection slips past while the agent restarts.
+pub(crate) fn update_pinned_link(path: &Path, program: &impl AsRawFd) -> io::Result<()> {
+    let link = pinned_link(path)?;
+    let mut attr = BpfAttr::new();
+    attr.put_u32(0, link.as_raw_fd().cast_unsigned()); // link_update.link_fd
+    attr.put_u32(4, program.as_raw_fd().cast_unsigned()); // link_update.new_prog_fd
+    bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+}
+
+/// Detaches the link pinned at `path` now (`BPF_OBJ_GET`, then
+/// `BPF_LINK_DETACH`), from the pin alone: what `netns-agent cleanup` does
+/// with what an earlier run left.
+pub(crate) fn detach_pinned_link(path: &Path) -> io::Result<()> {
+    let link = pinned_link(path)?;
     let mut attr = BpfAttr::new();
     attr.put_u32(0, link.as_raw_fd().cast_unsigned()); // link_detach.link_fd
     bpf(BPF_LINK_DETACH, &mut attr).map(drop)

@@ -518,3 +518,68 @@ fn root_agent_exec_runs_a_command_inside_the_pod_and_the_captured_cgroup() {
     let (exit, _, logs) = f.stop();
     assert!(exit.success(), "{logs}");
 }
+
+fn map_id(fixture: &Fixture, map: &str) -> u32 {
+    MapData::from_pin(fixture.bpffs().join("maps").join(map))
+        .unwrap()
+        .info()
+        .unwrap()
+        .id()
+}
+
+/// Maps pinned by a build with another layout are not reused: the restarted
+/// agent recreates them and rebuilds their entries from the pods that exist;
+/// maps of this layout are reused, entries and all.
+#[test]
+fn root_agent_reuses_maps_of_its_layout_and_recreates_others() {
+    let mut f = Fixture::new("layout");
+    let pod = f.add_pod("p", Some("198.18.7.9"));
+    f.start(&["--keep-state"]);
+    let cookie = pod.cookie().unwrap();
+    wait_for("the pod", || meshed_cookies(&f) == [cookie]);
+    let first = map_id(&f, names::MESHED_NETNS);
+    f.stop();
+
+    f.start(&["--keep-state"]);
+    assert_eq!(
+        map_id(&f, names::MESHED_NETNS),
+        first,
+        "same layout: the map is reused"
+    );
+    assert_eq!(meshed_cookies(&f), [cookie]);
+    f.stop();
+
+    // As if pinned by an older build: its layout marker is another one.
+    let markers: Vec<PathBuf> = std::fs::read_dir(f.bpffs())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("layout-v"))
+        })
+        .collect();
+    assert_eq!(markers.len(), 1, "{markers:?}");
+    std::fs::remove_dir(&markers[0]).unwrap();
+    std::fs::create_dir(f.bpffs().join("layout-v0")).unwrap();
+    f.start(&["--keep-state"]);
+    assert_ne!(
+        map_id(&f, names::MESHED_NETNS),
+        first,
+        "another layout: the map is recreated"
+    );
+    wait_for("the rebuilt entries", || meshed_cookies(&f) == [cookie]);
+    assert_eq!(local_pods(&f), [(Ipv4Addr::new(198, 18, 7, 9), cookie)]);
+    f.stop();
+    // cleanup removes every layout marker, an older build's too.
+    let out = Command::new(AGENT)
+        .args(["cleanup", "--bpffs"])
+        .arg(f.bpffs())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("layout-v0"),
+        "{out:?}"
+    );
+    assert!(!f.bpffs().exists(), "pin directory gone");
+}

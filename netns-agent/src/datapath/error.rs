@@ -26,6 +26,18 @@ pub enum DataPathError {
     )]
     NoObject,
 
+    /// A pinned link could not take the new program.
+    #[error("cannot put program {program} into the link pinned at {path}")]
+    Update {
+        /// The program.
+        program: &'static str,
+        /// The link's pin.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// The agent is stopping: the data path is being taken down.
     #[error("the agent is stopping")]
     Stopping,
