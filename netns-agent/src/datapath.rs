@@ -179,11 +179,7 @@ impl DataPath {
 
     /// [`DataPath::adopt`]'s program step.
     fn take_over_programs(&mut self, flags: u16) -> Result<(), DataPathError> {
-        let cgroup_fd = File::open(&self.cgroup).map_err(|source| cgroup::CgroupError::Io {
-            path: self.cgroup.clone(),
-            op: "open",
-            source,
-        })?;
+        let cgroup_fd = self.open_cgroup()?;
         let links = self.pin_dir.join("links");
         for spec in &PROGRAMS {
             let pin = links.join(spec.name);
@@ -231,6 +227,17 @@ impl DataPath {
         self.attached_modes =
             flags & (MeshSettings::FLAG_SOCKMAP | MeshSettings::FLAG_DNS_REDIRECT);
         Ok(())
+    }
+
+    fn open_cgroup(&self) -> Result<File, DataPathError> {
+        File::open(&self.cgroup).map_err(|source| {
+            cgroup::CgroupError::Io {
+                path: self.cgroup.clone(),
+                op: "open",
+                source,
+            }
+            .into()
+        })
     }
 
     fn layout_marker(&self) -> PathBuf {
@@ -489,11 +496,7 @@ impl DataPath {
     }
 
     fn attach_programs(&mut self, flags: u16) -> Result<(), DataPathError> {
-        let cgroup_fd = File::open(&self.cgroup).map_err(|source| cgroup::CgroupError::Io {
-            path: self.cgroup.clone(),
-            op: "open",
-            source,
-        })?;
+        let cgroup_fd = self.open_cgroup()?;
         make_dir(&self.pin_dir.join("links"))?;
         for spec in PROGRAMS.iter().filter(|s| wanted(s, flags)) {
             let link = match spec.hook {
