@@ -115,6 +115,12 @@ pub(crate) struct RunArgs {
     /// seconds.
     #[arg(long, env = "NETNS_AGENT_RESYNC_SECS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
     resync_secs: u64,
+    /// Also run a demo pod: a namespace named netns-demo-pod in --netns-dir
+    /// whose app dials a service address that exists nowhere every second and
+    /// is answered by its sidecar through the data path (what `./x run` shows).
+    /// Removed on exit.
+    #[arg(long)]
+    demo_pod: bool,
     /// Log format.
     #[arg(long, env = "NETNS_AGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -274,11 +280,39 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let demo = args
+        .demo_pod
+        .then(|| start_demo_pod(&args.netns_dir, &args.control_socket, &cgroup))
+        .transpose()?;
     let result = runtime.block_on(netns_agent::daemon::run(config, source));
+    if let Some((stop, thread)) = demo {
+        drop(stop);
+        let _ = thread.join();
+    }
     if own_cgroup && !args.keep_state {
         remove_own_cgroup(&cgroup);
     }
     result
+}
+
+/// The demo pod, on a thread that starts its processes once the agent has
+/// meshed it and takes it down when `stop` is dropped.
+fn start_demo_pod(
+    netns_dir: &Path,
+    socket: &Path,
+    cgroup: &Path,
+) -> anyhow::Result<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
+    let mut pod = crate::demo_pod::DemoPod::create(netns_dir)?;
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let (socket, cgroup) = (socket.to_owned(), cgroup.to_owned());
+    let thread = std::thread::spawn(move || {
+        if let Err(e) = pod.play(&socket, &cgroup) {
+            tracing::error!(error = %format!("{e:#}"), "demo pod");
+        }
+        let _ = stopped.recv();
+        drop(pod);
+    });
+    Ok((stop, thread))
 }
 
 /// Removes the agent-owned cgroup if nothing lives in it any more.

@@ -7,6 +7,7 @@
 #![allow(clippy::doc_markdown)]
 
 mod demo;
+mod demo_pod;
 mod flags;
 
 use clap::{Parser, Subcommand};
@@ -49,6 +50,14 @@ enum Command {
     ///
     /// Example: netns-agent exec pod-a -- curl http://198.18.0.10/
     Exec(flags::ExecArgs),
+    /// The demo pod's processes (started by `run --demo-pod`).
+    #[command(hide = true)]
+    DemoPod {
+        #[arg(long)]
+        netns: std::path::PathBuf,
+        #[arg(long)]
+        cgroup: std::path::PathBuf,
+    },
     /// Run the data path end to end on a throw-away pod, in one process:
     /// attach the eBPF programs to a new child cgroup (never the root), create
     /// a pod namespace, and play its app, sidecar and backend. The app dials a
@@ -93,5 +102,6 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Status(args) => flags::status(args),
         Command::Cleanup(args) => flags::cleanup(args),
         Command::Exec(args) => flags::exec(args),
+        Command::DemoPod { netns, cgroup } => demo_pod::run_pod(netns, cgroup),
     }
 }

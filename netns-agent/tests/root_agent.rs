@@ -98,6 +98,9 @@ impl Fixture {
             .args(["--resync-secs", "1"])
             .args(extra)
             // A file, not a pipe: a full pipe would stall the agent's logging.
+            .stdout(Stdio::from(
+                std::fs::File::create(self.dir.join("agent.out")).unwrap(),
+            ))
             .stderr(Stdio::from(
                 std::fs::File::create(self.dir.join("agent.log")).unwrap(),
             ))
@@ -159,11 +162,19 @@ impl Fixture {
 
     /// SIGTERM, then the agent's exit status and how long it took.
     fn stop(&mut self) -> (std::process::ExitStatus, Duration, String) {
+        self.signal(nix::sys::signal::Signal::SIGTERM)
+    }
+
+    /// `signal` to the agent, then its exit status and how long it took.
+    fn signal(
+        &mut self,
+        signal: nix::sys::signal::Signal,
+    ) -> (std::process::ExitStatus, Duration, String) {
         let mut child = self.agent.take().expect("agent running");
         let started = Instant::now();
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
-            nix::sys::signal::Signal::SIGTERM,
+            signal,
         )
         .unwrap();
         let status = child.wait().unwrap();
@@ -582,4 +593,46 @@ fn root_agent_reuses_maps_of_its_layout_and_recreates_others() {
         "{out:?}"
     );
     assert!(!f.bpffs().exists(), "pin directory gone");
+}
+
+/// The main job (`./x run` is `netns-agent run --demo-pod`): within seconds
+/// the demo pod is meshed and its app's connections are captured; Ctrl-C
+/// (SIGINT) leaves nothing behind.
+#[test]
+fn root_agent_demo_pod_is_captured_and_ctrl_c_leaves_nothing_behind() {
+    let mut f = Fixture::new("demo");
+    f.start(&["--demo-pod"]);
+    let out = f.dir.join("agent.out");
+    let deadline = Instant::now() + WAIT;
+    while !std::fs::read_to_string(&out).is_ok_and(|o| o.contains("captured: the sidecar")) {
+        assert!(
+            Instant::now() < deadline,
+            "no captured request of the demo pod:\n{}\n{}",
+            std::fs::read_to_string(&out).unwrap_or_default(),
+            std::fs::read_to_string(f.dir.join("agent.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let printed = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        printed.contains("SO_ORIGINAL_DST = 198.18.96.10:80"),
+        "{printed}"
+    );
+    assert!(!printed.contains("NOT captured"), "{printed}");
+    assert!(f.netns_dir().join("netns-demo-pod").exists());
+    let (exit, took, logs) = f.signal(nix::sys::signal::Signal::SIGINT);
+    assert!(exit.success(), "{exit}: {logs}");
+    assert!(took < Duration::from_secs(2), "stopped in {took:?}");
+    assert!(
+        cgroup_program_ids(f.cgroup.path()).is_empty(),
+        "nothing attached"
+    );
+    assert!(!f.bpffs().join("links").exists(), "pins removed");
+    assert!(
+        !f.netns_dir().join("netns-demo-pod").exists(),
+        "demo pod deleted"
+    );
+    // The demo pod's processes ended with the agent: the cgroup is empty.
+    let procs = std::fs::read_to_string(f.cgroup.path().join("cgroup.procs")).unwrap();
+    assert!(procs.trim().is_empty(), "left in the cgroup: {procs}");
 }

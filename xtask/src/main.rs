@@ -33,8 +33,9 @@ enum Verb {
     /// Build the eBPF programs into target/ebpf/netns-ebpf.o (installs the
     /// pinned nightly and builds bpf-linker against its LLVM when missing).
     BuildEbpf,
-    /// Run the main job: netns-agent on its embedded default, `demo` (needs root).
-    /// Arguments go to the agent instead, e.g. `./x run -- --help`.
+    /// Run the main job: netns-agent on its defaults with a demo pod
+    /// (`run --demo-pod`) until Ctrl-C (needs root). Other arguments go to the
+    /// agent, e.g. `./x run -- --help`, `./x run -- demo --requests 3`.
     Run {
         /// Arguments for netns-agent.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -68,7 +69,8 @@ enum Verb {
 }
 
 /// `./x run [ARGS]`: builds the agent and runs it with `ARGS`; with none, or
-/// with only options (`./x run --requests 3`), as `demo ARGS`. Exits with the
+/// with only options (`./x run --log-level debug`), as `run --demo-pod ARGS`:
+/// the agent on its defaults with a demo pod, until Ctrl-C. Exits with the
 /// agent's own exit code.
 fn run_agent(args: &[String]) -> anyhow::Result<()> {
     const AGENT_FLAGS: [&str; 4] = ["-h", "--help", "-V", "--version"];
@@ -87,13 +89,12 @@ fn run_agent(args: &[String]) -> anyhow::Result<()> {
         .first()
         .is_none_or(|a| a.starts_with('-') && !AGENT_FLAGS.contains(&a.as_str()));
     if options_only {
-        agent.arg("demo");
+        agent.args(["run", "--demo-pod"]);
     }
     agent.args(args);
-    let status = agent
-        .status()
-        .map_err(|e| anyhow::anyhow!("cannot start netns-agent: {e}"))?;
-    std::process::exit(status.code().unwrap_or(1));
+    // Become the agent: Ctrl-C and the exit code are its own.
+    let err = std::os::unix::process::CommandExt::exec(&mut agent);
+    Err(anyhow::anyhow!("cannot start netns-agent: {err}"))
 }
 
 fn main() -> anyhow::Result<()> {
