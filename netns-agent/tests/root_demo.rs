@@ -1,5 +1,5 @@
-//! The main job (`./x run` runs `netns-agent demo`) works and leaves nothing
-//! behind. Needs root and a real kernel.
+//! `netns-agent demo` (`./x run -- demo`: the data path in one process)
+//! works and leaves nothing behind. Needs root and a real kernel.
 
 use std::process::Command;
 
