@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use netns_ebpf::{counter, names};
+use netns_ebpf::counter;
 use tokio::sync::mpsc;
 
 use crate::datapath::{DataPath, DataPathConfig};
@@ -473,11 +473,3 @@ async fn serve(
     drop(refresher);
     result
 }
-
-/// The maps whose fill level status and metrics report.
-pub const REPORTED_MAPS: [&str; 4] = [
-    names::MESHED_NETNS,
-    names::LOCAL_POD_IPS4,
-    names::LOCAL_POD_IPS6,
-    names::COOKIE_ORIG_DST,
-];

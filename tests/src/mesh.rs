@@ -365,6 +365,14 @@ pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
 }
 
+/// Did a meshtest line's `SO_ORIGINAL_DST` learn nothing? The call fails:
+/// ENOENT where conntrack is loaded (it finds no NAT entry), ENOPROTOOPT
+/// where it is not.
+#[must_use]
+pub fn learned_nothing(line: &str) -> bool {
+    field(line, "orig").is_none() && matches!(field(line, "orig_error"), Some("2" | "92"))
+}
+
 /// An error with its chain of causes, one per line.
 #[must_use]
 pub fn error_chain(e: &dyn std::error::Error) -> String {

@@ -12,17 +12,11 @@ use std::time::Duration;
 
 use aya::maps::{HashMap, Map, MapData};
 use netns_ebpf::{AF_INET, MeshSettings, OriginalDst, names};
-use netns_tests::mesh::{Mesh, POD_A_TO_B, Place, Proc, SVC, SVC6, field};
+use netns_tests::mesh::{Mesh, POD_A_TO_B, Place, Proc, SVC, SVC6, field, learned_nothing};
 
 const MESHTEST: &str = env!("CARGO_BIN_EXE_meshtest");
 const ROUNDS: u16 = 24;
 const WAIT: Duration = Duration::from_secs(10);
-
-/// Did the probe's `SO_ORIGINAL_DST` learn nothing? It fails: ENOENT where
-/// conntrack is loaded (it finds no NAT entry), ENOPROTOOPT where it is not.
-fn learned_nothing(line: &str) -> bool {
-    field(line, "orig").is_none() && matches!(field(line, "orig_error"), Some("2" | "92"))
-}
 
 /// Starts a `hold` app in `place` from `bind_port` to `target`; returns once
 /// it is connected (to its pod's sidecar, or wherever the kernel sent it).
