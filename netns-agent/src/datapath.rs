@@ -757,7 +757,7 @@ impl Drop for DataPath {
 
 /// The directory whose presence says the pinned maps have this build's
 /// layout: bump the number when a map's key, value or meaning changes.
-const LAYOUT_MARKER: &str = "layout-v2";
+const LAYOUT_MARKER: &str = "layout-v3";
 
 /// Does `flags` call for `spec`?
 fn wanted(spec: &ProgramSpec, flags: u16) -> bool {

@@ -27,6 +27,17 @@ pub(crate) enum SourceKind {
     NetnsDir,
 }
 
+/// What an app's connection does while its pod's sidecar is not listening.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum SidecarAbsent {
+    /// Go to the destination uncaptured; the next connection after the
+    /// sidecar listens is captured (counted as sidecar_not_listening).
+    Pass,
+    /// Go to the sidecar's port anyway and fail with ECONNREFUSED, as behind
+    /// Istio's iptables (pair it with holdApplicationUntilProxyStarts).
+    Refuse,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum LogFormat {
     Text,
@@ -101,6 +112,12 @@ pub(crate) struct RunArgs {
     /// The sidecar's DNS port.
     #[arg(long, env = "NETNS_AGENT_DNS_PORT", default_value_t = defaults::DNS_PORT)]
     dns_port: u16,
+    /// When no sidecar listens on the pod's loopback --outbound-port (or
+    /// --dns-port for DNS): pass lets the connection go to its destination
+    /// uncaptured, checked anew at every connect (one socket lookup); refuse
+    /// sends it to the closed port (ECONNREFUSED), never around the sidecar.
+    #[arg(long, env = "NETNS_AGENT_SIDECAR_ABSENT", value_enum, default_value_t = SidecarAbsent::Pass)]
+    sidecar_absent: SidecarAbsent,
     /// Opt-in sockmap acceleration between the sidecars' own sockets. Off by
     /// default: a socket in a sockmap returns EAGAIN to blocking reads, has no
     /// flow control and can stall at close (docs/sockmap.md); only sidecar
@@ -255,6 +272,9 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<()> {
     }
     if args.sockmap {
         settings.flags |= MeshSettings::FLAG_SOCKMAP;
+    }
+    if args.sidecar_absent == SidecarAbsent::Refuse {
+        settings.flags |= MeshSettings::FLAG_REDIRECT_WITHOUT_LISTENER;
     }
     let config = AgentConfig {
         datapath: DataPathConfig {

@@ -42,6 +42,13 @@ impl MeshSettings {
     pub const FLAG_DNS_REDIRECT: u16 = 1 << 0;
     /// Opt-in sockmap acceleration between the sidecars' own sockets.
     pub const FLAG_SOCKMAP: u16 = 1 << 1;
+    /// Redirect even when nothing listens on the sidecar's port, so the app
+    /// gets ECONNREFUSED (what Istio's iptables REDIRECT does). Without it,
+    /// connect first looks the sidecar's listener up in the pod's namespace
+    /// and, when there is none, lets the connection go to its destination
+    /// uncaptured ([`counter::SIDECAR_NOT_LISTENING`]); the next connection
+    /// after the sidecar listens is captured.
+    pub const FLAG_REDIRECT_WITHOUT_LISTENER: u16 = 1 << 2;
 
     /// Istio's defaults, DNS redirect and sockmap off.
     #[must_use]
@@ -150,8 +157,11 @@ pub mod counter {
     /// Connections accepted on the outbound port whose SYN carried an original
     /// destination (filed for the sidecar's socket).
     pub const ORIGINAL_DST_RECEIVED: u32 = 8;
+    /// Connections and DNS datagrams of meshed pods left uncaptured because
+    /// nothing listened on the sidecar's port in the pod's namespace.
+    pub const SIDECAR_NOT_LISTENING: u32 = 9;
     /// How many counters there are.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
 
     /// Their names, by index (for status and metrics).
     pub const NAMES: [&str; COUNT as usize] = [
@@ -164,6 +174,7 @@ pub mod counter {
         "bypassed_mark",
         "original_dst_no_room",
         "original_dst_received",
+        "sidecar_not_listening",
     ];
 }
 

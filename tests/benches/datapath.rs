@@ -649,9 +649,15 @@ fn program_stats(programs: &[(&'static str, u32)]) -> BTreeMap<&'static str, (u6
     stats
 }
 
-/// What our programs cost while `path` runs `role` (`units` connections or
-/// requests), from the kernel's per-program run-time statistics.
-fn program_cost(setup: &mut Setup, path: Path, role: &[&str], port: u16, units: u32, unit: &str) {
+/// Runs `role` on `path` and returns its `done` line and what each of our
+/// programs spent meanwhile (run time in ns, runs), from the kernel's
+/// per-program statistics.
+fn run_with_stats(
+    setup: &mut Setup,
+    path: Path,
+    role: &[&str],
+    port: u16,
+) -> (String, BTreeMap<&'static str, (u64, u64)>) {
     let programs: Vec<(&'static str, u32)> = setup
         .client(path)
         .0
@@ -661,14 +667,26 @@ fn program_cost(setup: &mut Setup, path: Path, role: &[&str], port: u16, units: 
         .map(|p| (p.name, p.id))
         .collect();
     let before = program_stats(&programs);
-    setup.run_client(path, role, port);
+    let done = setup.run_client(path, role, port);
     let after = program_stats(&programs);
+    let spent = after
+        .into_iter()
+        .map(|(name, (ns, runs))| {
+            let (ns0, runs0) = before.get(name).copied().unwrap_or_default();
+            (name, (ns - ns0, runs - runs0))
+        })
+        .collect();
+    (done, spent)
+}
+
+/// What our programs cost while `path` runs `role` (`units` connections or
+/// requests), from the kernel's per-program run-time statistics.
+fn program_cost(setup: &mut Setup, path: Path, role: &[&str], port: u16, units: u32, unit: &str) {
+    let (_, spent) = run_with_stats(setup, path, role, port);
     let units = f64::from(units);
     let mut total_ns = 0.0;
     let mut parts = Vec::new();
-    for (name, (ns, runs)) in &after {
-        let (ns0, runs0) = before.get(name).copied().unwrap_or_default();
-        let (ns, runs) = (ns - ns0, runs - runs0);
+    for (name, (ns, runs)) in spent {
         if runs == 0 {
             continue;
         }
@@ -683,6 +701,61 @@ fn program_cost(setup: &mut Setup, path: Path, role: &[&str], port: u16, units: 
         path.name(),
         total_ns / units,
         parts.join(" ")
+    );
+}
+
+/// What the sidecar-listening check costs a connection: connect4's run time
+/// per connection with the check (the default) and without it
+/// (`FLAG_REDIRECT_WITHOUT_LISTENER`), interleaved over the rounds, and the
+/// connection rate both ways.
+fn measure_listener_check(setup: &mut Setup, cfg: &Config) {
+    let conns = cfg.conns.to_string();
+    let role = ["connrate", "--count", &conns, "--warmup", "0"];
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    let (mut rate_with, mut rate_without) = (Vec::new(), Vec::new());
+    for _ in 0..cfg.rounds {
+        for (flags, ns_into, rate_into) in [
+            (0, &mut with, &mut rate_with),
+            (
+                MeshSettings::FLAG_REDIRECT_WITHOUT_LISTENER,
+                &mut without,
+                &mut rate_without,
+            ),
+        ] {
+            let mut settings = MeshSettings::istio();
+            settings.flags = flags;
+            setup
+                .main
+                .datapath()
+                .set_settings(settings)
+                .expect("set settings");
+            let before = setup.main.datapath().counters().expect("counters");
+            let (done, spent) = run_with_stats(setup, Path::Bpf, &role, ECHO_PORT);
+            let after = setup.main.datapath().counters().expect("counters");
+            let missed = counter::SIDECAR_NOT_LISTENING as usize;
+            assert_eq!(after[missed], before[missed], "the sidecar listens");
+            let (ns, runs) = spent
+                .get(netns_ebpf::names::prog::CONNECT4)
+                .copied()
+                .unwrap_or_default();
+            assert!(runs >= u64::from(cfg.conns), "connect4 ran {runs} times");
+            #[allow(clippy::cast_precision_loss)]
+            ns_into.push(ns as f64 / f64::from(cfg.conns));
+            rate_into.push(number(&done, "conns_per_s"));
+        }
+    }
+    setup
+        .main
+        .datapath()
+        .set_settings(MeshSettings::istio())
+        .expect("set settings");
+    let (w, wo) = (median(with), median(without));
+    println!("listener_check_connect4_ns_per_connection: with={w:.0} without={wo:.0}");
+    println!("listener_check_cost_ns_per_connection: {:.0}", w - wo);
+    let (rw, rwo) = (median(rate_with), median(rate_without));
+    println!(
+        "listener_check_conn_rate_ratio: {:.3} (with {rw:.0}/s, without {rwo:.0}/s)",
+        rw / rwo
     );
 }
 
@@ -709,6 +782,9 @@ fn measure_program_cost(setup: &mut Setup, cfg: &Config) {
         program_cost(setup, path, &conn_role, ECHO_PORT, cfg.conns, "connection");
         // A request on an established connection: one rr connection is opened too.
         program_cost(setup, path, &rr_role, ECHO_PORT, cfg.rr_count, "request");
+    }
+    if cfg.wants(Path::Bpf) {
+        measure_listener_check(setup, cfg);
     }
     drop(stats);
 }

@@ -74,6 +74,7 @@ pub struct Mesh {
 /// A running meshtest process with its output lines.
 #[derive(Debug)]
 pub struct Proc {
+    pid: u32,
     lines: mpsc::Receiver<String>,
     stdin: Option<std::process::ChildStdin>,
     /// Every line read so far.
@@ -260,6 +261,7 @@ impl Mesh {
             .expect("start meshtest");
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("piped stdout");
+        let pid = child.id();
         self.processes.push(child);
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -271,6 +273,7 @@ impl Mesh {
             }
         });
         let mut proc = Proc {
+            pid,
             lines: rx,
             stdin,
             seen: Vec::new(),
@@ -281,6 +284,16 @@ impl Mesh {
             proc.seen
         );
         proc
+    }
+
+    /// Ends a process this mesh started (by its PID) and waits for it.
+    pub fn stop(&mut self, proc: Proc) {
+        if let Some(i) = self.processes.iter().position(|c| c.id() == proc.pid) {
+            let mut child = self.processes.swap_remove(i);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        drop(proc);
     }
 
     /// The usual pair: a service on `SVC:8080` and pod A's sidecar (uid 1337)

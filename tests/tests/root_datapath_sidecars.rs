@@ -48,42 +48,6 @@ fn root_dual_stack_sidecar_gets_ipv4_and_ipv6_destinations() {
     );
 }
 
-/// IPv6 apps are sent to `[::1]:15001`. A sidecar listening on 127.0.0.1 only
-/// is not there: the app gets ECONNREFUSED, as it would from an iptables
-/// REDIRECT to a port nobody listens on. Never a connection that goes around
-/// the sidecar.
-#[test]
-fn root_ipv4_only_sidecar_refuses_ipv6_apps() {
-    let Some(mut mesh) = Mesh::new_or_skip(MESHTEST, MeshSettings::istio()) else {
-        return;
-    };
-    let v6 = format!("[{SVC6}]:8080");
-    let mut service = mesh.start(Place::Svc, None, &["serve", "--listen", &v6]);
-    let _sidecar = mesh.start(
-        Place::PodA,
-        Some(1337),
-        &["sidecar", "--listen", "127.0.0.1:15001"],
-    );
-    let out = mesh.run(
-        Place::PodA,
-        None,
-        &["churn", "--connect", &v6, "--count", "3"],
-    );
-    let done = out.iter().find(|l| l.starts_with("done")).unwrap();
-    assert_eq!(field(done, "failed"), Some("3"), "{done}");
-    assert!(
-        field(done, "first_error").is_some_and(|e| e.contains("os_error_111")),
-        "ECONNREFUSED: {done}"
-    );
-    assert!(
-        service
-            .wait_for("eof", Duration::from_millis(300))
-            .is_none(),
-        "nothing reached the service around the sidecar: {:?}",
-        service.seen
-    );
-}
-
 /// The sidecar's accepted socket belongs to its listener's cgroup. A sidecar
 /// outside the captured cgroup is never seen by the programs: its
 /// `SO_ORIGINAL_DST` fails (ENOENT, or ENOPROTOOPT without conntrack). The requirement is documented; this

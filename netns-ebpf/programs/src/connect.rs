@@ -5,8 +5,11 @@ use core::ffi::c_void;
 use core::ptr::{addr_of_mut, write_volatile};
 
 use aya_ebpf::{
-    bindings::bpf_sock_addr,
-    helpers::{bpf_get_current_uid_gid, bpf_get_netns_cookie, bpf_get_socket_cookie},
+    bindings::{bpf_sock_addr, bpf_sock_tuple},
+    helpers::{
+        bpf_get_current_uid_gid, bpf_get_netns_cookie, bpf_get_socket_cookie,
+        bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release,
+    },
     macros::cgroup_sock_addr,
     maps::lpm_trie::Key,
     programs::SockAddrContext,
@@ -245,6 +248,10 @@ fn on_connect<const V6: bool>(ctx: &SockAddrContext) {
     if !in_mesh(sa) || addr::is_loopback(judged.family, &judged.addr) || excluded(&judged) {
         return;
     }
+    if !sidecar_listening::<V6>(sa, &s, mapped, s.outbound_port, SOCK_STREAM) {
+        count(counter::SIDECAR_NOT_LISTENING);
+        return;
+    }
     // Kept as dialed, so that getpeername6 shows the mapped address again.
     remember(sa, &d);
     let to = if mapped {
@@ -254,6 +261,59 @@ fn on_connect<const V6: bool>(ctx: &SockAddrContext) {
     };
     rewrite::<V6>(sa, &to, s.outbound_port);
     count(counter::REDIRECTED_OUTBOUND);
+}
+
+/// Is there a socket on the pod's loopback `port` (a TCP listener for
+/// `SOCK_STREAM`, a bound UDP socket for `SOCK_DGRAM`) that the rewritten
+/// call would reach? One socket-table lookup in the calling socket's own
+/// namespace, the same lookup an arriving SYN makes: it finds listeners on
+/// the loopback address and on the wildcard, and dual-stack IPv6 listeners
+/// for IPv4 (and `::ffff:` mapped) dials. Always `true` with
+/// [`MeshSettings::FLAG_REDIRECT_WITHOUT_LISTENER`].
+#[inline(always)]
+fn sidecar_listening<const V6: bool>(
+    sa: *mut bpf_sock_addr,
+    s: &MeshSettings,
+    mapped: bool,
+    port: u16,
+    sock_type: u32,
+) -> bool {
+    if s.flags & MeshSettings::FLAG_REDIRECT_WITHOUT_LISTENER != 0 {
+        return true;
+    }
+    // SAFETY: the tuple is plain old data; all zero is a valid value.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let v4 = !V6 || mapped;
+    // SAFETY: writing plain fields of a union held on this stack.
+    let size = unsafe {
+        if v4 {
+            tuple.__bindgen_anon_1.ipv4.daddr = LOOPBACK4;
+            tuple.__bindgen_anon_1.ipv4.dport = port.to_be();
+            core::mem::size_of_val(&tuple.__bindgen_anon_1.ipv4)
+        } else {
+            tuple.__bindgen_anon_1.ipv6.daddr = LOOPBACK6;
+            tuple.__bindgen_anon_1.ipv6.dport = port.to_be();
+            core::mem::size_of_val(&tuple.__bindgen_anon_1.ipv6)
+        }
+    } as u32;
+    // Negative: the namespace of the calling socket (BPF_F_CURRENT_NETNS).
+    let current_netns = u64::MAX;
+    // SAFETY: sock_addr programs may look sockets up (Linux 5.2+); the tuple
+    // lives on the stack for the call; a socket found is released below.
+    let sk = unsafe {
+        let ctx = sa.cast::<c_void>();
+        if sock_type == SOCK_STREAM {
+            bpf_sk_lookup_tcp(ctx, &raw mut tuple, size, current_netns, 0)
+        } else {
+            bpf_sk_lookup_udp(ctx, &raw mut tuple, size, current_netns, 0)
+        }
+    };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: `sk` came from a lookup and is released exactly once.
+    unsafe { bpf_sk_release(sk.cast::<c_void>()) };
+    true
 }
 
 /// The sidecar dialing a meshed pod on this node goes straight to that pod's
@@ -300,6 +360,10 @@ fn redirect_dns<const V6: bool>(sa: *mut bpf_sock_addr, s: &MeshSettings, d: &De
         || uid() == s.sidecar_uid
         || !in_mesh(sa)
     {
+        return;
+    }
+    if !sidecar_listening::<V6>(sa, s, false, s.dns_port, SOCK_DGRAM) {
+        count(counter::SIDECAR_NOT_LISTENING);
         return;
     }
     remember(sa, d);
