@@ -15,11 +15,14 @@ use anyhow::Context;
 use netns_ebpf::counter;
 use tokio::sync::mpsc;
 
+mod pending;
+
+use self::pending::Pending;
+use crate::addr_watch::Watcher;
 use crate::datapath::{DataPath, DataPathConfig};
 use crate::pod::{self, Pod, PodError};
 use crate::source::{PodEvent, PodSource};
 use crate::status::{MapStatus, PodStatus, ProgramStatus, Status};
-use netns_core::NetNs;
 
 /// How the agent runs.
 #[derive(Debug, Clone)]
@@ -35,8 +38,6 @@ pub struct AgentConfig {
     /// How long a new namespace file may take to become a namespace (`ip
     /// netns add` creates the file, then bind-mounts it).
     pub settle: Duration,
-    /// How often pod addresses are read again.
-    pub resync: Duration,
     /// Destination ports never redirected.
     pub exclude_ports: Vec<u16>,
     /// Destination CIDRs never redirected.
@@ -52,6 +53,8 @@ pub struct Agent {
     skipped: Mutex<BTreeMap<PathBuf, String>>,
     errors: Mutex<BTreeMap<&'static str, u64>>,
     setup_seconds: Mutex<Vec<f64>>,
+    /// Every meshed pod's address-change subscription, by cookie.
+    watcher: Watcher,
     ready: std::sync::atomic::AtomicBool,
     config: AgentConfig,
     source: &'static str,
@@ -150,35 +153,36 @@ impl Agent {
         f(dp)
     }
 
-    /// A namespace file appeared (or is present): take the pod on. Waits up
-    /// to `settle` for the file to become a namespace.
-    fn appeared(&self, path: &Path, settle: Duration) {
-        let started = Instant::now();
+    /// A namespace file appeared (or is present): take the pod on. A file
+    /// that is not a namespace *yet* (first seen at `first_seen`, less than
+    /// `settle` ago) is [`Taken::NotYet`]: the worker tries it again soon,
+    /// serving other pods meanwhile.
+    fn appeared(&self, path: &Path, first_seen: Instant, settle: Duration) -> Taken {
         let known = Self::lock(&self.pods).get(path).map(Pod::id);
         if let Some(id) = known {
             // Same file, same namespace (a stat, no open): nothing to do.
             // Replaced by another namespace: redo it.
             let now = std::fs::metadata(path).map(|m| (m.dev(), m.ino()));
             if now.is_err() || now.is_ok_and(|(dev, ino)| dev == id.dev && ino == id.ino) {
-                return;
+                return Taken::Done;
             }
             self.gone(path);
         }
-        let ns = loop {
-            match pod::open(path) {
-                Ok(ns) => break ns,
-                // Only a file on its way to becoming a namespace is waited for.
-                Err(e) if started.elapsed() >= settle || !about_to_be_mounted(&e) => {
-                    let reason = crate::error_chain(&e);
-                    let mut skipped = Self::lock(&self.skipped);
-                    if skipped.get(path) != Some(&reason) {
-                        tracing::warn!(path = %path.display(), error = %reason, "not a network namespace: skipped");
-                        skipped.insert(path.to_owned(), reason);
-                        self.count_error("not_a_namespace");
-                    }
-                    return;
+        let ns = match pod::open(path) {
+            Ok(ns) => ns,
+            // Only a file on its way to becoming a namespace is waited for.
+            Err(e) if first_seen.elapsed() < settle && about_to_be_mounted(&e) => {
+                return Taken::NotYet;
+            }
+            Err(e) => {
+                let reason = crate::error_chain(&e);
+                let mut skipped = Self::lock(&self.skipped);
+                if skipped.get(path) != Some(&reason) {
+                    tracing::warn!(path = %path.display(), error = %reason, "not a network namespace: skipped");
+                    skipped.insert(path.to_owned(), reason);
+                    self.count_error("not_a_namespace");
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                return Taken::Done;
             }
         };
         Self::lock(&self.skipped).remove(path);
@@ -186,26 +190,48 @@ impl Agent {
             || path.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
+        // Subscribed before the addresses are read: no change falls between.
+        let watch = match crate::addr_watch::subscribe(&ns) {
+            Ok(watch) => watch,
+            Err(source) => {
+                self.pod_failed(
+                    path,
+                    &PodError::Namespace {
+                        path: path.to_owned(),
+                        source,
+                    },
+                );
+                return Taken::Done;
+            }
+        };
         let facts = match pod::inspect(&ns) {
             Ok(facts) => facts,
             Err(e) => {
                 self.pod_failed(path, &e);
-                return;
+                return Taken::Done;
             }
         };
-        if let Err(e) = self.with_datapath(|dp| dp.add_pod(facts.cookie, &facts.addrs)) {
+        let written = self
+            .with_datapath(|dp| dp.add_pod(facts.cookie, &facts.addrs))
+            .map_err(anyhow::Error::from)
+            .and_then(|()| {
+                self.watcher
+                    .add(&watch, facts.cookie)
+                    .context("watch the pod's address changes (epoll)")
+            });
+        if let Err(e) = written {
             // Undo whatever part of it was written.
             let _ = self.with_datapath(|dp| dp.remove_pod(facts.cookie, &facts.addrs));
-            tracing::error!(pod = %path.display(), error = %crate::error_chain(&e), "pod setup failed, rolled back");
+            tracing::error!(pod = %path.display(), error = %format!("{e:#}"), "pod setup failed, rolled back");
             self.count_error("datapath");
-            return;
+            return Taken::Done;
         }
         let inode = ns.id().ino;
         tracing::info!(
             pod = %path.display(), netns_inode = inode, cookie = facts.cookie,
             addrs = ?facts.addrs, "pod meshed"
         );
-        Self::lock(&self.setup_seconds).push(started.elapsed().as_secs_f64());
+        Self::lock(&self.setup_seconds).push(first_seen.elapsed().as_secs_f64());
         Self::lock(&self.pods).insert(
             path.to_owned(),
             Pod {
@@ -214,9 +240,11 @@ impl Agent {
                 ns,
                 facts,
                 meshed: true,
+                addr_watch: watch,
                 since: SystemTime::now(),
             },
         );
+        Taken::Done
     }
 
     fn pod_failed(&self, path: &Path, e: &PodError) {
@@ -259,71 +287,86 @@ impl Agent {
     }
 
     /// The source listed what exists: add what is new, drop what is gone.
-    fn present(&self, paths: &[PathBuf], settle: Duration) {
+    /// Returns the files not yet namespaces (first seen now).
+    fn present(&self, paths: &[PathBuf], settle: Duration) -> Vec<PathBuf> {
         let listed: BTreeSet<&PathBuf> = paths.iter().collect();
         let known: BTreeSet<PathBuf> = Self::lock(&self.pods).keys().cloned().collect();
         for path in known.iter().filter(|p| !listed.contains(p)) {
             self.gone(path);
         }
+        let mut not_yet = Vec::new();
         for path in paths {
             let seen = known.contains(path) || Self::lock(&self.skipped).contains_key(path);
-            self.appeared(path, if seen { Duration::ZERO } else { settle });
+            let settle = if seen { Duration::ZERO } else { settle };
+            if self.appeared(path, Instant::now(), settle) == Taken::NotYet {
+                not_yet.push(path.clone());
+            }
         }
+        not_yet
     }
 
-    /// Addresses added to or removed from pods after they appeared (a CNI
-    /// plugin that configures the interface later). Runs on its own thread:
-    /// reading every pod's addresses must not delay pod events.
-    fn refresh_addresses(&self) {
-        let pods: Vec<(PathBuf, NetNs, u64, Vec<IpAddr>)> = Self::lock(&self.pods)
+    /// The kernel announced an address change in the pod whose watch has
+    /// `token` (its cookie): read its addresses again and update the maps.
+    fn addresses_changed(&self, token: u64) {
+        let found = Self::lock(&self.pods)
             .values()
+            .find(|p| p.facts.cookie == token)
             .map(|p| {
-                (
-                    p.path.clone(),
-                    p.ns.clone(),
-                    p.facts.cookie,
-                    p.facts.addrs.clone(),
-                )
-            })
-            .collect();
-        for (path, ns, cookie, before) in pods {
-            let Ok(now) = pod::addresses(&ns) else {
-                continue;
-            };
-            if now == before {
-                continue;
-            }
-            let added: Vec<IpAddr> = now
-                .iter()
-                .filter(|a| !before.contains(a))
-                .copied()
-                .collect();
-            let removed: Vec<IpAddr> = before
-                .iter()
-                .filter(|a| !now.contains(a))
-                .copied()
-                .collect();
-            let mut pods = Self::lock(&self.pods);
-            // Gone or replaced meanwhile: its own events take care of it.
-            let Some(pod) = pods.get_mut(&path).filter(|p| p.facts.cookie == cookie) else {
-                continue;
-            };
-            let result = self.with_datapath(|dp| {
-                dp.add_pod(cookie, &added)?;
-                dp.remove_addrs(&removed)
+                p.addr_watch.drain();
+                (p.path.clone(), p.ns.clone(), p.facts.addrs.clone())
             });
-            match result {
-                Ok(()) => {
-                    tracing::info!(pod = %path.display(), ?added, ?removed, "pod addresses changed");
-                    pod.facts.addrs = now;
-                }
-                Err(e) => {
-                    tracing::error!(pod = %path.display(), error = %crate::error_chain(&e), "address update failed");
-                    self.count_error("datapath");
-                }
+        let Some((path, ns, before)) = found else {
+            return;
+        };
+        let now = match pod::addresses(&ns) {
+            Ok(now) => now,
+            Err(e) => {
+                tracing::warn!(pod = %path.display(), error = %crate::error_chain(&e), "cannot read the pod's addresses");
+                return;
+            }
+        };
+        if now == before {
+            return;
+        }
+        let added: Vec<IpAddr> = now
+            .iter()
+            .filter(|a| !before.contains(a))
+            .copied()
+            .collect();
+        let removed: Vec<IpAddr> = before
+            .iter()
+            .filter(|a| !now.contains(a))
+            .copied()
+            .collect();
+        let mut pods = Self::lock(&self.pods);
+        // Gone or replaced meanwhile: its own events take care of it.
+        let Some(pod) = pods.get_mut(&path).filter(|p| p.facts.cookie == token) else {
+            return;
+        };
+        let result = self.with_datapath(|dp| {
+            dp.add_pod(token, &added)?;
+            dp.remove_addrs(&removed)
+        });
+        match result {
+            Ok(()) => {
+                tracing::info!(pod = %path.display(), netns_inode = pod.id().ino, ?added, ?removed, "pod addresses changed");
+                pod.facts.addrs = now;
+            }
+            Err(e) => {
+                tracing::error!(pod = %path.display(), error = %crate::error_chain(&e), "address update failed");
+                self.count_error("datapath");
             }
         }
     }
+}
+
+/// What became of a namespace file the pod worker looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Taken {
+    /// Meshed, skipped or failed: nothing more to do until its next event.
+    Done,
+    /// An empty file that `ip netns add` has not bind-mounted yet.
+    NotYet,
 }
 
 /// `ip netns add` creates an empty regular file, then bind-mounts the new
@@ -373,6 +416,7 @@ pub async fn run(config: AgentConfig, source: Box<dyn PodSource>) -> anyhow::Res
         skipped: Mutex::new(BTreeMap::new()),
         errors: Mutex::new(BTreeMap::new()),
         setup_seconds: Mutex::new(Vec::new()),
+        watcher: Watcher::new().context("create the address-change epoll set")?,
         ready: std::sync::atomic::AtomicBool::new(false),
         source: source.name(),
         config: config.clone(),
@@ -407,38 +451,31 @@ async fn serve(
         let (agent, settle) = (Arc::clone(agent), config.settle);
         std::thread::Builder::new()
             .name("pod-worker".into())
-            .spawn(move || {
-                let mut first_listing = true;
-                for event in queue {
-                    let listing = matches!(event, PodEvent::Present(_));
-                    match event {
-                        PodEvent::Appeared(path) => agent.appeared(&path, settle),
-                        PodEvent::Gone(path) => agent.gone(&path),
-                        PodEvent::Present(paths) => agent.present(&paths, settle),
-                    }
-                    if listing && first_listing {
-                        first_listing = false;
-                        agent.drop_stale_entries();
-                        agent.ready.store(true, std::sync::atomic::Ordering::SeqCst);
-                        let pods = Agent::lock(&agent.pods).len();
-                        tracing::info!(pods, "initial reconcile done: ready");
-                    }
-                }
-            })
+            .spawn(move || pod_worker(&agent, &queue, settle))
             .context("start the pod worker thread")?
     };
-    let refresher = {
-        let (agent, every) = (Arc::clone(agent), config.resync);
+    let address_watcher = {
+        let agent = Arc::clone(agent);
         std::thread::Builder::new()
-            .name("address-refresh".into())
+            .name("address-watch".into())
             .spawn(move || {
                 // Ends when the agent's last other holder lets go.
                 while Arc::strong_count(&agent) > 1 {
-                    std::thread::sleep(every);
-                    agent.refresh_addresses();
+                    match agent.watcher.wait(Duration::from_millis(250)) {
+                        Ok(tokens) => {
+                            for token in tokens {
+                                agent.addresses_changed(token);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "waiting for address changes failed");
+                            agent.count_error("address_watch");
+                            std::thread::sleep(Duration::from_secs(1));
+                        }
+                    }
                 }
             })
-            .context("start the address refresh thread")?
+            .context("start the address watch thread")?
     };
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(source.run(tx));
@@ -470,6 +507,54 @@ async fn serve(
     // waited for (a pod setup must not delay the exit).
     drop(work);
     drop(worker);
-    drop(refresher);
+    drop(address_watcher);
     result
+}
+
+/// The pod worker: pod events in order, and files waiting to become
+/// namespaces tried again between them. Ends when the queue closes.
+fn pod_worker(agent: &Agent, queue: &std::sync::mpsc::Receiver<PodEvent>, settle: Duration) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut pending = Pending::default();
+    let mut first_listing = true;
+    loop {
+        let event = match pending.next_due() {
+            None => queue.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(due) => queue.recv_timeout(due),
+        };
+        match event {
+            Ok(PodEvent::Appeared(path)) => {
+                let first_seen = pending.first_seen(&path);
+                match agent.appeared(&path, first_seen, settle) {
+                    Taken::NotYet => pending.wait(path, first_seen),
+                    Taken::Done => pending.done(&path),
+                }
+            }
+            Ok(PodEvent::Gone(path)) => {
+                pending.done(&path);
+                agent.gone(&path);
+            }
+            Ok(PodEvent::Present(paths)) => {
+                for path in agent.present(&paths, settle) {
+                    let first_seen = pending.first_seen(&path);
+                    pending.wait(path, first_seen);
+                }
+                if first_listing {
+                    first_listing = false;
+                    agent.drop_stale_entries();
+                    agent.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+                    let pods = Agent::lock(&agent.pods).len();
+                    tracing::info!(pods, "initial reconcile done: ready");
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        for (path, first_seen) in pending.due() {
+            match agent.appeared(&path, first_seen, settle) {
+                Taken::NotYet => pending.wait(path, first_seen),
+                Taken::Done => pending.done(&path),
+            }
+        }
+    }
 }

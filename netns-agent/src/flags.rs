@@ -128,9 +128,11 @@ pub(crate) struct RunArgs {
     /// netns add` creates the file, then bind-mounts it), in milliseconds.
     #[arg(long, env = "NETNS_AGENT_SETTLE_MS", default_value_t = 2000)]
     settle_ms: u64,
-    /// How often the directory is listed again and pod addresses re-read, in
-    /// seconds.
-    #[arg(long, env = "NETNS_AGENT_RESYNC_SECS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    /// How often the directory is listed again behind inotify's back, in
+    /// seconds (a safety net: inotify reports every change, and an overflow
+    /// of its queue triggers a listing at once). Pod addresses are not
+    /// polled: the kernel announces their changes over netlink.
+    #[arg(long, env = "NETNS_AGENT_RESYNC_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     resync_secs: u64,
     /// Also run a demo pod: a namespace named netns-demo-pod in --netns-dir
     /// whose app dials a service address that exists nowhere every second and
@@ -245,6 +247,7 @@ fn init_logs(format: LogFormat, filter: &str) -> anyhow::Result<()> {
 /// `netns-agent run`.
 pub(crate) fn run(args: &RunArgs) -> anyhow::Result<()> {
     init_logs(args.log_format, &args.log_level)?;
+    raise_fd_limit();
     let v2 = cgroup2_mount().context("find the cgroup v2 mount")?;
     let (cgroup, own_cgroup) = if let Some(path) = &args.cgroup {
         (path.clone(), false)
@@ -286,7 +289,6 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<()> {
         metrics_addr: args.metrics_addr,
         keep_state: args.keep_state,
         settle: Duration::from_millis(args.settle_ms),
-        resync: Duration::from_secs(args.resync_secs),
         exclude_ports: args.exclude_ports.clone(),
         exclude_cidrs: args.exclude_cidrs.clone(),
     };
@@ -313,6 +315,22 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<()> {
         remove_own_cgroup(&cgroup);
     }
     result
+}
+
+/// Each pod holds two descriptors (its namespace, its address watch): raise
+/// the soft limit to the hard one, as a service manager's default soft limit
+/// (1024) would stop the agent near 500 pods.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
 }
 
 /// The demo pod, on a thread that starts its processes once the agent has

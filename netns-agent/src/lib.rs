@@ -9,11 +9,13 @@
 //! - [`bpffs`]: make sure a directory is on a BPF filesystem, mounting one if not.
 //! - [`daemon`]: the long-running agent (`netns-agent run`), wiring
 //!   [`source`] (where pods come from), [`pod`] (per-pod work inside each
-//!   namespace), [`control`] (the root-only control socket), [`http`]
+//!   namespace), [`addr_watch`] (address changes inside pods, from netlink),
+//!   [`control`] (the root-only control socket), [`http`]
 //!   (health, readiness, metrics) and [`status`] (what `status` shows).
 
 #![deny(missing_docs)]
 
+pub mod addr_watch;
 pub mod bpffs;
 pub mod cgroup;
 pub mod control;

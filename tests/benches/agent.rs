@@ -8,8 +8,9 @@
 //! entries).
 //!
 //! Prints `pod_ready_p50_ms`, `pod_ready_p99_ms`, `rss_mib_1000_pods`,
-//! `leaked_fds`, `leaked_threads`, `leaked_map_entries`,
-//! `restart_failed_connections`. Environment: `NETNS_BENCH_AGENT` (the agent
+//! `leaked_fds`, `leaked_threads`, `leaked_map_entries`; `./x bench-agent`
+//! then runs the restart proof (`netns-agent/tests/root_agent_restart.rs`),
+//! which prints `restart_failed_connections`. Environment: `NETNS_BENCH_AGENT` (the agent
 //! binary; `./x bench-agent` builds it), `NETNS_BENCH_PODS` (default 1000).
 
 use std::net::Ipv4Addr;
@@ -230,9 +231,6 @@ fn main() {
     );
     println!("leaked_threads: {}", threads1.saturating_sub(threads0));
     println!("leaked_map_entries: {}", meshed(&map).keys().count());
-    println!(
-        "restart_failed_connections: not measured here (netns-agent/tests/root_agent_restart.rs counts them)"
-    );
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid.cast_signed()),

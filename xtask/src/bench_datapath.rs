@@ -60,5 +60,18 @@ pub(crate) fn run_agent(pods: u32) -> anyhow::Result<()> {
         cmd::cargo(&["bench", "--package", "netns-tests", "--bench", "agent"])
             .env("NETNS_BENCH_AGENT", &agent)
             .env("NETNS_BENCH_PODS", pods.to_string()),
-    )
+    )?;
+    // The restart figure comes from the restart proof itself (it prints
+    // restart_failed_connections before asserting it is zero).
+    eprintln!("xtask: restarting the agent 10 times under a connection loop");
+    cmd::status(&mut cmd::cargo(&[
+        "test",
+        "--quiet",
+        "--package",
+        "netns-agent",
+        "--test",
+        "root_agent_restart",
+        "--",
+        "--nocapture",
+    ]))
 }
