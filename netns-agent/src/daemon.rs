@@ -442,7 +442,7 @@ async fn serve(
     source: Box<dyn PodSource>,
 ) -> anyhow::Result<()> {
     let control = crate::control::listen(&config.control_socket)?;
-    let http = crate::http::listen(config.metrics_addr)?;
+    let http = crate::http::listen(config.metrics_addr, config.datapath.settings.bypass_mark)?;
     let (tx, mut rx) = mpsc::channel(1024);
     // Pod work runs in order on one thread of its own, so that signals and
     // the sockets are served while a pod is being set up.

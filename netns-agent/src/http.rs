@@ -17,15 +17,20 @@ use crate::daemon::Agent;
 /// Pod setup latency buckets, in seconds.
 const SETUP_BUCKETS: [f64; 8] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25, 1.0];
 
-/// Binds `addr`. The socket carries the data path's bypass mark, like every
-/// socket the agent opens.
-pub fn listen(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+/// Binds `addr`. The socket carries the data path's bypass `mark` (0: none),
+/// like every IP socket the agent opens, and so does every connection it
+/// accepts (the kernel copies the listener's mark).
+pub fn listen(addr: SocketAddr, mark: u32) -> anyhow::Result<tokio::net::TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         None,
     )?;
-    socket.set_mark(netns_ebpf::defaults::BYPASS_MARK)?;
+    if mark != 0 {
+        socket
+            .set_mark(mark)
+            .with_context(|| format!("set SO_MARK {mark:#x} on the metrics listener"))?;
+    }
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     socket

@@ -636,3 +636,62 @@ fn root_agent_demo_pod_is_captured_and_ctrl_c_leaves_nothing_behind() {
     let procs = std::fs::read_to_string(f.cgroup.path().join("cgroup.procs")).unwrap();
     assert!(procs.trim().is_empty(), "left in the cgroup: {procs}");
 }
+
+/// The agent's own IP sockets carry the configured bypass mark (read back
+/// with `ss`, the kernel's view), also after the agent's process has joined
+/// the captured cgroup, where the data path leaves it alone: it keeps
+/// serving, and nothing of its is redirected. `--log-format json` writes one
+/// JSON object per line, naming the pod (path and namespace inode).
+#[test]
+fn root_agent_sockets_carry_the_bypass_mark_and_json_logs_name_the_pod() {
+    const MARK: u32 = 0x1092;
+    let mut f = Fixture::new("bypass");
+    f.start(&["--log-format", "json", "--bypass-mark", &MARK.to_string()]);
+    let pid = f.agent.as_ref().unwrap().id();
+    f.cgroup.add_process(pid).unwrap();
+
+    let pod = f.add_pod("marked", Some("198.18.7.9"));
+    let cookie = pod.cookie().unwrap();
+    wait_for("the pod", || meshed_cookies(&f) == [cookie]);
+    for _ in 0..3 {
+        assert!(f.http("/metrics").starts_with("HTTP/1.1 200"));
+        assert!(f.status().ready);
+    }
+    // Every inet socket of the agent's process, as the kernel reports it.
+    let out = Command::new("ss")
+        .args(["-tuanpe"])
+        .output()
+        .expect("ss (iproute2)");
+    let owner = format!("pid={pid},");
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&owner))
+        .map(str::to_owned)
+        .collect();
+    assert!(!lines.is_empty(), "the agent's metrics listener");
+    let expected = format!("fwmark:{MARK:#x}");
+    for line in &lines {
+        assert!(line.contains(&expected), "unmarked agent socket: {line}");
+    }
+    let counters = f.status().counters;
+    let count = |name: &str| counters.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+    assert_eq!(count("redirected_outbound"), Some(0), "{counters:?}");
+    assert_eq!(count("sidecar_not_listening"), Some(0), "{counters:?}");
+
+    let (exit, _, logs) = f.stop();
+    assert!(exit.success(), "{logs}");
+    let path = f.netns_dir().join("marked").display().to_string();
+    let inode = pod.id().ino;
+    let mut meshed_line = false;
+    for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let fields = &value["fields"];
+        if fields["message"] == "pod meshed" {
+            assert_eq!(fields["pod"], path.as_str(), "{line}");
+            assert_eq!(fields["netns_inode"], inode, "{line}");
+            meshed_line = true;
+        }
+    }
+    assert!(meshed_line, "a JSON 'pod meshed' line: {logs}");
+}
