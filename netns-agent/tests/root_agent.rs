@@ -16,21 +16,12 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap, Map, MapData};
 use netns_agent::cgroup::{ChildCgroup, cgroup2_mount};
-use netns_agent::datapath::attached_program_ids;
 use netns_agent::status::Status;
 use netns_core::NetNs;
 use netns_ebpf::{LocalPod, PodFlags, names};
 
-fn require_root() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "needs root: run ./x test"
-    );
-}
-
-fn cgroup_program_ids(cgroup: &Path) -> Vec<u32> {
-    attached_program_ids(cgroup).unwrap()
-}
+use netns_tests::kernel::cgroup_program_ids;
+use netns_tests::require_root;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_netns-agent");
 const WAIT: Duration = Duration::from_secs(10);
@@ -260,6 +251,9 @@ fn local_pods(fixture: &Fixture) -> Vec<(Ipv4Addr, u64)> {
 
 #[test]
 fn root_agent_meshes_pods_from_a_directory_and_undoes_exactly_their_entries() {
+    if netns_tests::cannot_mesh_pods() {
+        return;
+    }
     let mut f = Fixture::new("pods");
     // Present before the agent starts: a pod too.
     let early = f.add_pod("early", Some("198.18.7.1"));
@@ -382,13 +376,16 @@ fn root_agent_control_socket_refuses_bad_requests_and_keeps_serving() {
         .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
         .unwrap();
     assert_eq!(mode, 0o600);
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(AGENT)
-        .args(["status", "--control-socket"])
-        .arg(f.socket())
-        .output()
-        .unwrap();
+    let out = {
+        use std::os::unix::process::CommandExt as _;
+        Command::new(AGENT)
+            .args(["status", "--control-socket"])
+            .arg(f.socket())
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("needs root"),
@@ -543,6 +540,9 @@ fn map_id(fixture: &Fixture, map: &str) -> u32 {
 /// maps of this layout are reused, entries and all.
 #[test]
 fn root_agent_reuses_maps_of_its_layout_and_recreates_others() {
+    if netns_tests::cannot_mesh_pods() {
+        return;
+    }
     let mut f = Fixture::new("layout");
     let pod = f.add_pod("p", Some("198.18.7.9"));
     f.start(&["--keep-state"]);
@@ -600,6 +600,9 @@ fn root_agent_reuses_maps_of_its_layout_and_recreates_others() {
 /// (SIGINT) leaves nothing behind.
 #[test]
 fn root_agent_demo_pod_is_captured_and_ctrl_c_leaves_nothing_behind() {
+    if netns_tests::cannot_mesh_pods() {
+        return;
+    }
     let mut f = Fixture::new("demo");
     f.start(&["--demo-pod"]);
     let out = f.dir.join("agent.out");
@@ -645,6 +648,9 @@ fn root_agent_demo_pod_is_captured_and_ctrl_c_leaves_nothing_behind() {
 #[test]
 fn root_agent_sockets_carry_the_bypass_mark_and_json_logs_name_the_pod() {
     const MARK: u32 = 0x1092;
+    if netns_tests::cannot_mesh_pods() {
+        return;
+    }
     let mut f = Fixture::new("bypass");
     f.start(&["--log-format", "json", "--bypass-mark", &MARK.to_string()]);
     let pid = f.agent.as_ref().unwrap().id();
@@ -657,21 +663,12 @@ fn root_agent_sockets_carry_the_bypass_mark_and_json_logs_name_the_pod() {
         assert!(f.http("/metrics").starts_with("HTTP/1.1 200"));
         assert!(f.status().ready);
     }
-    // Every inet socket of the agent's process, as the kernel reports it.
-    let out = Command::new("ss")
-        .args(["-tuanpe"])
-        .output()
-        .expect("ss (iproute2)");
-    let owner = format!("pid={pid},");
-    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(&owner))
-        .map(str::to_owned)
-        .collect();
-    assert!(!lines.is_empty(), "the agent's metrics listener");
-    let expected = format!("fwmark:{MARK:#x}");
-    for line in &lines {
-        assert!(line.contains(&expected), "unmarked agent socket: {line}");
+    // Every IP socket of the agent's process, its mark asked of the kernel
+    // on a duplicate of the agent's own descriptor (pidfd_getfd).
+    let marks = ip_socket_marks(pid);
+    assert!(!marks.is_empty(), "the agent's metrics listener");
+    for (fd, mark) in &marks {
+        assert_eq!(*mark, MARK, "agent socket fd {fd} is not marked: {marks:?}");
     }
     let counters = f.status().counters;
     let count = |name: &str| counters.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
@@ -694,4 +691,60 @@ fn root_agent_sockets_carry_the_bypass_mark_and_json_logs_name_the_pod() {
         }
     }
     assert!(meshed_line, "a JSON 'pod meshed' line: {logs}");
+}
+
+/// The `SO_MARK` of every IPv4/IPv6 socket process `pid` holds, by its
+/// descriptor number, read on duplicates taken with `pidfd_getfd` (5.6+).
+fn ip_socket_marks(pid: u32) -> Vec<(i32, u32)> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let pid = i32::try_from(pid).unwrap();
+    // SAFETY: plain syscalls; a returned descriptor is owned at once.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    assert!(
+        pidfd >= 0,
+        "pidfd_open: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: pidfd_open returned a new descriptor.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(i32::try_from(pidfd).unwrap()) };
+    let mut marks = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"));
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if !is_socket {
+            continue;
+        }
+        // SAFETY: as above.
+        let dup = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_getfd,
+                std::os::fd::AsRawFd::as_raw_fd(&pidfd),
+                fd,
+                0,
+            )
+        };
+        if dup < 0 {
+            continue; // closed meanwhile
+        }
+        // SAFETY: pidfd_getfd returned a new descriptor.
+        let dup = unsafe { OwnedFd::from_raw_fd(i32::try_from(dup).unwrap()) };
+        let socket = socket2::SockRef::from(&dup);
+        let ip = socket
+            .domain()
+            .is_ok_and(|d| d == socket2::Domain::IPV4 || d == socket2::Domain::IPV6);
+        if ip {
+            marks.push((fd, netns_core::mark(&dup).unwrap()));
+        }
+    }
+    marks
 }

@@ -124,9 +124,7 @@ impl Mesh {
     /// with its reason. On the host a missing feature fails the test.
     #[must_use]
     pub fn new_or_skip(meshtest: &str, settings: MeshSettings) -> Option<Mesh> {
-        if !crate::kernel::has_netns_cookie()
-            && crate::skip_in_vm("SO_NETNS_COOKIE (Linux 5.14) is missing: pods cannot be meshed")
-        {
+        if crate::cannot_mesh_pods() {
             return None;
         }
         Some(Mesh::new(meshtest, settings))

@@ -18,6 +18,7 @@ use crate::apt;
 const TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("tc", "iproute2"),
+    ("ss", "iproute2"),
     ("bpftool", "bpftool"),
     // One multi-call binary under each name: it dispatches on argv[0].
     ("iptables-legacy", "iptables"),

@@ -65,7 +65,7 @@ const PASSED_ON: &[&str] = &["RUST_BACKTRACE", "RUST_LOG"];
 /// Where `./x integration-test` runs the suite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Mode {
-    /// On this machine's kernel (`cargo test -p netns-tests`; needs root).
+    /// On this machine's kernel (`cargo test -p netns-tests -p netns-agent`; needs root).
     Local,
     /// On each kernel of xtask/vm-kernels.txt, booted under QEMU.
     Vm,
@@ -81,7 +81,7 @@ pub(crate) struct Args {
     /// start (`6.1` is 6.1.0-50-amd64, not 6.12.x) (repeatable).
     #[arg(long = "kernel", value_name = "MATCH")]
     kernels: Vec<String>,
-    /// Only the test binary NAME (tests/tests/NAME.rs); `*` matches anything, as
+    /// Only the test binary NAME (tests/tests/NAME.rs, netns-agent/tests/NAME.rs); `*` matches anything, as
     /// in `cargo test --test 'root_netns*'` (repeatable).
     #[arg(long = "test", value_name = "NAME")]
     tests: Vec<String>,
