@@ -20,6 +20,7 @@ use netns_agent::status::Status;
 use netns_core::NetNs;
 use netns_ebpf::{LocalPod, PodFlags, names};
 
+use netns_tests::agent::run_command;
 use netns_tests::kernel::cgroup_program_ids;
 use netns_tests::require_root;
 
@@ -74,18 +75,7 @@ impl Fixture {
     }
 
     fn start(&mut self, extra: &[&str]) {
-        let child = Command::new(AGENT)
-            .arg("run")
-            .arg("--cgroup")
-            .arg(self.cgroup.path())
-            .arg("--bpffs")
-            .arg(self.bpffs())
-            .arg("--netns-dir")
-            .arg(self.netns_dir())
-            .arg("--control-socket")
-            .arg(self.socket())
-            .arg("--metrics-addr")
-            .arg(self.metrics.to_string())
+        let child = run_command(AGENT, &self.dir, self.cgroup.path(), self.metrics)
             .args(["--resync-secs", "1"])
             .args(extra)
             // A file, not a pipe: a full pipe would stall the agent's logging.

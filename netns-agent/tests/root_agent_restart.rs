@@ -9,7 +9,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -19,6 +19,7 @@ use netns_agent::cgroup::{ChildCgroup, cgroup2_mount};
 use netns_agent::datapath::attached_program_ids;
 use netns_core::NetNs;
 use netns_ebpf::{PodFlags, names};
+use netns_tests::agent::run_command;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_netns-agent");
 /// Routed nowhere: reachable only through the sidecar.
@@ -39,20 +40,8 @@ impl Agent {
             .append(true)
             .open(self.dir.join("agent.log"))
             .unwrap();
-        let child = Command::new(AGENT)
-            .arg("run")
-            .arg("--keep-state")
-            .arg("--cgroup")
-            .arg(&self.cgroup)
-            .arg("--bpffs")
-            .arg(self.dir.join("bpf"))
-            .arg("--netns-dir")
-            .arg(self.dir.join("netns"))
-            .arg("--control-socket")
-            .arg(self.dir.join("agent.sock"))
-            .arg("--metrics-addr")
-            .arg(self.metrics.to_string())
-            .args(["--resync-secs", "1"])
+        let child = run_command(AGENT, &self.dir, &self.cgroup, self.metrics)
+            .args(["--keep-state", "--resync-secs", "1"])
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()

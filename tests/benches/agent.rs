@@ -13,7 +13,7 @@
 //! which prints `restart_failed_connections`. Environment: `NETNS_BENCH_AGENT` (the agent
 //! binary; `./x bench-agent` builds it), `NETNS_BENCH_PODS` (default 1000).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,6 +22,7 @@ use aya::maps::{HashMap, Map, MapData};
 use netns_agent::cgroup::{ChildCgroup, cgroup2_mount};
 use netns_core::NetNs;
 use netns_ebpf::{PodFlags, names};
+use netns_tests::agent::run_command;
 use netns_tests::bench::env_u32;
 
 fn percentile(sorted: &[f64], per_mille: usize) -> f64 {
@@ -150,18 +151,10 @@ fn churn(pods: u32, netns_dir: &Path, map: &Map) {
 }
 
 fn start_agent(bin: &str, dir: &Path, cgroup: &Path) -> AgentProcess {
+    let any_port = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     AgentProcess(
-        Command::new(bin)
-            .arg("run")
-            .arg("--cgroup")
-            .arg(cgroup)
-            .arg("--bpffs")
-            .arg(dir.join("bpf"))
-            .arg("--netns-dir")
-            .arg(dir.join("netns"))
-            .arg("--control-socket")
-            .arg(dir.join("agent.sock"))
-            .args(["--metrics-addr", "127.0.0.1:0", "--log-level", "warn"])
+        run_command(bin, dir, cgroup, any_port)
+            .args(["--log-level", "warn"])
             .stdout(Stdio::null())
             .spawn()
             .expect("start the agent"),

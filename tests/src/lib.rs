@@ -72,6 +72,7 @@ pub fn socket_inode(socket: &impl std::os::fd::AsFd) -> u64 {
         .st_ino
 }
 
+pub mod agent;
 pub mod bench;
 pub mod kernel;
 pub mod mesh;

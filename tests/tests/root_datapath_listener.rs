@@ -43,6 +43,13 @@ fn dial(mesh: &Mesh, target: &str) -> Went {
     }
 }
 
+/// A mesh whose settings are Istio's with `flags`.
+fn mesh_with(flags: u16) -> Option<Mesh> {
+    let mut settings = MeshSettings::istio();
+    settings.flags = flags;
+    Mesh::new_or_skip(MESHTEST, settings)
+}
+
 fn counters(mesh: &mut Mesh) -> [u64; counter::COUNT as usize] {
     mesh.datapath().counters().unwrap()
 }
@@ -133,9 +140,7 @@ fn root_ipv4_only_sidecar_lets_ipv6_apps_through_and_captures_ipv4() {
 /// port; before, the query reaches the server it was sent to.
 #[test]
 fn root_dns_goes_to_the_server_until_the_local_resolver_is_bound() {
-    let mut settings = MeshSettings::istio();
-    settings.flags = MeshSettings::FLAG_DNS_REDIRECT;
-    let Some(mut mesh) = Mesh::new_or_skip(MESHTEST, settings) else {
+    let Some(mut mesh) = mesh_with(MeshSettings::FLAG_DNS_REDIRECT) else {
         return;
     };
     let server = format!("{SVC}:53");
@@ -170,9 +175,7 @@ fn root_dns_goes_to_the_server_until_the_local_resolver_is_bound() {
 /// reaches the service around the sidecar.
 #[test]
 fn root_fail_closed_mode_refuses_apps_while_no_sidecar_listens() {
-    let mut settings = MeshSettings::istio();
-    settings.flags = MeshSettings::FLAG_REDIRECT_WITHOUT_LISTENER;
-    let Some(mut mesh) = Mesh::new_or_skip(MESHTEST, settings) else {
+    let Some(mut mesh) = mesh_with(MeshSettings::FLAG_REDIRECT_WITHOUT_LISTENER) else {
         return;
     };
     let target = format!("{SVC}:8080");
