@@ -2,6 +2,10 @@
 //! p99) and bulk throughput between test namespaces, for
 //!
 //! - `direct`: the app dials the service, nothing captures it;
+//! - `limit`: no capture at all, but the same sidecar: the app dials the
+//!   sidecar on loopback and the sidecar knows the destination by
+//!   configuration (`--upstream`, no `SO_ORIGINAL_DST`). The floor any
+//!   capture mechanism can reach;
 //! - `iptables`: Istio's default capture, the `nat OUTPUT` rules of
 //!   istio-iptables (outbound part) REDIRECT to the sidecar on 15001, which asks
 //!   `SO_ORIGINAL_DST` (answered by conntrack) and dials onward;
@@ -36,7 +40,7 @@
 //! `NETNS_BENCH_ROUNDS` (9), `NETNS_BENCH_PIN` (1|0), `NETNS_BENCH_CPU` (the
 //! CPU when pinned; default the last one), `NETNS_BENCH_RR_COUNT` (5000 round
 //! trips), `NETNS_BENCH_RR_SIZE` (64 bytes), `NETNS_BENCH_CONNS` (1000),
-//! `NETNS_BENCH_BULK_MIB` (256), `NETNS_BENCH_PATHS` (comma list of `direct`,
+//! `NETNS_BENCH_BULK_MIB` (256), `NETNS_BENCH_PATHS` (comma list of `direct`, `limit`,
 //! `iptables`, `bpf`, `sockmap`; default all), `NETNS_BENCH_KINDS` (`rr`,
 //! `conn`, `bulk`), `NETNS_BENCH_COST` (1|0), `NETNS_BENCH_VERBOSE` (set: every
 //! client's result line on stderr).
@@ -53,6 +57,9 @@ const MESHTEST: &str = env!("CARGO_BIN_EXE_meshtest");
 const SIDECAR_UID: u32 = MeshSettings::istio().sidecar_uid;
 const ECHO_PORT: u16 = 8080;
 const DRAIN_PORT: u16 = 9000;
+/// The limit's sidecars, each configured with the service port it stands for.
+const LIMIT_ECHO_PORT: u16 = 15_011;
+const LIMIT_DRAIN_PORT: u16 = 15_012;
 
 // The figures, per path: medians over rounds.
 const RR_P50: &str = "rr_p50_us";
@@ -64,6 +71,7 @@ const BULK: &str = "bulk_mb_per_s";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Path {
     Direct,
+    Limit,
     Iptables,
     Bpf,
     LegBpf,
@@ -71,8 +79,9 @@ enum Path {
 }
 
 impl Path {
-    const ALL: [Path; 5] = [
+    const ALL: [Path; 6] = [
         Path::Direct,
+        Path::Limit,
         Path::Iptables,
         Path::Bpf,
         Path::LegBpf,
@@ -82,6 +91,7 @@ impl Path {
     fn name(self) -> &'static str {
         match self {
             Path::Direct => "direct",
+            Path::Limit => "limit",
             Path::Iptables => "iptables",
             Path::Bpf => "bpf",
             Path::LegBpf => "leg_bpf",
@@ -290,6 +300,25 @@ impl Setup {
         start_servers(&mut main, Place::Svc, SVC, &mut procs);
         let mut sidecar = start_sidecar(&mut main, Place::PodA, &outbound);
 
+        if cfg.wants(Path::Limit) {
+            for (port, upstream) in [(LIMIT_ECHO_PORT, ECHO_PORT), (LIMIT_DRAIN_PORT, DRAIN_PORT)] {
+                let listen = format!("127.0.0.1:{port}");
+                let upstream = format!("{SVC}:{upstream}");
+                procs.push(main.start(
+                    Place::PodAUncaptured,
+                    Some(SIDECAR_UID),
+                    &[
+                        "sidecar",
+                        "--listen",
+                        &listen,
+                        "--quiet",
+                        "--upstream",
+                        &upstream,
+                    ],
+                ));
+            }
+        }
+
         let mut ipt = Mesh::new(MESHTEST, MeshSettings::istio());
         ipt.datapath
             .take()
@@ -309,8 +338,10 @@ impl Setup {
         };
         // Every path answers, and the capture paths reach the sidecar with the
         // original destination.
-        for path in [Path::Direct, Path::Bpf, Path::Iptables] {
-            setup.quick_check(path);
+        for path in [Path::Direct, Path::Limit, Path::Bpf, Path::Iptables] {
+            if cfg.wants(path) {
+                setup.quick_check(path);
+            }
         }
         let line = first_accepted(&mut sidecar, "bpf");
         check_orig(&line, &outbound, &svc_echo, "bpf");
@@ -371,6 +402,7 @@ impl Setup {
     fn client(&mut self, path: Path) -> (&mut Mesh, Place, &'static str) {
         match path {
             Path::Direct => (&mut self.main, Place::PodAUncaptured, SVC),
+            Path::Limit => (&mut self.main, Place::PodAUncaptured, "127.0.0.1"),
             Path::Bpf => (&mut self.main, Place::PodA, SVC),
             Path::Iptables => (&mut self.ipt, Place::PodAUncaptured, SVC),
             Path::LegBpf | Path::LegSockmap => {
@@ -401,6 +433,12 @@ impl Setup {
             .datapath
             .as_ref()
             .map(|d| d.counters().expect("counters"));
+        // The limit's sidecars forward to the service port they stand for.
+        let port = match (path, port) {
+            (Path::Limit, ECHO_PORT) => LIMIT_ECHO_PORT,
+            (Path::Limit, DRAIN_PORT) => LIMIT_DRAIN_PORT,
+            (_, port) => port,
+        };
         let target = format!("{addr}:{port}");
         let mut args = vec![role[0], "--connect", &target];
         args.extend_from_slice(&role[1..]);
@@ -424,7 +462,9 @@ impl Setup {
                 assert!(inbound > 0, "{}: sidecar A not sent to 15006", path.name());
             }
             match path {
-                Path::Direct => assert_eq!(redirected, 0, "direct was captured"),
+                Path::Direct | Path::Limit => {
+                    assert_eq!(redirected, 0, "{} was captured", path.name());
+                }
                 Path::Iptables => unreachable!("no data path in the iptables mesh"),
                 Path::Bpf | Path::LegBpf => {
                     assert!(redirected > 0, "{}: not redirected", path.name());
@@ -613,6 +653,13 @@ const HEADLINE: [Ratio; 3] = [
     ("bpf_vs_iptables_bulk", Path::Bpf, Path::Iptables, BULK),
 ];
 
+/// Capture against no capture at all (the sidecar-only limit).
+const LIMIT: [Ratio; 3] = [
+    ("bpf_vs_limit_rr_p50", Path::Bpf, Path::Limit, RR_P50),
+    ("bpf_vs_limit_conn_rate", Path::Bpf, Path::Limit, CONN_RATE),
+    ("bpf_vs_limit_bulk", Path::Bpf, Path::Limit, BULK),
+];
+
 fn print_ratios(figures: &Figures) {
     let ratio =
         |(_, a, b, figure): &Ratio| Some(figures.median(*a, figure)? / figures.median(*b, figure)?);
@@ -622,7 +669,7 @@ fn print_ratios(figures: &Figures) {
         }
     }
     // How far single rounds stray (paired by round: drift cancels).
-    for r @ (name, a, b, figure) in HEADLINE.iter().chain(&RATIOS[7..]) {
+    for r @ (name, a, b, figure) in HEADLINE.iter().chain(&LIMIT).chain(&RATIOS[7..]) {
         if ratio(r).is_some() {
             let (lo, hi) = figures
                 .round_ratio_range(*a, *b, figure)
@@ -630,9 +677,9 @@ fn print_ratios(figures: &Figures) {
             println!("{name}_per_round: {lo:.2}..{hi:.2}");
         }
     }
-    for r in &HEADLINE {
+    for r in HEADLINE.iter().chain(&LIMIT) {
         if let Some(v) = ratio(r) {
-            println!("{}: {v:.2}", r.0);
+            println!("{}: {v:.3}", r.0);
         }
     }
 }

@@ -7,8 +7,8 @@ use core::ptr::{addr_of_mut, write_volatile};
 use aya_ebpf::{
     bindings::{bpf_sock_addr, bpf_sock_tuple},
     helpers::{
-        bpf_get_current_uid_gid, bpf_get_netns_cookie, bpf_get_socket_cookie,
-        bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release,
+        bpf_get_current_uid_gid, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_sk_lookup_tcp,
+        bpf_sk_lookup_udp, bpf_sk_release,
     },
     macros::cgroup_sock_addr,
     maps::lpm_trie::Key,

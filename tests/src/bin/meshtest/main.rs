@@ -63,6 +63,10 @@ enum Role {
         /// connection costs a pipe write and a wakeup of the reader).
         #[arg(long)]
         quiet: bool,
+        /// Forward to this address instead of asking SO_ORIGINAL_DST (the
+        /// benchmark's sidecar-only limit: the destination known by configuration).
+        #[arg(long)]
+        upstream: Option<SocketAddr>,
     },
     /// A server: for each connection, read until EOF, then answer with the
     /// byte count (8 bytes, big endian) and an FNV-1a hash of the bytes (8 bytes).
@@ -227,9 +231,10 @@ fn main() -> anyhow::Result<()> {
             listen,
             mark,
             quiet,
+            upstream,
         } => {
             QUIET.store(quiet, Ordering::Relaxed);
-            sidecar(&listen, mark)
+            sidecar(&listen, mark, upstream)
         }
         Role::Serve { listen } => serve(listen),
         Role::Client {

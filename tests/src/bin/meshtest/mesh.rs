@@ -19,7 +19,11 @@ static REPORTED_ONE: AtomicBool = AtomicBool::new(false);
 /// Bytes the sidecar relay moves per read, each way.
 const RELAY_BUFFER: usize = 64 * 1024;
 
-pub(crate) fn sidecar(listen: &[SocketAddr], mark: Option<u32>) -> anyhow::Result<()> {
+pub(crate) fn sidecar(
+    listen: &[SocketAddr],
+    mark: Option<u32>,
+    upstream: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -39,7 +43,7 @@ pub(crate) fn sidecar(listen: &[SocketAddr], mark: Option<u32>) -> anyhow::Resul
                     let (conn, peer) = listener.accept().await?;
                     let local = conn.local_addr()?;
                     tokio::spawn(async move {
-                        if let Err(e) = relay(conn, peer, local, mark).await {
+                        if let Err(e) = relay(conn, peer, local, mark, upstream).await {
                             say(&format!("error peer={peer} local={local} what={e:#}"));
                         }
                     });
@@ -60,8 +64,12 @@ async fn relay(
     peer: SocketAddr,
     local: SocketAddr,
     mark: Option<u32>,
+    upstream: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
-    let orig = original_dst(&conn).context("SO_ORIGINAL_DST")?;
+    let orig = match upstream {
+        Some(configured) => configured,
+        None => original_dst(&conn).context("SO_ORIGINAL_DST")?,
+    };
     if !QUIET.load(Ordering::Relaxed) || !REPORTED_ONE.swap(true, Ordering::Relaxed) {
         say(&format!("accepted peer={peer} local={local} orig={orig}"));
     }
