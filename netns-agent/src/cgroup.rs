@@ -142,6 +142,15 @@ impl Drop for ChildCgroup {
                 let _ = write_procs(parent, pid);
             }
         }
+        // Children left behind empty (a probe cgroup of an agent that was
+        // killed): rmdir succeeds only on empty ones.
+        if let Ok(entries) = std::fs::read_dir(&self.path) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = std::fs::remove_dir(entry.path());
+                }
+            }
+        }
         if let Err(e) = std::fs::remove_dir(&self.path) {
             tracing::warn!(cgroup = %self.path.display(), error = %e, "cannot remove cgroup");
         }

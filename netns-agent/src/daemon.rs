@@ -204,7 +204,19 @@ impl Agent {
                 return Taken::Done;
             }
         };
-        let facts = match pod::inspect(&ns) {
+        // The cookie under the data path's lock (its probe), the addresses
+        // without it.
+        let facts = self
+            .with_datapath(|dp| dp.netns_cookie(&ns))
+            .map_err(|source| PodError::Cookie {
+                path: path.to_owned(),
+                source: Box::new(source),
+            })
+            .and_then(|cookie| {
+                let addrs = pod::addresses(&ns)?;
+                Ok(pod::PodFacts { cookie, addrs })
+            });
+        let facts = match facts {
             Ok(facts) => facts,
             Err(e) => {
                 self.pod_failed(path, &e);

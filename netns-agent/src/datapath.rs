@@ -23,13 +23,15 @@
 //! };
 //! let mut datapath = DataPath::attach(netns_agent::EBPF_OBJECT, &config)?;
 //! let pod = netns_core::NetNs::open("/run/netns/pod-a")?;
-//! datapath.add_pod(pod.cookie()?, &["198.18.0.7".parse()?])?;
+//! let cookie = datapath.netns_cookie(&pod)?;
+//! datapath.add_pod(cookie, &["198.18.0.7".parse()?])?;
 //! // ...
 //! datapath.detach()?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 mod error;
+mod probe;
 mod programs;
 
 use std::fs::File;
@@ -44,6 +46,7 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr, CgroupSockopt, SkMsg, Sock
 use netns_ebpf::{LocalPod, MeshSettings, PodFlags, SockPair, counter, names};
 
 pub use error::DataPathError;
+pub use probe::CookieProbe;
 use programs::{Hook, PROGRAMS, ProgramSpec, When};
 
 use crate::{bpffs, cgroup, sys};
@@ -84,6 +87,8 @@ pub struct DataPath {
     /// The `MeshSettings` flags whose programs are attached.
     attached_modes: u16,
     torn_down: bool,
+    /// Started at the first [`DataPath::netns_cookie`]; never pinned.
+    probe: Option<probe::NetnsProbe>,
 }
 
 impl DataPath {
@@ -108,6 +113,7 @@ impl DataPath {
             attached: Vec::new(),
             attached_modes: 0,
             torn_down: false,
+            probe: None,
         };
         // From here on, an early return drops `datapath`, which undoes it all.
         datapath.pin_maps()?;
@@ -170,6 +176,7 @@ impl DataPath {
             attached_modes: 0,
             // Until the end, a failure leaves the pinned state alone.
             torn_down: true,
+            probe: None,
         };
         datapath.set_settings(config.settings)?;
         datapath.take_over_programs(config.settings.flags)?;
@@ -242,6 +249,21 @@ impl DataPath {
 
     fn layout_marker(&self) -> PathBuf {
         self.pin_dir.join(LAYOUT_MARKER)
+    }
+
+    /// The cookie of network namespace `ns`: the key [`DataPath::add_pod`]
+    /// takes, as the kernel's programs see it (`bpf_get_netns_cookie`). Works
+    /// on every kernel the data path runs on, also before Linux 5.14 where
+    /// `SO_NETNS_COOKIE` (netns-core's `NetNs::cookie`) is missing: see
+    /// the `probe` module. The first call starts the probe (a helper process
+    /// in a cgroup of its own under the captured one); later calls take tens
+    /// of microseconds.
+    pub fn netns_cookie(&mut self, ns: &netns_core::NetNs) -> Result<u64, DataPathError> {
+        let probe = match &mut self.probe {
+            Some(probe) => probe,
+            none => none.insert(probe::NetnsProbe::start(&mut self.ebpf, &self.cgroup)?),
+        };
+        probe.cookie(&mut self.ebpf, ns)
     }
 
     /// The programs attached, with their kernel ids.

@@ -54,7 +54,7 @@ pub(crate) fn run(requests: u8) -> anyhow::Result<()> {
 
     let pod = TempNetNs::new("netns-demo-pod").context("create the pod namespace")?;
     pod.set_loopback_up()?;
-    let cookie = pod.cookie()?;
+    let cookie = datapath.netns_cookie(&pod)?;
     datapath.add_pod(cookie, &[])?;
     println!(
         "pod {}: {}, netns cookie {cookie}, in the mesh",

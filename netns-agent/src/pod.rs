@@ -1,12 +1,14 @@
 //! Per-pod work, done inside the pod's network namespace through netns-core
 //! (no raw `setns` here): open and hold the namespace (identity by device and
-//! inode, not by name), read its netns cookie and its addresses.
+//! inode, not by name), learn its netns cookie and read its addresses.
 //!
 //! ```no_run
+//! # fn f(datapath: &mut netns_agent::datapath::DataPath) -> Result<(), netns_agent::pod::PodError> {
 //! let ns = netns_agent::pod::open("/run/netns/pod-a".as_ref())?;
-//! let facts = netns_agent::pod::inspect(&ns)?;
+//! let facts = netns_agent::pod::inspect(&ns, datapath)?;
 //! println!("cookie {} addresses {:?}", facts.cookie, facts.addrs);
-//! # Ok::<(), netns_agent::pod::PodError>(())
+//! # Ok(())
+//! # }
 //! ```
 
 use std::net::IpAddr;
@@ -14,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use netns_core::{NetNs, NsError, NsId};
+
+use crate::datapath::DataPath;
 
 /// Why a pod could not be looked at. Each names the namespace path.
 #[derive(Debug, thiserror::Error)]
@@ -28,14 +32,14 @@ pub enum PodError {
         #[source]
         source: NsError,
     },
-    /// The namespace's cookie could not be read (`SO_NETNS_COOKIE`, Linux 5.14+).
-    #[error("{path}: cannot read the namespace's cookie")]
+    /// The namespace's cookie could not be learned.
+    #[error("{path}: cannot learn the namespace's cookie")]
     Cookie {
         /// The namespace path.
         path: PathBuf,
         /// The failure.
         #[source]
-        source: NsError,
+        source: Box<crate::datapath::DataPathError>,
     },
     /// The addresses inside the namespace could not be listed.
     #[error("{path}: cannot list the pod's addresses")]
@@ -94,13 +98,15 @@ pub fn open(path: &Path) -> Result<NetNs, PodError> {
     })
 }
 
-/// Reads the pod's cookie and addresses, inside its namespace.
-pub fn inspect(ns: &NetNs) -> Result<PodFacts, PodError> {
-    let path = ns.path().to_owned();
-    let cookie = ns.cookie().map_err(|source| PodError::Cookie {
-        path: path.clone(),
-        source,
-    })?;
+/// Learns the pod's cookie (through the data path's probe: every kernel) and
+/// reads its addresses inside its namespace.
+pub fn inspect(ns: &NetNs, datapath: &mut DataPath) -> Result<PodFacts, PodError> {
+    let cookie = datapath
+        .netns_cookie(ns)
+        .map_err(|source| PodError::Cookie {
+            path: ns.path().to_owned(),
+            source: Box::new(source),
+        })?;
     let addrs = addresses(ns)?;
     Ok(PodFacts { cookie, addrs })
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap, Map, MapData};
 use netns_agent::cgroup::{ChildCgroup, cgroup2_mount};
+use netns_agent::datapath::CookieProbe;
 use netns_agent::status::Status;
 use netns_core::NetNs;
 use netns_ebpf::{LocalPod, PodFlags, names};
@@ -30,6 +31,8 @@ const WAIT: Duration = Duration::from_secs(10);
 /// One agent under test with its private directories; everything is removed
 /// on drop, also when the test fails.
 struct Fixture {
+    /// Dropped before the cgroup it lives under.
+    probe: Option<CookieProbe>,
     dir: PathBuf,
     cgroup: ChildCgroup,
     metrics: SocketAddr,
@@ -55,11 +58,24 @@ impl Fixture {
             .local_addr()
             .unwrap();
         Fixture {
+            probe: None,
             dir,
             cgroup,
             metrics,
             agent: None,
         }
+    }
+
+    /// `ns`'s cookie as the kernel's programs see it, learned the way the
+    /// agent learns it but independently of the agent under test.
+    fn cookie(&mut self, ns: &NetNs) -> u64 {
+        let parent = self.cgroup.path().to_owned();
+        self.probe
+            .get_or_insert_with(|| {
+                CookieProbe::start(netns_agent::EBPF_OBJECT, &parent).expect("start a cookie probe")
+            })
+            .cookie(ns)
+            .expect("learn a netns cookie")
     }
 
     fn netns_dir(&self) -> PathBuf {
@@ -241,14 +257,11 @@ fn local_pods(fixture: &Fixture) -> Vec<(Ipv4Addr, u64)> {
 
 #[test]
 fn root_agent_meshes_pods_from_a_directory_and_undoes_exactly_their_entries() {
-    if netns_tests::cannot_mesh_pods() {
-        return;
-    }
     let mut f = Fixture::new("pods");
     // Present before the agent starts: a pod too.
     let early = f.add_pod("early", Some("198.18.7.1"));
     f.start(&[]);
-    let early_cookie = early.cookie().unwrap();
+    let early_cookie = f.cookie(&early);
     wait_for("the early pod", || meshed_cookies(&f) == [early_cookie]);
     assert_eq!(
         local_pods(&f),
@@ -271,7 +284,7 @@ fn root_agent_meshes_pods_from_a_directory_and_undoes_exactly_their_entries() {
 
     // A pod added while it runs, with an address.
     let late = f.add_pod("late", Some("198.18.7.2"));
-    let late_cookie = late.cookie().unwrap();
+    let late_cookie = f.cookie(&late);
     let mut both = vec![early_cookie, late_cookie];
     both.sort_unstable();
     wait_for("the late pod", || meshed_cookies(&f) == both);
@@ -530,13 +543,10 @@ fn map_id(fixture: &Fixture, map: &str) -> u32 {
 /// maps of this layout are reused, entries and all.
 #[test]
 fn root_agent_reuses_maps_of_its_layout_and_recreates_others() {
-    if netns_tests::cannot_mesh_pods() {
-        return;
-    }
     let mut f = Fixture::new("layout");
     let pod = f.add_pod("p", Some("198.18.7.9"));
     f.start(&["--keep-state"]);
-    let cookie = pod.cookie().unwrap();
+    let cookie = f.cookie(&pod);
     wait_for("the pod", || meshed_cookies(&f) == [cookie]);
     let first = map_id(&f, names::MESHED_NETNS);
     f.stop();
@@ -590,9 +600,6 @@ fn root_agent_reuses_maps_of_its_layout_and_recreates_others() {
 /// (SIGINT) leaves nothing behind.
 #[test]
 fn root_agent_demo_pod_is_captured_and_ctrl_c_leaves_nothing_behind() {
-    if netns_tests::cannot_mesh_pods() {
-        return;
-    }
     let mut f = Fixture::new("demo");
     f.start(&["--demo-pod"]);
     let out = f.dir.join("agent.out");
@@ -638,16 +645,13 @@ fn root_agent_demo_pod_is_captured_and_ctrl_c_leaves_nothing_behind() {
 #[test]
 fn root_agent_sockets_carry_the_bypass_mark_and_json_logs_name_the_pod() {
     const MARK: u32 = 0x1092;
-    if netns_tests::cannot_mesh_pods() {
-        return;
-    }
     let mut f = Fixture::new("bypass");
     f.start(&["--log-format", "json", "--bypass-mark", &MARK.to_string()]);
     let pid = f.agent.as_ref().unwrap().id();
     f.cgroup.add_process(pid).unwrap();
 
     let pod = f.add_pod("marked", Some("198.18.7.9"));
-    let cookie = pod.cookie().unwrap();
+    let cookie = f.cookie(&pod);
     wait_for("the pod", || meshed_cookies(&f) == [cookie]);
     for _ in 0..3 {
         assert!(f.http("/metrics").starts_with("HTTP/1.1 200"));

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap, Map, MapData};
 use netns_agent::cgroup::{ChildCgroup, cgroup2_mount};
-use netns_agent::datapath::attached_program_ids;
+use netns_agent::datapath::{CookieProbe, attached_program_ids};
 use netns_core::NetNs;
 use netns_ebpf::{PodFlags, names};
 use netns_tests::agent::run_command;
@@ -189,9 +189,6 @@ fn meshed_cookies(dir: &Path) -> Vec<u64> {
 
 #[test]
 fn root_agent_restarts_ten_times_without_a_connection_failing_or_going_around_the_sidecar() {
-    if netns_tests::cannot_mesh_pods() {
-        return;
-    }
     assert!(
         nix::unistd::Uid::effective().is_root(),
         "needs root: run ./x test"
@@ -233,7 +230,9 @@ fn root_agent_restarts_ten_times_without_a_connection_failing_or_going_around_th
     });
     let app = App::start(&pod);
 
-    let pod_cookie = pod.cookie().unwrap();
+    let mut probe = CookieProbe::start(netns_agent::EBPF_OBJECT, cgroup.path()).unwrap();
+    let pod_cookie = probe.cookie(&pod).expect("learn the pod's netns cookie");
+    drop(probe);
     for round in 0..10 {
         // Some restarts happen while a second pod comes and goes.
         let churn = (round % 3 == 0)

@@ -5,9 +5,6 @@ use std::process::Command;
 
 #[test]
 fn root_demo_redirects_through_the_sidecar_and_cleans_up() {
-    if netns_tests::cannot_mesh_pods() {
-        return;
-    }
     assert!(
         nix::unistd::Uid::effective().is_root(),
         "needs root: run ./x test"

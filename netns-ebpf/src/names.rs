@@ -26,6 +26,9 @@ pub const SIDECAR_COOKIES: &str = "SIDECAR_COOKIES";
 pub const SIDECAR_PAIRS: &str = "SIDECAR_PAIRS";
 /// `SockHash<SockPair>`: the sidecars' own sockets (sockmap mode only).
 pub const SIDECAR_SOCKS: &str = "SIDECAR_SOCKS";
+/// `HashMap<u32 pid, u64 netns cookie>`: what the netns probe program saw
+/// (not pinned: each data path has its own).
+pub const PROBED_NETNS: &str = "PROBED_NETNS";
 /// `PerCpuArray<u64>`: the counters of [`crate::counter`].
 pub const COUNTERS: &str = "COUNTERS";
 
@@ -70,6 +73,9 @@ pub mod prog {
     pub const SOCKOPS: &str = "sockops_track";
     /// `sk_msg` on [`super::SIDECAR_SOCKS`] (opt-in sockmap mode).
     pub const SK_MSG: &str = "sidecar_msg";
+    /// `cgroup/sock_create` on the probe cgroup: learns namespace cookies.
+    /// Not one of [`ALL`] (the data path's programs on the captured cgroup).
+    pub const NETNS_PROBE: &str = "netns_probe";
 
     /// Every program of the object.
     pub const ALL: [&str; 11] = [

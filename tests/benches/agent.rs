@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap, Map, MapData};
 use netns_agent::cgroup::{ChildCgroup, cgroup2_mount};
+use netns_agent::datapath::CookieProbe;
 use netns_core::NetNs;
 use netns_ebpf::{PodFlags, names};
 use netns_tests::agent::run_command;
@@ -119,13 +120,18 @@ impl Drop for AgentProcess {
 
 /// Phase 1: `pods` pods appear one after another; returns the time each took
 /// to reach the map (ms) and the pods, still present.
-fn appear(pods: u32, netns_dir: &Path, map: &Map) -> (Vec<f64>, Vec<(NetNs, PathBuf)>) {
+fn appear(
+    pods: u32,
+    netns_dir: &Path,
+    map: &Map,
+    probe: &mut CookieProbe,
+) -> (Vec<f64>, Vec<(NetNs, PathBuf)>) {
     let mut ready_ms = Vec::new();
     let mut live = Vec::new();
     for i in 0..pods {
         let [_, _, hi, lo] = (i + 1).to_be_bytes();
         let ns = configured_pod(Ipv4Addr::new(198, 19, hi, lo));
-        let cookie = ns.cookie().unwrap();
+        let cookie = probe.cookie(&ns).unwrap();
         let path = netns_dir.join(format!("pod-{i}"));
         let started = Instant::now();
         publish(&ns, &path);
@@ -138,10 +144,10 @@ fn appear(pods: u32, netns_dir: &Path, map: &Map) -> (Vec<f64>, Vec<(NetNs, Path
 }
 
 /// Phase 2: `pods` add+delete cycles, one pod at a time.
-fn churn(pods: u32, netns_dir: &Path, map: &Map) {
+fn churn(pods: u32, netns_dir: &Path, map: &Map, probe: &mut CookieProbe) {
     for i in 0..pods {
         let ns = configured_pod(Ipv4Addr::new(198, 18, 99, 1));
-        let cookie = ns.cookie().unwrap();
+        let cookie = probe.cookie(&ns).unwrap();
         let path = netns_dir.join(format!("churn-{i}"));
         publish(&ns, &path);
         wait_until(|| meshed(map).get(&cookie, 0).is_ok());
@@ -177,6 +183,8 @@ fn main() {
         &format!("netns-bench-agent-{}", std::process::id()),
     )
     .unwrap();
+    // The benchmark's own view of each pod's cookie (dropped before the cgroup).
+    let mut probe = CookieProbe::start(netns_agent::EBPF_OBJECT, cgroup.path()).unwrap();
     let mut agent = start_agent(&agent_bin, &dir, cgroup.path());
     let pid = agent.0.id();
     let pin = dir.join("bpf/maps").join(names::MESHED_NETNS);
@@ -185,7 +193,7 @@ fn main() {
     let map = Map::HashMap(MapData::from_pin(&pin).unwrap());
     println!("pods: {pods}");
 
-    let (ready_ms, live) = appear(pods, &netns_dir, &map);
+    let (ready_ms, live) = appear(pods, &netns_dir, &map, &mut probe);
     println!("pod_ready_p50_ms: {:.3}", percentile(&ready_ms, 500));
     println!("pod_ready_p99_ms: {:.3}", percentile(&ready_ms, 990));
     println!("pod_ready_max_ms: {:.3}", ready_ms[ready_ms.len() - 1]);
@@ -203,7 +211,7 @@ fn main() {
     std::thread::sleep(Duration::from_secs(3));
     let (fds0, threads0) = (fd_targets(pid), count_dir(&format!("/proc/{pid}/task")));
 
-    churn(pods, &netns_dir, &map);
+    churn(pods, &netns_dir, &map, &mut probe);
     std::thread::sleep(Duration::from_secs(3));
     let (fds1, threads1) = (fd_targets(pid), count_dir(&format!("/proc/{pid}/task")));
     println!("churn: {pods} add+delete");

@@ -83,16 +83,6 @@ pub fn in_vm() -> bool {
     std::env::var_os("NETNS_TEST_IN_VM").is_some()
 }
 
-/// Does this kernel lack what pods are meshed by (`SO_NETNS_COOKIE`, Linux
-/// 5.14)? In a VM guest the calling test is then recorded as skipped, with
-/// the reason, and should return; on the host the answer is always `false`
-/// (a missing feature fails the test instead).
-#[must_use]
-pub fn cannot_mesh_pods() -> bool {
-    !kernel::has_netns_cookie()
-        && skip_in_vm("SO_NETNS_COOKIE (Linux 5.14) is missing: pods cannot be meshed")
-}
-
 /// Inside a VM guest, records that the calling test cannot run there and why
 /// (the harness lists it as skipped, with the reason) and returns true: the
 /// test then returns. On the host it returns false: host tests never skip.

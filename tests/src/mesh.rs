@@ -69,6 +69,10 @@ pub struct Mesh {
     pub pod_b: TempNetNs,
     /// The service outside the mesh.
     pub svc: TempNetNs,
+    /// Pod A's netns cookie, as the data path's probe learned it.
+    pub cookie_a: u64,
+    /// Pod B's netns cookie.
+    pub cookie_b: u64,
 }
 
 /// A running meshtest process with its output lines.
@@ -119,17 +123,6 @@ impl Proc {
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 impl Mesh {
-    /// Like [`Mesh::new`], but `None` in a VM guest whose kernel lacks what
-    /// pods are meshed by (`SO_NETNS_COOKIE`, Linux 5.14); the skip is recorded
-    /// with its reason. On the host a missing feature fails the test.
-    #[must_use]
-    pub fn new_or_skip(meshtest: &str, settings: MeshSettings) -> Option<Mesh> {
-        if crate::cannot_mesh_pods() {
-            return None;
-        }
-        Some(Mesh::new(meshtest, settings))
-    }
-
     /// Builds the mesh and attaches the data path with `settings`.
     /// `meshtest` is the helper binary (`env!("CARGO_BIN_EXE_meshtest")`).
     pub fn new(meshtest: &str, settings: MeshSettings) -> Mesh {
@@ -152,6 +145,8 @@ impl Mesh {
             pod_a,
             pod_b,
             svc,
+            cookie_a: 0,
+            cookie_b: 0,
         };
         mesh.wire();
         let config = DataPathConfig {
@@ -163,14 +158,22 @@ impl Mesh {
             .unwrap_or_else(|e| panic!("attach the data path: {}", error_chain(&e)));
         let ips =
             |list: &[&str]| -> Vec<IpAddr> { list.iter().map(|a| a.parse().unwrap()).collect() };
+        // Learned the way the agent learns them: on every kernel.
+        let cookie = |datapath: &mut DataPath, ns: &NetNs| {
+            datapath
+                .netns_cookie(ns)
+                .unwrap_or_else(|e| panic!("learn a pod's netns cookie: {}", error_chain(&e)))
+        };
+        mesh.cookie_a = cookie(&mut datapath, &mesh.pod_a);
+        mesh.cookie_b = cookie(&mut datapath, &mesh.pod_b);
         datapath
             .add_pod(
-                mesh.pod_a.cookie().unwrap(),
+                mesh.cookie_a,
                 &ips(&[POD_A, POD_A_TO_B, POD_A6, POD_A_TO_B6]),
             )
             .unwrap();
         datapath
-            .add_pod(mesh.pod_b.cookie().unwrap(), &ips(&[POD_B, POD_B6]))
+            .add_pod(mesh.cookie_b, &ips(&[POD_B, POD_B6]))
             .unwrap();
         mesh.datapath = Some(datapath);
         mesh

@@ -81,9 +81,7 @@ fn root_every_program_passes_the_verifier_and_detach_leaves_nothing() {
 /// App in pod A dials the service; the sidecar (uid 1337) in pod A gets it,
 /// learns the original destination, dials onward; bytes verified end to end.
 fn redirect_end_to_end(svc: &str, sidecar_listen: &str, sidecar_args: &[&str]) {
-    let Some(mut mesh) = Mesh::new_or_skip(MESHTEST, MeshSettings::istio()) else {
-        return;
-    };
+    let mut mesh = Mesh::new(MESHTEST, MeshSettings::istio());
     let target = format!("{svc}:8080");
     let _service = mesh.start(Place::Svc, None, &["serve", "--listen", &target]);
     let mut role = vec!["sidecar", "--listen", sidecar_listen];
@@ -156,9 +154,7 @@ fn root_sidecar_with_the_bypass_mark_instead_of_the_uid() {
 
 #[test]
 fn root_sidecar_to_local_pod_goes_to_the_inbound_port() {
-    let Some(mut mesh) = Mesh::new_or_skip(MESHTEST, MeshSettings::istio()) else {
-        return;
-    };
+    let mut mesh = Mesh::new(MESHTEST, MeshSettings::istio());
     let target = format!("{POD_B}:8080");
     let _app_b = mesh.start(Place::PodB, None, &["serve", "--listen", &target]);
     let mut sidecar_b = mesh.start(
@@ -187,9 +183,7 @@ fn root_sidecar_to_local_pod_goes_to_the_inbound_port() {
 
 #[test]
 fn root_dual_stack_socket_dialing_ipv4_is_captured_as_ipv4() {
-    let Some(mut mesh) = Mesh::new_or_skip(MESHTEST, MeshSettings::istio()) else {
-        return;
-    };
+    let mut mesh = Mesh::new(MESHTEST, MeshSettings::istio());
     let (_service, mut sidecar, target) = mesh.start_service_and_sidecar();
     // An IPv6 socket dialing ::ffff:198.18.0.2, as Java does by default.
     let mapped = format!("[::ffff:{SVC}]:8080");
@@ -208,4 +202,51 @@ fn root_dual_stack_socket_dialing_ipv4_is_captured_as_ipv4() {
             "{accepted}"
         );
     }
+}
+
+/// The data path learns a namespace's cookie on every kernel (a helper in a
+/// probe cgroup, `bpf_get_netns_cookie` in `cgroup/sock_create`): the same
+/// namespace twice gives the same cookie, two namespaces two cookies, and
+/// where the kernel has `SO_NETNS_COOKIE` (5.14+) it agrees. Dropping the
+/// probe kills its helper and removes its cgroup.
+#[test]
+fn root_netns_cookies_are_learned_on_every_kernel() {
+    require_root();
+    let tag = std::process::id();
+    let cgroup =
+        ChildCgroup::create(&cgroup2_mount().unwrap(), &format!("netns-probe-{tag}")).unwrap();
+    let a = netns_core::TempNetNs::new("probe-a").unwrap();
+    let b = netns_core::TempNetNs::new("probe-b").unwrap();
+    let mut probe =
+        netns_agent::datapath::CookieProbe::start(netns_agent::EBPF_OBJECT, cgroup.path())
+            .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    let a1 = probe.cookie(&a).unwrap();
+    let b1 = probe.cookie(&b).unwrap();
+    let a2 = probe.cookie(&a).unwrap();
+    assert_eq!(a1, a2, "the same namespace, the same cookie");
+    assert_ne!(a1, b1, "two namespaces, two cookies");
+    assert!(a1 != 0 && b1 != 0);
+    if netns_tests::kernel::has_netns_cookie() {
+        assert_eq!(a1, a.cookie().unwrap(), "SO_NETNS_COOKIE agrees");
+        assert_eq!(b1, b.cookie().unwrap(), "SO_NETNS_COOKIE agrees");
+    }
+    let probe_cgroups = || -> Vec<PathBuf> {
+        std::fs::read_dir(cgroup.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect()
+    };
+    let dirs = probe_cgroups();
+    assert_eq!(dirs.len(), 1, "one probe cgroup: {dirs:?}");
+    let helpers = std::fs::read_to_string(dirs[0].join("cgroup.procs")).unwrap();
+    assert_eq!(helpers.lines().count(), 1, "one helper: {helpers}");
+    let helper: i32 = helpers.trim().parse().unwrap();
+    drop(probe);
+    assert!(probe_cgroups().is_empty(), "probe cgroup removed");
+    assert!(
+        !PathBuf::from(format!("/proc/{helper}")).exists(),
+        "helper {helper} gone"
+    );
 }

@@ -44,10 +44,10 @@ fn dial(mesh: &Mesh, target: &str) -> Went {
 }
 
 /// A mesh whose settings are Istio's with `flags`.
-fn mesh_with(flags: u16) -> Option<Mesh> {
+fn mesh_with(flags: u16) -> Mesh {
     let mut settings = MeshSettings::istio();
     settings.flags = flags;
-    Mesh::new_or_skip(MESHTEST, settings)
+    Mesh::new(MESHTEST, settings)
 }
 
 fn counters(mesh: &mut Mesh) -> [u64; counter::COUNT as usize] {
@@ -59,9 +59,7 @@ fn counters(mesh: &mut Mesh) -> [u64; counter::COUNT as usize] {
 /// captured, the sidecar goes away and connections go straight out again.
 #[test]
 fn root_app_first_goes_direct_until_the_sidecar_listens_then_is_captured() {
-    let Some(mut mesh) = Mesh::new_or_skip(MESHTEST, MeshSettings::istio()) else {
-        return;
-    };
+    let mut mesh = Mesh::new(MESHTEST, MeshSettings::istio());
     let target = format!("{SVC}:8080");
     let mut service = mesh.start(Place::Svc, None, &["serve", "--listen", &target]);
 
@@ -97,9 +95,7 @@ fn root_app_first_goes_direct_until_the_sidecar_listens_then_is_captured() {
 /// The sidecar starts first: the app's first connection is captured.
 #[test]
 fn root_sidecar_first_captures_the_first_connection() {
-    let Some(mut mesh) = Mesh::new_or_skip(MESHTEST, MeshSettings::istio()) else {
-        return;
-    };
+    let mut mesh = Mesh::new(MESHTEST, MeshSettings::istio());
     let (_service, mut sidecar, target) = mesh.start_service_and_sidecar();
     assert_eq!(dial(&mesh, &target), Went::Sidecar);
     let accepted = sidecar.wait_for("accepted", WAIT).expect("sidecar got it");
@@ -117,9 +113,7 @@ fn root_sidecar_first_captures_the_first_connection() {
 /// while IPv4 ones are captured.
 #[test]
 fn root_ipv4_only_sidecar_lets_ipv6_apps_through_and_captures_ipv4() {
-    let Some(mut mesh) = Mesh::new_or_skip(MESHTEST, MeshSettings::istio()) else {
-        return;
-    };
+    let mut mesh = Mesh::new(MESHTEST, MeshSettings::istio());
     let v4 = format!("{SVC}:8080");
     let v6 = format!("[{SVC6}]:8080");
     let _service4 = mesh.start(Place::Svc, None, &["serve", "--listen", &v4]);
@@ -140,9 +134,7 @@ fn root_ipv4_only_sidecar_lets_ipv6_apps_through_and_captures_ipv4() {
 /// port; before, the query reaches the server it was sent to.
 #[test]
 fn root_dns_goes_to_the_server_until_the_local_resolver_is_bound() {
-    let Some(mut mesh) = mesh_with(MeshSettings::FLAG_DNS_REDIRECT) else {
-        return;
-    };
+    let mut mesh = mesh_with(MeshSettings::FLAG_DNS_REDIRECT);
     let server = format!("{SVC}:53");
     let _server = mesh.start(Place::Svc, None, &["udp-echo", "--listen", &server]);
     let query = |mesh: &Mesh| {
@@ -175,9 +167,7 @@ fn root_dns_goes_to_the_server_until_the_local_resolver_is_bound() {
 /// reaches the service around the sidecar.
 #[test]
 fn root_fail_closed_mode_refuses_apps_while_no_sidecar_listens() {
-    let Some(mut mesh) = mesh_with(MeshSettings::FLAG_REDIRECT_WITHOUT_LISTENER) else {
-        return;
-    };
+    let mut mesh = mesh_with(MeshSettings::FLAG_REDIRECT_WITHOUT_LISTENER);
     let target = format!("{SVC}:8080");
     let mut service = mesh.start(Place::Svc, None, &["serve", "--listen", &target]);
     let out = mesh.run(

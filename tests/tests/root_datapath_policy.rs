@@ -23,9 +23,7 @@ fn captured(mesh: &Mesh, sidecar: &mut Proc, target: &str, extra: &[&str]) -> bo
 
 #[test]
 fn root_bypass_mark_excluded_port_and_cidr_and_unmeshed_pod_connect_directly() {
-    let Some(mut mesh) = Mesh::new_or_skip(MESHTEST, MeshSettings::istio()) else {
-        return;
-    };
+    let mut mesh = Mesh::new(MESHTEST, MeshSettings::istio());
     let (plain, port_excluded) = (format!("{SVC}:8080"), format!("{SVC}:9090"));
     let cidr_excluded = format!("[{SVC6}]:8080");
     let _s1 = mesh.start(Place::Svc, None, &["serve", "--listen", &plain]);
@@ -66,7 +64,7 @@ fn root_bypass_mark_excluded_port_and_cidr_and_unmeshed_pod_connect_directly() {
         "excluded CIDR"
     );
 
-    let pod_a = mesh.pod_a.cookie().unwrap();
+    let pod_a = mesh.cookie_a;
     let addrs: Vec<std::net::IpAddr> = [POD_A, POD_A_TO_B, POD_A6, POD_A_TO_B6]
         .iter()
         .map(|a| a.parse().unwrap())
@@ -106,9 +104,7 @@ fn entries<K: aya::Pod>(pin: &Path) -> usize {
 /// (the kernel frees socket storage with the socket).
 #[test]
 fn root_original_destinations_are_removed_when_connections_close() {
-    let Some(mut mesh) = Mesh::new_or_skip(MESHTEST, MeshSettings::istio()) else {
-        return;
-    };
+    let mut mesh = Mesh::new(MESHTEST, MeshSettings::istio());
     let _sink = mesh.start(
         Place::PodA,
         Some(1337),
@@ -150,9 +146,7 @@ fn root_original_destinations_are_removed_when_connections_close() {
 fn root_dns_redirect_reaches_the_local_resolver_and_answers_from_the_server() {
     let mut settings = MeshSettings::istio();
     settings.flags = MeshSettings::FLAG_DNS_REDIRECT;
-    let Some(mut mesh) = Mesh::new_or_skip(MESHTEST, settings) else {
-        return;
-    };
+    let mut mesh = Mesh::new(MESHTEST, settings);
     let _resolver = mesh.start(
         Place::PodA,
         Some(1337),
@@ -179,9 +173,7 @@ fn root_dns_redirect_reaches_the_local_resolver_and_answers_from_the_server() {
 /// mark on its socket, and its connection stays captured.
 #[test]
 fn root_an_app_without_cap_net_admin_cannot_set_the_bypass_mark() {
-    let Some(mut mesh) = Mesh::new_or_skip(MESHTEST, MeshSettings::istio()) else {
-        return;
-    };
+    let mut mesh = Mesh::new(MESHTEST, MeshSettings::istio());
     let (_service, mut sidecar, target) = mesh.start_service_and_sidecar();
     let mark = MeshSettings::istio().bypass_mark.to_string();
     let out = mesh

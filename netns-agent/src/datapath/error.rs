@@ -55,6 +55,28 @@ pub enum DataPathError {
         name: &'static str,
     },
 
+    /// The namespace-cookie probe could not do `op` (its cgroup, its helper
+    /// process, or a namespace it was asked about, at `path`).
+    #[error("netns cookie probe: cannot {op} ({path})")]
+    Probe {
+        /// What it was doing.
+        op: &'static str,
+        /// The probe cgroup or the namespace concerned.
+        path: std::path::PathBuf,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The kernel refused the namespace-cookie probe program
+    /// (`cgroup/sock_create` with `bpf_get_netns_cookie`, Linux 5.7+).
+    #[error("the kernel refused the netns cookie probe program (cgroup/sock_create, Linux 5.7+)")]
+    ProbeProgram {
+        /// What aya reported (the verifier log included).
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+
     /// The kernel refused a program: the verifier rejected it, or the kernel
     /// lacks the program type, attach type or a helper it uses.
     #[error("the kernel refused program {program} (it needs Linux {min_kernel} or newer)")]

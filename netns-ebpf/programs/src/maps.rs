@@ -43,6 +43,10 @@ pub static SIDECAR_PAIRS: LruHashMap<SockPair, u8> =
 #[map]
 pub static SIDECAR_SOCKS: SockHash<SockPair> =
     SockHash::with_max_entries(CONNECTION_MAP_ENTRIES, 0);
+/// Written by the probe program: pid of the helper -> netns cookie of the
+/// socket it last created.
+#[map]
+pub static PROBED_NETNS: HashMap<u32, u64> = HashMap::with_max_entries(64, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
