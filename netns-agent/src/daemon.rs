@@ -190,34 +190,30 @@ impl Agent {
             || path.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
-        // Subscribed before the addresses are read: no change falls between.
-        let watch = match crate::addr_watch::subscribe(&ns) {
-            Ok(watch) => watch,
-            Err(source) => {
-                self.pod_failed(
-                    path,
-                    &PodError::Namespace {
-                        path: path.to_owned(),
-                        source,
-                    },
-                );
-                return Taken::Done;
-            }
+        // The cookie probe works while this thread subscribes to the pod's
+        // address changes (before reading them: no change falls between) and
+        // reads its addresses.
+        let cookie_error = |source| PodError::Cookie {
+            path: path.to_owned(),
+            source: Box::new(source),
         };
-        // The cookie under the data path's lock (its probe), the addresses
-        // without it.
-        let facts = self
-            .with_datapath(|dp| dp.netns_cookie(&ns))
-            .map_err(|source| PodError::Cookie {
+        let asked = self.with_datapath(|dp| dp.ask_netns_cookie(&ns));
+        let local = crate::addr_watch::subscribe(&ns)
+            .map_err(|source| PodError::Namespace {
                 path: path.to_owned(),
-                source: Box::new(source),
+                source,
             })
-            .and_then(|cookie| {
-                let addrs = pod::addresses(&ns)?;
-                Ok(pod::PodFacts { cookie, addrs })
-            });
-        let facts = match facts {
-            Ok(facts) => facts,
+            .and_then(|watch| Ok((watch, pod::addresses(&ns)?)));
+        // A question asked is always answered, also when the local work failed.
+        let cookie = asked
+            .and_then(|()| self.with_datapath(|dp| dp.netns_cookie_answer(&ns)))
+            .map_err(cookie_error);
+        let facts = match (local, cookie) {
+            (Ok((watch, addrs)), Ok(cookie)) => Ok((watch, pod::PodFacts { cookie, addrs })),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+        let (watch, facts) = match facts {
+            Ok(done) => done,
             Err(e) => {
                 self.pod_failed(path, &e);
                 return Taken::Done;

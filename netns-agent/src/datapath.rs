@@ -259,11 +259,40 @@ impl DataPath {
     /// in a cgroup of its own under the captured one); later calls take tens
     /// of microseconds.
     pub fn netns_cookie(&mut self, ns: &netns_core::NetNs) -> Result<u64, DataPathError> {
+        self.ask_netns_cookie(ns)?;
+        self.netns_cookie_answer(ns)
+    }
+
+    /// The first half of [`DataPath::netns_cookie`]: the probe starts on
+    /// `ns` while the caller does other work.
+    pub(crate) fn ask_netns_cookie(&mut self, ns: &netns_core::NetNs) -> Result<(), DataPathError> {
         let probe = match &mut self.probe {
             Some(probe) => probe,
             none => none.insert(probe::NetnsProbe::start(&mut self.ebpf, &self.cgroup)?),
         };
-        probe.cookie(&mut self.ebpf, ns)
+        let asked = probe.ask(&mut self.ebpf, ns);
+        if asked.is_err() {
+            // A broken helper is replaced at the next question.
+            self.probe = None;
+        }
+        asked
+    }
+
+    /// The second half: the cookie of the `ns` last asked about.
+    pub(crate) fn netns_cookie_answer(
+        &mut self,
+        ns: &netns_core::NetNs,
+    ) -> Result<u64, DataPathError> {
+        let probe = self.probe.as_mut().ok_or(DataPathError::Probe {
+            op: "answer a question never asked",
+            path: ns.path().to_owned(),
+            source: std::io::ErrorKind::InvalidInput.into(),
+        })?;
+        let answer = probe.answer(&mut self.ebpf, ns);
+        if answer.is_err() {
+            self.probe = None;
+        }
+        answer
     }
 
     /// The programs attached, with their kernel ids.

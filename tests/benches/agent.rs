@@ -1,9 +1,9 @@
 //! `./x bench-agent`: what `netns-agent run` costs at scale. 1,000 pods
 //! appear in a watched directory (each a namespace with an address on an
-//! interface of its own, configured before its file appears, as a CNI plugin
-//! would); per pod, the time from its namespace file appearing to its netns
-//! cookie being in the agent's map (read from the pinned map: the kernel's
-//! view). Then the agent's resident memory with 1,000 pods, then 1,000
+//! interface of its own, all configured before the first file appears, as a
+//! CNI plugin would); per pod, the time from its namespace file appearing to
+//! its netns cookie being in the agent's map (read from the pinned map: the
+//! kernel's view). Then the agent's resident memory with 1,000 pods, then 1,000
 //! add+delete churns, and what is left behind (descriptors, threads, map
 //! entries).
 //!
@@ -118,20 +118,29 @@ impl Drop for AgentProcess {
     }
 }
 
-/// Phase 1: `pods` pods appear one after another; returns the time each took
-/// to reach the map (ms) and the pods, still present.
+/// Phase 1: `pods` pods, configured first (namespace, interface, address:
+/// what a CNI plugin does before the runtime publishes the namespace), then
+/// published one after another; returns the time each took to reach the map
+/// (ms) and the pods, still present. Configuring them all first keeps the
+/// `ip` processes and their kernel work out of the measured windows.
 fn appear(
     pods: u32,
     netns_dir: &Path,
     map: &Map,
     probe: &mut CookieProbe,
 ) -> (Vec<f64>, Vec<(NetNs, PathBuf)>) {
+    let configured: Vec<(NetNs, u64)> = (0..pods)
+        .map(|i| {
+            let [_, _, hi, lo] = (i + 1).to_be_bytes();
+            let ns = configured_pod(Ipv4Addr::new(198, 19, hi, lo));
+            let cookie = probe.cookie(&ns).unwrap();
+            (ns, cookie)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
     let mut ready_ms = Vec::new();
     let mut live = Vec::new();
-    for i in 0..pods {
-        let [_, _, hi, lo] = (i + 1).to_be_bytes();
-        let ns = configured_pod(Ipv4Addr::new(198, 19, hi, lo));
-        let cookie = probe.cookie(&ns).unwrap();
+    for (i, (ns, cookie)) in configured.into_iter().enumerate() {
         let path = netns_dir.join(format!("pod-{i}"));
         let started = Instant::now();
         publish(&ns, &path);

@@ -150,21 +150,16 @@ impl NetnsProbe {
 
     /// The cookie of `ns`, as the kernel's programs see it.
     pub(super) fn cookie(&mut self, ebpf: &mut Ebpf, ns: &NetNs) -> Result<u64, DataPathError> {
-        let pid = self.helper.as_raw().cast_unsigned();
-        let failed = |op: &'static str| {
-            let path = ns.path().to_owned();
-            move |source: std::io::Error| DataPathError::Probe { op, path, source }
-        };
-        let mut seen: HashMap<_, u32, u64> = HashMap::try_from(
-            ebpf.map_mut(names::PROBED_NETNS)
-                .ok_or(DataPathError::Missing {
-                    kind: "map",
-                    name: names::PROBED_NETNS,
-                })?,
-        )
-        .map_err(|e| super::map_error(names::PROBED_NETNS, "open", e))?;
-        // What an earlier probe left must not be taken for this one's answer.
-        let _ = seen.remove(&pid);
+        self.ask(ebpf, ns)?;
+        self.answer(ebpf, ns)
+    }
+
+    /// Hands `ns` to the helper; [`NetnsProbe::answer`] collects the cookie
+    /// (the caller may do other work meanwhile). One question at a time.
+    pub(super) fn ask(&mut self, ebpf: &mut Ebpf, ns: &NetNs) -> Result<(), DataPathError> {
+        // The map keeps the helper's last answer; it is read only after the
+        // helper reports that this question's socket was made (and so filed).
+        let _ = ebpf;
         let fds = [ns.as_fd().as_raw_fd()];
         sendmsg::<()>(
             self.channel.as_raw_fd(),
@@ -173,23 +168,49 @@ impl NetnsProbe {
             MsgFlags::empty(),
             None,
         )
-        .map_err(|e| failed("hand the namespace to the probe helper")(e.into()))?;
+        .map_err(|e| failed(ns, "hand the namespace to the probe helper")(e.into()))?;
+        Ok(())
+    }
+
+    /// The helper's answer to the last [`NetnsProbe::ask`] about `ns`.
+    pub(super) fn answer(&mut self, ebpf: &mut Ebpf, ns: &NetNs) -> Result<u64, DataPathError> {
+        let pid = self.helper.as_raw().cast_unsigned();
         let mut status = [0u8; 1];
         self.channel
             .read_exact(&mut status)
-            .map_err(failed("hear from the probe helper"))?;
+            .map_err(failed(ns, "hear from the probe helper"))?;
         if status[0] != 0 {
-            return Err(failed("create a socket in the namespace (probe helper)")(
-                std::io::Error::from_raw_os_error(i32::from(status[0])),
-            ));
+            return Err(failed(
+                ns,
+                "create a socket in the namespace (probe helper)",
+            )(std::io::Error::from_raw_os_error(i32::from(
+                status[0],
+            ))));
         }
-        seen.get(&pid, 0).map_err(|e| {
-            failed("read the probe's answer")(std::io::Error::other(format!(
+        seen(ebpf)?.get(&pid, 0).map_err(|e| {
+            failed(ns, "read the probe's answer")(std::io::Error::other(format!(
                 "{}: {e}",
                 names::PROBED_NETNS
             )))
         })
     }
+}
+
+/// The probe's map: helper pid -> cookie of its last socket.
+fn seen(ebpf: &mut Ebpf) -> Result<HashMap<&mut aya::maps::MapData, u32, u64>, DataPathError> {
+    let map = ebpf
+        .map_mut(names::PROBED_NETNS)
+        .ok_or(DataPathError::Missing {
+            kind: "map",
+            name: names::PROBED_NETNS,
+        })?;
+    HashMap::try_from(map).map_err(|e| super::map_error(names::PROBED_NETNS, "open", e))
+}
+
+/// An error of the probe about namespace `ns`.
+fn failed(ns: &NetNs, op: &'static str) -> impl FnOnce(std::io::Error) -> DataPathError {
+    let path = ns.path().to_owned();
+    move |source| DataPathError::Probe { op, path, source }
 }
 
 impl Drop for NetnsProbe {
