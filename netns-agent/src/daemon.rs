@@ -406,6 +406,9 @@ pub async fn run(config: AgentConfig, source: Box<dyn PodSource>) -> anyhow::Res
             "took over the pinned data path: programs replaced in place, maps and their entries kept"
         );
     }
+    datapath
+        .start_cookie_probe()
+        .context("start the netns cookie probe (pods cannot be meshed without it)")?;
     for port in &config.exclude_ports {
         datapath.exclude_port(*port)?;
     }

@@ -263,6 +263,16 @@ impl DataPath {
         self.netns_cookie_answer(ns)
     }
 
+    /// Starts the cookie probe now rather than at the first question (moving
+    /// the helper into its cgroup waits for the kernel's cgroup lock: a few
+    /// milliseconds better spent before pods arrive).
+    pub fn start_cookie_probe(&mut self) -> Result<(), DataPathError> {
+        if self.probe.is_none() {
+            self.probe = Some(probe::NetnsProbe::start(&mut self.ebpf, &self.cgroup)?);
+        }
+        Ok(())
+    }
+
     /// The first half of [`DataPath::netns_cookie`]: the probe starts on
     /// `ns` while the caller does other work.
     pub(crate) fn ask_netns_cookie(&mut self, ns: &netns_core::NetNs) -> Result<(), DataPathError> {

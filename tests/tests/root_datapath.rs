@@ -207,8 +207,9 @@ fn root_dual_stack_socket_dialing_ipv4_is_captured_as_ipv4() {
 /// The data path learns a namespace's cookie on every kernel (a helper in a
 /// probe cgroup, `bpf_get_netns_cookie` in `cgroup/sock_create`): the same
 /// namespace twice gives the same cookie, two namespaces two cookies, and
-/// where the kernel has `SO_NETNS_COOKIE` (5.14+) it agrees. Dropping the
-/// probe kills its helper and removes its cgroup.
+/// where the kernel has `SO_NETNS_COOKIE` (5.14+) it agrees. The helper
+/// returns to its own namespace after each question; dropping the probe
+/// kills it and removes its cgroup.
 #[test]
 fn root_netns_cookies_are_learned_on_every_kernel() {
     require_root();
@@ -243,6 +244,13 @@ fn root_netns_cookies_are_learned_on_every_kernel() {
     let helpers = std::fs::read_to_string(dirs[0].join("cgroup.procs")).unwrap();
     assert_eq!(helpers.lines().count(), 1, "one helper: {helpers}");
     let helper: i32 = helpers.trim().parse().unwrap();
+    // Between questions the helper is back home: it keeps no pod's
+    // namespace (and its interfaces) alive.
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{helper}/ns/net")).unwrap(),
+        std::fs::read_link("/proc/self/ns/net").unwrap(),
+        "the helper went back to its own namespace"
+    );
     drop(probe);
     assert!(probe_cgroups().is_empty(), "probe cgroup removed");
     assert!(

@@ -227,12 +227,15 @@ impl Drop for NetnsProbe {
 /// Forks the helper, which serves on `channel` until it closes.
 fn fork_helper(channel: RawFd) -> std::io::Result<Pid> {
     let parent = nix::unistd::getpid();
+    // The namespace the helper goes back to after each question, so that it
+    // never keeps a deleted pod's namespace (and its interfaces) alive.
+    let home = File::open("/proc/thread-self/ns/net")?;
     // SAFETY: the child only makes raw system calls (async-signal-safe) and
     // leaves with _exit; it never returns into Rust code of the parent.
     match unsafe { nix::unistd::fork() }? {
         ForkResult::Parent { child } => Ok(child),
         // SAFETY: this is the child of the fork.
-        ForkResult::Child => unsafe { helper_main(channel, parent) },
+        ForkResult::Child => unsafe { helper_main(channel, home.as_raw_fd(), parent) },
     }
 }
 
@@ -240,7 +243,7 @@ fn fork_helper(channel: RawFd) -> std::io::Result<Pid> {
 ///
 /// # Safety
 /// Only in the child of a fork.
-unsafe fn helper_main(channel: RawFd, parent: Pid) -> ! {
+unsafe fn helper_main(channel: RawFd, home: RawFd, parent: Pid) -> ! {
     // SAFETY: plain system calls on values owned by this process.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -275,12 +278,16 @@ unsafe fn helper_main(channel: RawFd, parent: Pid) -> ! {
                     errno()
                 } else {
                     let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-                    if s < 0 {
+                    let made = if s < 0 {
                         errno()
                     } else {
                         libc::close(s);
                         0
+                    };
+                    if libc::setns(home, libc::CLONE_NEWNET) != 0 {
+                        libc::_exit(1); // cannot leave: the next question restarts the probe
                     }
+                    made
                 };
                 libc::close(ns);
             }
