@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use netns_ebpf::{MeshSettings, counter};
-use netns_tests::mesh::{Mesh, POD_A, POD_A6, Place, SVC, SVC6, field};
+use netns_tests::mesh::{Mesh, POD_A, POD_A6, Place, Proc, SVC, SVC6, field};
 
 const MESHTEST: &str = env!("CARGO_BIN_EXE_meshtest");
 const WAIT: Duration = Duration::from_secs(5);
@@ -50,6 +50,13 @@ fn mesh_with(flags: u16) -> Mesh {
     Mesh::new(MESHTEST, settings)
 }
 
+/// One connection to `target` goes to `sidecar`, which learns `target`.
+fn captured_by(mesh: &Mesh, sidecar: &mut Proc, target: &str) {
+    assert_eq!(dial(mesh, target), Went::Sidecar);
+    let accepted = sidecar.wait_for("accepted", WAIT).expect("sidecar got it");
+    assert_eq!(field(&accepted, "orig"), Some(target), "{accepted}");
+}
+
 fn counters(mesh: &mut Mesh) -> [u64; counter::COUNT as usize] {
     mesh.datapath().counters().unwrap()
 }
@@ -77,13 +84,7 @@ fn root_app_first_goes_direct_until_the_sidecar_listens_then_is_captured() {
         Some(1337),
         &["sidecar", "--listen", "127.0.0.1:15001"],
     );
-    assert_eq!(dial(&mesh, &target), Went::Sidecar);
-    let accepted = sidecar.wait_for("accepted", WAIT).expect("sidecar got it");
-    assert_eq!(
-        field(&accepted, "orig"),
-        Some(target.as_str()),
-        "{accepted}"
-    );
+    captured_by(&mesh, &mut sidecar, &target);
 
     mesh.stop(sidecar);
     assert_eq!(dial(&mesh, &target), Went::Direct);
@@ -97,13 +98,7 @@ fn root_app_first_goes_direct_until_the_sidecar_listens_then_is_captured() {
 fn root_sidecar_first_captures_the_first_connection() {
     let mut mesh = Mesh::new(MESHTEST, MeshSettings::istio());
     let (_service, mut sidecar, target) = mesh.start_service_and_sidecar();
-    assert_eq!(dial(&mesh, &target), Went::Sidecar);
-    let accepted = sidecar.wait_for("accepted", WAIT).expect("sidecar got it");
-    assert_eq!(
-        field(&accepted, "orig"),
-        Some(target.as_str()),
-        "{accepted}"
-    );
+    captured_by(&mesh, &mut sidecar, &target);
     let c = counters(&mut mesh);
     assert_eq!(c[counter::SIDECAR_NOT_LISTENING as usize], 0, "{c:?}");
 }
