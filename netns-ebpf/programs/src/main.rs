@@ -9,7 +9,7 @@
 //! - `sk_msg` + a sockhash short-circuit sidecar-to-sidecar legs: opt-in only,
 //!   never for application sockets (docs/sockmap.md says why).
 //! - `sendmsg4/6` + `recvmsg4/6` redirect DNS to a local port, opt-in.
-//! - `netns_probe` (cgroup/sock_create, on the agent's probe cgroup only)
+//! - `netns_probe` (`cgroup/sock_create`, on the agent's probe cgroup only)
 //!   tells user space a namespace's cookie on every kernel.
 //!
 //! Every setting comes from maps user space writes: nothing is compiled in.

@@ -1,4 +1,4 @@
-//! cgroup/sock_create, attached only to the agent's probe cgroup (one helper
+//! `cgroup/sock_create`, attached only to the agent's probe cgroup (one helper
 //! process in it, nothing else): files the network namespace cookie of every
 //! socket the helper creates under the helper's pid. This is how user space
 //! learns a namespace's cookie on kernels without `SO_NETNS_COOKIE` (5.14);
