@@ -266,18 +266,8 @@ impl Agent {
         let Some(pod) = Self::lock(&self.pods).remove(path) else {
             return;
         };
-        let removed = self.with_datapath(|dp| {
-            dp.remove_pod(pod.facts.cookie, &pod.facts.addrs)?;
-            // Anything else that carries its cookie goes too: removal must not
-            // depend on the agent's record being up to date.
-            dp.remove_addrs_of(pod.facts.cookie)
-        });
-        match removed {
-            Ok(leftovers) => {
-                if !leftovers.is_empty() {
-                    tracing::warn!(pod = %path.display(), ?leftovers, "removed entries the agent had no record of");
-                    self.count_error("unrecorded_entries");
-                }
+        match self.with_datapath(|dp| dp.remove_pod(pod.facts.cookie, &pod.facts.addrs)) {
+            Ok(()) => {
                 tracing::info!(pod = %path.display(), netns_inode = pod.id().ino, "pod removed");
             }
             Err(e) => {

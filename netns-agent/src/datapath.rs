@@ -440,37 +440,6 @@ impl DataPath {
         Ok(removed)
     }
 
-    /// Removes every local-pod address entry that carries `netns_cookie`
-    /// (whatever addresses the caller believes the pod had). Returns the
-    /// addresses removed.
-    pub fn remove_addrs_of(&mut self, netns_cookie: u64) -> Result<Vec<IpAddr>, DataPathError> {
-        let op = "remove a gone pod's addresses from";
-        let mut removed = Vec::new();
-        let mut v4: HashMap<_, u32, LocalPod> = self.hash(names::LOCAL_POD_IPS4)?;
-        let keys: Vec<u32> = v4
-            .iter()
-            .flatten()
-            .filter(|(_, v)| v.netns_cookie == netns_cookie)
-            .map(|(k, _)| k)
-            .collect();
-        for key in keys {
-            remove_present(v4.remove(&key), names::LOCAL_POD_IPS4, op)?;
-            removed.push(IpAddr::from(key.to_ne_bytes()));
-        }
-        let mut v6: HashMap<_, [u32; 4], LocalPod> = self.hash(names::LOCAL_POD_IPS6)?;
-        let keys: Vec<[u32; 4]> = v6
-            .iter()
-            .flatten()
-            .filter(|(_, v)| v.netns_cookie == netns_cookie)
-            .map(|(k, _)| k)
-            .collect();
-        for key in keys {
-            remove_present(v6.remove(&key), names::LOCAL_POD_IPS6, op)?;
-            removed.push(IpAddr::from(ip6_octets(key)));
-        }
-        Ok(removed)
-    }
-
     /// Removes local-pod address entries (an address a pod no longer has).
     pub fn remove_addrs(&mut self, addrs: &[IpAddr]) -> Result<(), DataPathError> {
         let op = "remove a pod address from";
