@@ -280,7 +280,7 @@ impl DataPath {
             Some(probe) => probe,
             none => none.insert(probe::NetnsProbe::start(&mut self.ebpf, &self.cgroup)?),
         };
-        let asked = probe.ask(&mut self.ebpf, ns);
+        let asked = probe.ask(ns);
         if asked.is_err() {
             // A broken helper is replaced at the next question.
             self.probe = None;

@@ -150,16 +150,15 @@ impl NetnsProbe {
 
     /// The cookie of `ns`, as the kernel's programs see it.
     pub(super) fn cookie(&mut self, ebpf: &mut Ebpf, ns: &NetNs) -> Result<u64, DataPathError> {
-        self.ask(ebpf, ns)?;
+        self.ask(ns)?;
         self.answer(ebpf, ns)
     }
 
     /// Hands `ns` to the helper; [`NetnsProbe::answer`] collects the cookie
     /// (the caller may do other work meanwhile). One question at a time.
-    pub(super) fn ask(&mut self, ebpf: &mut Ebpf, ns: &NetNs) -> Result<(), DataPathError> {
-        // The map keeps the helper's last answer; it is read only after the
-        // helper reports that this question's socket was made (and so filed).
-        let _ = ebpf;
+    /// The map keeps the helper's last answer; it is read only after the
+    /// helper reports that this question's socket was made (and so filed).
+    pub(super) fn ask(&mut self, ns: &NetNs) -> Result<(), DataPathError> {
         let fds = [ns.as_fd().as_raw_fd()];
         sendmsg::<()>(
             self.channel.as_raw_fd(),
