@@ -42,6 +42,9 @@ pub struct AgentConfig {
     pub exclude_ports: Vec<u16>,
     /// Destination CIDRs never redirected.
     pub exclude_cidrs: Vec<(IpAddr, u8)>,
+    /// Inbound capture on every meshed pod, leaving these pod ports alone
+    /// (the sidecar's own ports and the excluded inbound ports); `None`: off.
+    pub inbound_pass_ports: Option<Vec<u16>>,
 }
 
 /// The agent's state, shared by the pod loop, the control socket and HTTP.
@@ -219,8 +222,15 @@ impl Agent {
                 return Taken::Done;
             }
         };
+        let inbound = self.config.inbound_pass_ports.as_deref();
         let written = self
-            .with_datapath(|dp| dp.add_pod(facts.cookie, &facts.addrs))
+            .with_datapath(|dp| {
+                dp.add_pod(facts.cookie, &facts.addrs)?;
+                if let Some(pass_ports) = inbound {
+                    dp.capture_inbound(&ns, facts.cookie, pass_ports)?;
+                }
+                Ok(())
+            })
             .map_err(anyhow::Error::from)
             .and_then(|()| {
                 self.watcher
@@ -229,7 +239,12 @@ impl Agent {
             });
         if let Err(e) = written {
             // Undo whatever part of it was written.
-            let _ = self.with_datapath(|dp| dp.remove_pod(facts.cookie, &facts.addrs));
+            let _ = self.with_datapath(|dp| {
+                if let Some(pass_ports) = inbound {
+                    dp.release_inbound(facts.cookie, pass_ports)?;
+                }
+                dp.remove_pod(facts.cookie, &facts.addrs)
+            });
             tracing::error!(pod = %path.display(), error = %format!("{e:#}"), "pod setup failed, rolled back");
             self.count_error("datapath");
             return Taken::Done;
@@ -266,7 +281,15 @@ impl Agent {
         let Some(pod) = Self::lock(&self.pods).remove(path) else {
             return;
         };
-        match self.with_datapath(|dp| dp.remove_pod(pod.facts.cookie, &pod.facts.addrs)) {
+        let inbound = self.config.inbound_pass_ports.as_deref();
+        let removed = self.with_datapath(|dp| {
+            // The pod's link first, then the entries it reads.
+            if let Some(pass_ports) = inbound {
+                dp.release_inbound(pod.facts.cookie, pass_ports)?;
+            }
+            dp.remove_pod(pod.facts.cookie, &pod.facts.addrs)
+        });
+        match removed {
             Ok(()) => {
                 tracing::info!(pod = %path.display(), netns_inode = pod.id().ino, "pod removed");
             }

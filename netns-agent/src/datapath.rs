@@ -8,7 +8,8 @@
 //! name, the kernel it needs and the verifier's log; nothing is left attached.
 //!
 //! Pins: `<pin_dir>/maps/<MAP>` for every map, `<pin_dir>/links/<program>` for
-//! every cgroup attachment. Pinned links keep the programs attached if the agent
+//! every cgroup attachment, `<pin_dir>/inbound/<netns cookie>` for each pod's
+//! inbound capture ([`DataPath::capture_inbound`]). Pinned links keep the programs attached if the agent
 //! dies; [`DataPath::detach`] (or dropping the value) removes them, and with them
 //! the attachment.
 //!
@@ -31,6 +32,7 @@
 //! ```
 
 mod error;
+mod inbound;
 mod probe;
 mod programs;
 
@@ -42,10 +44,13 @@ use std::path::{Path, PathBuf};
 use aya::Ebpf;
 use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, SockHash, lpm_trie::Key};
 use aya::programs::links::FdLink;
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, CgroupSockopt, SkMsg, SockOps};
+use aya::programs::{
+    CgroupAttachMode, CgroupSock, CgroupSockAddr, CgroupSockopt, SkLookup, SkMsg, SockOps,
+};
 use netns_ebpf::{LocalPod, MeshSettings, PodFlags, SockPair, counter, names};
 
 pub use error::DataPathError;
+pub use inbound::{InboundCapture, attached_inbound_ids};
 pub use probe::CookieProbe;
 use programs::{Hook, PROGRAMS, ProgramSpec, When};
 
@@ -180,6 +185,7 @@ impl DataPath {
         };
         datapath.set_settings(config.settings)?;
         datapath.take_over_programs(config.settings.flags)?;
+        datapath.take_over_inbound()?;
         datapath.torn_down = false;
         Ok((datapath, true))
     }
@@ -204,6 +210,7 @@ impl DataPath {
             if !pinned || spec.hook == Hook::SkMsg {
                 let link = match spec.hook {
                     Hook::SockAddr => attach_cgroup!(self, spec, CgroupSockAddr, &cgroup_fd),
+                    Hook::Sock => attach_cgroup!(self, spec, CgroupSock, &cgroup_fd),
                     Hook::Sockopt => {
                         attach_cgroup!(self, spec, CgroupSockopt, &cgroup_fd, keep_link)
                     }
@@ -221,6 +228,7 @@ impl DataPath {
             }
             let id = match spec.hook {
                 Hook::SockAddr => load_only::<CgroupSockAddr>(&mut self.ebpf, spec, &pin)?,
+                Hook::Sock => load_only::<CgroupSock>(&mut self.ebpf, spec, &pin)?,
                 Hook::Sockopt => load_only::<CgroupSockopt>(&mut self.ebpf, spec, &pin)?,
                 Hook::SockOps => load_only::<SockOps>(&mut self.ebpf, spec, &pin)?,
                 Hook::SkMsg => unreachable!("attached above"),
@@ -437,7 +445,7 @@ impl DataPath {
             remove_present(v6.remove(&key), names::LOCAL_POD_IPS6, op)?;
             removed += 1;
         }
-        Ok(removed)
+        Ok(removed + self.retain_inbound(&cookies)?)
     }
 
     /// Removes local-pod address entries (an address a pod no longer has).
@@ -562,6 +570,7 @@ impl DataPath {
         for spec in PROGRAMS.iter().filter(|s| wanted(s, flags)) {
             let link = match spec.hook {
                 Hook::SockAddr => attach_cgroup!(self, spec, CgroupSockAddr, &cgroup_fd),
+                Hook::Sock => attach_cgroup!(self, spec, CgroupSock, &cgroup_fd),
                 Hook::Sockopt => attach_cgroup!(self, spec, CgroupSockopt, &cgroup_fd, keep_link),
                 Hook::SockOps => attach_cgroup!(self, spec, SockOps, &cgroup_fd),
                 Hook::SkMsg => {
@@ -644,6 +653,7 @@ impl DataPath {
         };
         // Links first: nothing is redirected any more before the maps go.
         // Detached explicitly, so that they are gone when this returns.
+        note(self.release_all_inbound());
         for program in self.attached.drain(..).rev() {
             note(
                 sys::detach_link_of_program(program.id).map_err(|source| DataPathError::Detach {
@@ -687,6 +697,13 @@ pub fn cleanup(pin_dir: &Path) -> Result<Vec<String>, DataPathError> {
         remove(&pin, std::fs::remove_file(&pin))?;
         done.push(format!("detached and unpinned link {}", pin.display()));
     }
+    for pin in pins_in(&pin_dir.join("inbound"))? {
+        inbound::unpin_inbound_link(&pin)?;
+        done.push(format!(
+            "detached and unpinned inbound link {}",
+            pin.display()
+        ));
+    }
     for pin in pins_in(&pin_dir.join("maps"))? {
         remove(&pin, std::fs::remove_file(&pin))?;
         done.push(format!("unpinned map {}", pin.display()));
@@ -705,7 +722,10 @@ pub fn cleanup(pin_dir: &Path) -> Result<Vec<String>, DataPathError> {
                 .collect()
         },
     );
-    for dir in [links, pin_dir.join("maps")].into_iter().chain(markers) {
+    for dir in [links, pin_dir.join("inbound"), pin_dir.join("maps")]
+        .into_iter()
+        .chain(markers)
+    {
         if dir.exists() {
             remove(&dir, std::fs::remove_dir(&dir))?;
             done.push(format!("removed {}", dir.display()));
@@ -725,8 +745,9 @@ pub fn cleanup(pin_dir: &Path) -> Result<Vec<String>, DataPathError> {
 }
 
 /// The cgroup attach types the data path uses (`enum bpf_attach_type`):
-/// sock_ops, connect4/6, sendmsg4/6, recvmsg4/6, getsockopt, getpeername4/6.
-const CGROUP_ATTACH_TYPES: [u32; 10] = [3, 10, 11, 14, 15, 19, 20, 21, 29, 30];
+/// sock_ops, connect4/6, post_bind4/6, sendmsg4/6, recvmsg4/6, getsockopt,
+/// getpeername4/6.
+const CGROUP_ATTACH_TYPES: [u32; 12] = [3, 10, 11, 12, 13, 14, 15, 19, 20, 21, 29, 30];
 
 /// The program ids attached to `cgroup` at the data path's hooks, asked of
 /// the kernel (`BPF_PROG_QUERY`): its view, not ours. Works on every kernel
@@ -750,7 +771,7 @@ pub fn program_exists(id: u32) -> bool {
 #[must_use]
 pub fn pins(pin_dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
-    for sub in ["links", "maps"] {
+    for sub in ["links", "inbound", "maps"] {
         let mut here: Vec<String> = pins_in(&pin_dir.join(sub))
             .unwrap_or_default()
             .iter()
@@ -818,7 +839,7 @@ impl Drop for DataPath {
 
 /// The directory whose presence says the pinned maps have this build's
 /// layout: bump the number when a map's key, value or meaning changes.
-const LAYOUT_MARKER: &str = "layout-v3";
+const LAYOUT_MARKER: &str = "layout-v4";
 
 /// Does `flags` call for `spec`?
 fn wanted(spec: &ProgramSpec, flags: u16) -> bool {
@@ -881,7 +902,7 @@ macro_rules! load_info {
         }
     )*};
 }
-load_info!(CgroupSockAddr, CgroupSockopt, SockOps);
+load_info!(CgroupSock, CgroupSockAddr, CgroupSockopt, SockOps, SkLookup);
 
 /// The program `spec` names, as its concrete type.
 fn program<'a, P>(ebpf: &'a mut Ebpf, spec: &ProgramSpec) -> Result<&'a mut P, DataPathError>
@@ -922,6 +943,12 @@ fn remove_present(
 ) -> Result<(), DataPathError> {
     match result {
         Err(aya::maps::MapError::KeyNotFound) | Ok(()) => Ok(()),
+        // aya reports a delete of a missing key as the syscall's ENOENT.
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Ok(())
+        }
         Err(e) => Err(map_error(map, op, e)),
     }
 }

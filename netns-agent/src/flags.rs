@@ -38,6 +38,15 @@ pub(crate) enum SidecarAbsent {
     Refuse,
 }
 
+/// Whether connections into meshed pods go through their sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum InboundMode {
+    /// Hand them to the sidecar's inbound listener (refused while it has none).
+    Capture,
+    /// Leave them alone: they reach the app directly.
+    Off,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum LogFormat {
     Text,
@@ -118,6 +127,33 @@ pub(crate) struct RunArgs {
     /// sends it to the closed port (ECONNREFUSED), never around the sidecar.
     #[arg(long, env = "NETNS_AGENT_SIDECAR_ABSENT", value_enum, default_value_t = SidecarAbsent::Pass)]
     sidecar_absent: SidecarAbsent,
+    /// Inbound capture: attach to every meshed pod's namespace a program
+    /// that hands connections arriving at the pod's addresses to its
+    /// sidecar's --inbound-port listener (Istio's inbound REDIRECT, without
+    /// rewriting packets; Linux 5.9+). With no sidecar listening there, such
+    /// connections are refused (reset), never delivered to the app around
+    /// the sidecar. off: connections into pods go straight to the app.
+    #[arg(long, env = "NETNS_AGENT_INBOUND", value_enum, default_value_t = InboundMode::Capture)]
+    inbound: InboundMode,
+    /// The sidecar's own ports besides --outbound-port and --inbound-port,
+    /// never captured inbound (Istio: 15020 merged metrics, 15021 health,
+    /// 15090 Envoy stats). Comma-separated or repeated.
+    #[arg(
+        long = "sidecar-port",
+        env = "NETNS_AGENT_SIDECAR_PORTS",
+        value_delimiter = ',',
+        default_value = "15020,15021,15090"
+    )]
+    sidecar_ports: Vec<u16>,
+    /// A pod port whose incoming connections go straight to the app, not
+    /// to the sidecar (Istio: traffic.sidecar.istio.io/excludeInboundPorts).
+    /// Comma-separated or repeated.
+    #[arg(
+        long = "exclude-inbound-port",
+        env = "NETNS_AGENT_EXCLUDE_INBOUND_PORTS",
+        value_delimiter = ','
+    )]
+    exclude_inbound_ports: Vec<u16>,
     /// Opt-in sockmap acceleration between the sidecars' own sockets. Off by
     /// default: a socket in a sockmap returns EAGAIN to blocking reads, has no
     /// flow control and can stall at close (docs/sockmap.md); only sidecar
@@ -292,6 +328,13 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<()> {
         settle: Duration::from_millis(args.settle_ms),
         exclude_ports: args.exclude_ports.clone(),
         exclude_cidrs: args.exclude_cidrs.clone(),
+        inbound_pass_ports: (args.inbound == InboundMode::Capture).then(|| {
+            let mut ports = args.sidecar_ports.clone();
+            ports.extend(&args.exclude_inbound_ports);
+            ports.sort_unstable();
+            ports.dedup();
+            ports
+        }),
     };
     let source: Box<dyn PodSource> = match args.pod_source {
         SourceKind::NetnsDir => Box::new(NetnsDir::new(

@@ -5,6 +5,8 @@
 //!   by its program id, open it by id and pin it ourselves, so that
 //!   `getsockopt` survives an agent restart like the other programs.
 //! - Detaching a link now (`BPF_LINK_DETACH`), whoever else holds it.
+//! - Asking what is attached to a cgroup or namespace (`BPF_PROG_QUERY`), and
+//!   which namespace a pinned link serves (`BPF_OBJ_GET_INFO_BY_FD`).
 
 use std::ffi::CString;
 use std::io;
@@ -16,6 +18,7 @@ const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_LINK_DETACH: libc::c_long = 34;
@@ -93,10 +96,15 @@ pub(crate) fn detach_link_of_program(prog_id: u32) -> io::Result<()> {
 
 /// Program ids attached to `cgroup` for `attach_type` (`BPF_PROG_QUERY`).
 pub(crate) fn query_cgroup(cgroup: &Path, attach_type: u32) -> io::Result<Vec<u32>> {
-    let dir = std::fs::File::open(cgroup)?;
+    query_attached(&std::fs::File::open(cgroup)?, attach_type)
+}
+
+/// Program ids attached to `target` (a cgroup directory or a namespace
+/// file) for `attach_type` (`BPF_PROG_QUERY`).
+pub(crate) fn query_attached(target: &impl AsRawFd, attach_type: u32) -> io::Result<Vec<u32>> {
     let mut found = [0u32; 64];
     let mut attr = BpfAttr::new();
-    attr.put_u32(0, dir.as_raw_fd().cast_unsigned()); // query.target_fd
+    attr.put_u32(0, target.as_raw_fd().cast_unsigned()); // query.target_fd
     attr.put_u32(4, attach_type); // query.attach_type
     attr.put_u64(16, found.as_mut_ptr() as u64); // query.prog_ids
     attr.put_u32(24, 64); // query.prog_cnt
@@ -161,4 +169,32 @@ pub(crate) fn pin_link_of_program(prog_id: u32, path: &Path) -> io::Result<()> {
     attr.put_u64(0, c_path.as_ptr() as u64); // pathname
     attr.put_u32(8, link.as_raw_fd().cast_unsigned()); // bpf_fd
     bpf(BPF_OBJ_PIN, &mut attr).map(drop)
+}
+
+/// What the kernel says about a network namespace link pinned at `path`
+/// (`BPF_OBJ_GET_INFO_BY_FD`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NetnsLinkInfo {
+    /// The program in the link.
+    pub(crate) prog_id: u32,
+    /// The inode of the namespace it is attached to; 0 once that namespace is gone.
+    pub(crate) netns_ino: u32,
+}
+
+/// [`NetnsLinkInfo`] of the link pinned at `path`.
+pub(crate) fn pinned_netns_link(path: &Path) -> io::Result<NetnsLinkInfo> {
+    let link = pinned_link(path)?;
+    // struct bpf_link_info: type, id, prog_id, then (8-aligned) the union
+    // whose `netns` member is { netns_ino, attach_type }.
+    let mut info = [0u8; 64];
+    let mut attr = BpfAttr::new();
+    attr.put_u32(0, link.as_raw_fd().cast_unsigned()); // info.bpf_fd
+    attr.put_u32(4, 64); // info.info_len
+    attr.put_u64(8, info.as_mut_ptr() as u64); // info.info
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let word = |at: usize| u32::from_ne_bytes(info[at..at + 4].try_into().expect("4 bytes"));
+    Ok(NetnsLinkInfo {
+        prog_id: word(8),
+        netns_ino: word(16),
+    })
 }

@@ -135,6 +135,33 @@ pub struct LocalPod {
     pub pad: u32,
 }
 
+/// The key of [`names::INBOUND_LISTENERS`]: a pod's inbound listener of one
+/// address family. A dual-stack IPv6 listener (`[::]:15006`) is filed under
+/// [`AF_INET6`] and also takes IPv4 connections when no IPv4 one is filed.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PodListener {
+    /// The pod's network namespace cookie.
+    pub netns_cookie: u64,
+    /// [`AF_INET`] or [`AF_INET6`]: the listener's own family.
+    pub family: u16,
+    /// Always zero: keys are compared byte for byte.
+    pub pad: [u16; 3],
+}
+
+/// The key of [`names::INBOUND_PASS_PORTS`]: a port of one pod that inbound
+/// capture leaves alone (the sidecar's own ports, the pod's excluded ports).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PodPort {
+    /// The pod's network namespace cookie.
+    pub netns_cookie: u64,
+    /// The pod's local port, host order.
+    pub port: u16,
+    /// Always zero: keys are compared byte for byte.
+    pub pad: [u16; 3],
+}
+
 /// Indexes of the per-CPU counters in [`names::COUNTERS`].
 pub mod counter {
     /// Outbound connections redirected to the sidecar.
@@ -160,8 +187,14 @@ pub mod counter {
     /// Connections and DNS datagrams of meshed pods left uncaptured because
     /// nothing listened on the sidecar's port in the pod's namespace.
     pub const SIDECAR_NOT_LISTENING: u32 = 9;
+    /// SYNs from outside a pod (inbound capture attached) handed to its
+    /// sidecar's inbound listener.
+    pub const INBOUND_CAPTURED: u32 = 10;
+    /// SYNs from outside a pod (inbound capture attached) refused because its
+    /// sidecar had no inbound listener (fail closed: the client sees a reset).
+    pub const INBOUND_REFUSED: u32 = 11;
     /// How many counters there are.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 12;
 
     /// Their names, by index (for status and metrics).
     pub const NAMES: [&str; COUNT as usize] = [
@@ -175,6 +208,8 @@ pub mod counter {
         "original_dst_no_room",
         "original_dst_received",
         "sidecar_not_listening",
+        "inbound_captured",
+        "inbound_refused",
     ];
 }
 
@@ -192,6 +227,10 @@ mod pod {
     unsafe impl aya::Pod for super::PodFlags {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::LocalPod {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PodListener {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PodPort {}
 }
 
 #[cfg(test)]
@@ -220,6 +259,11 @@ mod tests {
         assert_eq!(size_of::<PodFlags>(), 4);
         assert_eq!(size_of::<LocalPod>(), 16);
         assert_eq!(offset_of!(LocalPod, bits), 8);
+
+        assert_eq!(size_of::<PodListener>(), 16);
+        assert_eq!(offset_of!(PodListener, family), 8);
+        assert_eq!(size_of::<PodPort>(), 16);
+        assert_eq!(offset_of!(PodPort, port), 8);
     }
 
     #[test]

@@ -29,11 +29,19 @@ pub const SIDECAR_SOCKS: &str = "SIDECAR_SOCKS";
 /// `HashMap<u32 pid, u64 netns cookie>`: what the netns probe program saw
 /// (not pinned: each data path has its own).
 pub const PROBED_NETNS: &str = "PROBED_NETNS";
+/// `SockHash<PodListener>`: each pod's sidecar inbound listener, filed by
+/// sock_ops when it calls `listen()`; the kernel drops it when it closes.
+pub const INBOUND_LISTENERS: &str = "INBOUND_LISTENERS";
+/// `HashMap<PodPort, u8>`: ports of a pod that inbound capture leaves alone.
+pub const INBOUND_PASS_PORTS: &str = "INBOUND_PASS_PORTS";
+/// `LruHashMap<u64 socket cookie, u64 netns cookie>`: TCP sockets bound to
+/// the inbound port, and their namespace, until they listen.
+pub const BOUND_INBOUND: &str = "BOUND_INBOUND";
 /// `PerCpuArray<u64>`: the counters of [`crate::counter`].
 pub const COUNTERS: &str = "COUNTERS";
 
 /// Every map, in the order the agent pins them.
-pub const ALL_MAPS: [&str; 13] = [
+pub const ALL_MAPS: [&str; 16] = [
     SETTINGS,
     MESHED_NETNS,
     LOCAL_POD_IPS4,
@@ -46,6 +54,9 @@ pub const ALL_MAPS: [&str; 13] = [
     SIDECAR_COOKIES,
     SIDECAR_PAIRS,
     SIDECAR_SOCKS,
+    INBOUND_LISTENERS,
+    INBOUND_PASS_PORTS,
+    BOUND_INBOUND,
     COUNTERS,
 ];
 
@@ -77,8 +88,17 @@ pub mod prog {
     /// Not one of [`ALL`] (the data path's programs on the captured cgroup).
     pub const NETNS_PROBE: &str = "netns_probe";
 
-    /// Every program of the object.
-    pub const ALL: [&str; 11] = [
+    /// `cgroup/post_bind4`: notes TCP sockets bound to the inbound port.
+    pub const POST_BIND4: &str = "post_bind4";
+    /// `cgroup/post_bind6`.
+    pub const POST_BIND6: &str = "post_bind6";
+    /// `sk_lookup`, attached to each meshed pod's network namespace: inbound
+    /// capture. Not one of [`ALL`] (attached per pod, not to the cgroup).
+    pub const INBOUND: &str = "inbound_lookup";
+
+    /// Every program of the object attached to the captured cgroup (and
+    /// the sidecar sockhash).
+    pub const ALL: [&str; 13] = [
         CONNECT4,
         CONNECT6,
         GETPEERNAME4,
@@ -90,5 +110,7 @@ pub mod prog {
         GETSOCKOPT,
         SOCKOPS,
         SK_MSG,
+        POST_BIND4,
+        POST_BIND6,
     ];
 }

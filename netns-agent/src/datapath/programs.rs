@@ -7,6 +7,8 @@ use netns_ebpf::names::prog;
 pub(crate) enum Hook {
     /// A cgroup sock_addr hook.
     SockAddr,
+    /// A cgroup sock hook (post_bind).
+    Sock,
     /// cgroup/getsockopt.
     Sockopt,
     /// cgroup sock_ops.
@@ -44,7 +46,9 @@ const fn spec(name: &'static str, hook: Hook, when: When, min_kernel: &'static s
 
 /// Every program, in attach order: bookkeeping first, so that no connection is
 /// redirected before its original destination can be recorded.
-pub(crate) const PROGRAMS: [ProgramSpec; 11] = [
+pub(crate) const PROGRAMS: [ProgramSpec; 13] = [
+    spec(prog::POST_BIND4, Hook::Sock, When::Always, "5.7"),
+    spec(prog::POST_BIND6, Hook::Sock, When::Always, "5.7"),
     spec(prog::SOCKOPS, Hook::SockOps, When::Always, "5.10"),
     spec(prog::GETSOCKOPT, Hook::Sockopt, When::Always, "5.3"),
     spec(prog::GETPEERNAME4, Hook::SockAddr, When::Always, "5.8"),

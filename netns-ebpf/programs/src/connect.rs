@@ -18,8 +18,8 @@ use netns_ebpf::{AF_INET, AF_INET6, MeshSettings, OriginalDst, counter};
 
 use crate::addr::{self, LOOPBACK4, LOOPBACK6, LOOPBACK6_MAPPED};
 use crate::maps::{
-    COOKIE_ORIG_DST, EXCLUDED_CIDRS4, EXCLUDED_CIDRS6, EXCLUDED_PORTS, LOCAL_POD_IPS4,
-    LOCAL_POD_IPS6, MESHED_NETNS, SIDECAR_COOKIES, count, settings,
+    COOKIE_ORIG_DST, EXCLUDED_CIDRS4, EXCLUDED_CIDRS6, EXCLUDED_PORTS, MESHED_NETNS,
+    SIDECAR_COOKIES, count, settings,
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -187,17 +187,10 @@ fn excluded(d: &Dest) -> bool {
     }
 }
 
-/// The netns cookie of the local meshed pod that owns `addr`, if any.
+/// The netns cookie of the local meshed pod that owns `d`'s address, if any.
 #[inline(always)]
 fn local_pod(d: &Dest) -> Option<u64> {
-    // SAFETY: values are only read, within this program run.
-    unsafe {
-        if d.family == AF_INET {
-            LOCAL_POD_IPS4.get(&d.addr[0]).map(|p| p.netns_cookie)
-        } else {
-            LOCAL_POD_IPS6.get(&d.addr).map(|p| p.netns_cookie)
-        }
-    }
+    crate::maps::local_pod(d.family, &d.addr)
 }
 
 fn uid() -> u32 {

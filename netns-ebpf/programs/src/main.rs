@@ -9,6 +9,10 @@
 //! - `sk_msg` + a sockhash short-circuit sidecar-to-sidecar legs: opt-in only,
 //!   never for application sockets (docs/sockmap.md says why).
 //! - `sendmsg4/6` + `recvmsg4/6` redirect DNS to a local port, opt-in.
+//! - `inbound_lookup` (`sk_lookup`, attached to each meshed pod's namespace)
+//!   hands connections into the pod to its sidecar's inbound listener, which
+//!   sock_ops files in a sockhash at `listen()` (`post_bind4/6` note which
+//!   namespace it is in).
 //! - `netns_probe` (`cgroup/sock_create`, on the agent's probe cgroup only)
 //!   tells user space a namespace's cookie on every kernel.
 //!
@@ -19,6 +23,7 @@
 
 mod addr;
 mod connect;
+mod inbound;
 mod maps;
 mod probe;
 mod sockmap;

@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
 };
 use netns_ebpf::{
-    LocalPod, MeshSettings, OriginalDst, PodFlags, SockPair, counter,
+    LocalPod, MeshSettings, OriginalDst, PodFlags, PodListener, PodPort, SockPair, counter,
     defaults::CONNECTION_MAP_ENTRIES,
 };
 
@@ -43,6 +43,15 @@ pub static SIDECAR_PAIRS: LruHashMap<SockPair, u8> =
 #[map]
 pub static SIDECAR_SOCKS: SockHash<SockPair> =
     SockHash::with_max_entries(CONNECTION_MAP_ENTRIES, 0);
+/// Each pod's sidecar inbound listener (per address family).
+#[map]
+pub static INBOUND_LISTENERS: SockHash<PodListener> = SockHash::with_max_entries(8192, 0);
+#[map]
+pub static INBOUND_PASS_PORTS: HashMap<PodPort, u8> = HashMap::with_max_entries(65_536, 0);
+/// Socket cookie -> netns cookie of TCP sockets bound to the inbound port,
+/// from bind until listen (sock_ops has no netns cookie before Linux 5.15).
+#[map]
+pub static BOUND_INBOUND: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
 /// Written by the probe program: pid of the helper -> netns cookie of the
 /// socket it last created.
 #[map]
@@ -53,6 +62,20 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 /// The settings user space wrote; `None` until it has (then nothing is redirected).
 pub fn settings() -> Option<MeshSettings> {
     SETTINGS.get(0).copied()
+}
+
+/// The netns cookie of the meshed pod on this node that owns `addr`
+/// (`family` [`netns_ebpf::AF_INET`]: IPv4 in word 0), if any.
+#[inline(always)]
+pub fn local_pod(family: u16, addr: &[u32; 4]) -> Option<u64> {
+    // SAFETY: values are only read, within this program run.
+    unsafe {
+        if family == netns_ebpf::AF_INET {
+            LOCAL_POD_IPS4.get(&addr[0]).map(|p| p.netns_cookie)
+        } else {
+            LOCAL_POD_IPS6.get(addr).map(|p| p.netns_cookie)
+        }
+    }
 }
 
 /// Adds one to a per-CPU counter.

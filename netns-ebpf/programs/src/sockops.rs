@@ -201,6 +201,9 @@ fn on_listen(ctx: &SockOpsContext) {
         return;
     }
     set_tcp_option(ctx, TCP_SAVE_SYN, 1);
+    if port == u32::from(s.inbound_port) {
+        crate::inbound::file_listener(ctx, cookie(ctx));
+    }
 }
 
 /// `bpf_setsockopt(SOL_TCP, name, value)` on this socket, best effort.

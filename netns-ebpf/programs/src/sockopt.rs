@@ -4,7 +4,8 @@
 //!
 //! The answer comes from the asking socket's own storage (filled by sock_ops
 //! from the SYN that opened it), never from a table shared with other sockets:
-//! a socket can only be told where its own connection was going.
+//! a socket can only be told where its own connection was going. For a
+//! connection inbound capture took, it is the socket's own local address.
 //!
 //! Every other getsockopt of every process in the cgroup passes through
 //! untouched, also those whose value is larger than the page the kernel shows
@@ -16,7 +17,11 @@ use aya_ebpf::{
 };
 use netns_ebpf::{AF_INET, AF_INET6, OriginalDst, counter};
 
-use crate::maps::{SOCK_ORIG_DST, count, map_ptr};
+use crate::addr;
+use crate::inbound;
+use crate::maps::{SOCK_ORIG_DST, count, local_pod, map_ptr, settings};
+
+const IPPROTO_TCP: u32 = 6;
 
 const SOL_IP: i32 = 0;
 const SOL_IPV6: i32 = 41;
@@ -59,15 +64,19 @@ fn answer(so: *mut bpf_sockopt) -> bool {
     }
     // SAFETY: `sk` of a sockopt context always points at the socket asked;
     // the storage pointer is checked for null and copied out at once.
-    let orig = unsafe {
+    let stored = unsafe {
         let sk = (*so).__bindgen_anon_1.sk;
         let stored =
             bpf_sk_storage_get(map_ptr(&SOCK_ORIG_DST), sk.cast(), core::ptr::null_mut(), 0)
                 .cast::<OriginalDst>();
         if stored.is_null() {
-            return false;
+            None
+        } else {
+            Some(*stored)
         }
-        *stored
+    };
+    let Some(orig) = stored.or_else(|| captured_inbound(so)) else {
+        return false;
     };
     // SAFETY: optval..optval_end is the kernel's buffer for the answer; every
     // write below is bounds-checked against optval_end first.
@@ -91,6 +100,63 @@ fn answer(so: *mut bpf_sockopt) -> bool {
     }
     count(counter::ORIGINAL_DST_ANSWERED);
     true
+}
+
+/// A connection inbound capture handed to the sidecar: its original
+/// destination is the socket's own local address (sk_lookup rewrites
+/// nothing). Answered only when the kernel had no answer (no conntrack NAT
+/// entry) and the socket is one inbound capture would have taken: TCP, to a
+/// meshed pod's address, not from the pod itself, not on a port the pod
+/// leaves alone. Such a connection can only have reached the sidecar: the
+/// capture drops what it cannot hand over.
+fn captured_inbound(so: *mut bpf_sockopt) -> Option<OriginalDst> {
+    // SAFETY: `sk` points at the socket asked; family is readable.
+    let family = unsafe { (*(*so).__bindgen_anon_1.sk).family };
+    match addr::family(family)? {
+        AF_INET => socket_inbound::<false>(so),
+        _ => socket_inbound::<true>(so),
+    }
+}
+
+/// [`captured_inbound`] for one family, fixed at compile time (the verifier
+/// rejects socket field loads through computed offsets).
+#[inline(always)]
+fn socket_inbound<const V6: bool>(so: *mut bpf_sockopt) -> Option<OriginalDst> {
+    let s = settings()?;
+    let family = if V6 { AF_INET6 } else { AF_INET };
+    // SAFETY: retval and `sk` are readable; `sk` points at the socket asked,
+    // whose address fields are readable in getsockopt programs.
+    let (retval, protocol, local, remote, port) = unsafe {
+        let sk = (*so).__bindgen_anon_1.sk;
+        (
+            (*so).retval,
+            (*sk).protocol,
+            addr::ctx_addr!(sk, family, src_ip4, src_ip6),
+            addr::ctx_addr!(sk, family, dst_ip4, dst_ip6),
+            (*sk).src_port as u16,
+        )
+    };
+    if retval == 0 || protocol != IPPROTO_TCP {
+        return None;
+    }
+    // A dual-stack sidecar's IPv4 connection is judged as IPv4.
+    let (family, local, remote) = if family == AF_INET6 && addr::is_v4_mapped(&local) {
+        (AF_INET, [local[3], 0, 0, 0], [remote[3], 0, 0, 0])
+    } else {
+        (family, local, remote)
+    };
+    if port == s.inbound_port || port == s.outbound_port {
+        return None;
+    }
+    let pod = local_pod(family, &local)?;
+    if inbound::from_own_pod(family, &remote, pod) || inbound::passed_port(pod, port) {
+        return None;
+    }
+    Some(OriginalDst {
+        addr: local,
+        port,
+        family,
+    })
 }
 
 /// An IPv4 destination as `::ffff:a.b.c.d`.

@@ -31,7 +31,7 @@ use clap::{Parser, Subcommand};
 
 use bench::{bulk, connrate, drain_conn, echo_conn, rr, serve_workers, sockopt_loop};
 use isolation::{forge, hold, orig_answer, probe};
-use mesh::{QUIET, churn, client, serve, sidecar, sink, udp_echo, udp_query};
+use mesh::{Dial, QUIET, churn, client, serve, sidecar, sink, udp_echo, udp_query};
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -67,6 +67,13 @@ enum Role {
         /// benchmark's sidecar-only limit: the destination known by configuration).
         #[arg(long)]
         upstream: Option<SocketAddr>,
+        /// Dial from this source address (Istio's inbound leg binds 127.0.0.6).
+        #[arg(long)]
+        bind: Option<std::net::IpAddr>,
+        /// Dial the original destination's port on loopback instead of its
+        /// address (the other way a sidecar reaches its app).
+        #[arg(long)]
+        to_loopback: bool,
     },
     /// A server: for each connection, read until EOF, then answer with the
     /// byte count (8 bytes, big endian) and an FNV-1a hash of the bytes (8 bytes).
@@ -232,9 +239,17 @@ fn main() -> anyhow::Result<()> {
             mark,
             quiet,
             upstream,
+            bind,
+            to_loopback,
         } => {
             QUIET.store(quiet, Ordering::Relaxed);
-            sidecar(&listen, mark, upstream)
+            let dial = Dial {
+                mark,
+                upstream,
+                bind,
+                to_loopback,
+            };
+            sidecar(&listen, dial)
         }
         Role::Serve { listen } => serve(listen),
         Role::Client {

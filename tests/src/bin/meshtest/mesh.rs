@@ -19,11 +19,20 @@ static REPORTED_ONE: AtomicBool = AtomicBool::new(false);
 /// Bytes the sidecar relay moves per read, each way.
 const RELAY_BUFFER: usize = 64 * 1024;
 
-pub(crate) fn sidecar(
-    listen: &[SocketAddr],
-    mark: Option<u32>,
-    upstream: Option<SocketAddr>,
-) -> anyhow::Result<()> {
+/// How the sidecar dials onward.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Dial {
+    /// SO_MARK for its onward connections.
+    pub(crate) mark: Option<u32>,
+    /// A configured destination instead of SO_ORIGINAL_DST.
+    pub(crate) upstream: Option<SocketAddr>,
+    /// Source address to bind before connecting.
+    pub(crate) bind: Option<std::net::IpAddr>,
+    /// Dial the destination port on loopback.
+    pub(crate) to_loopback: bool,
+}
+
+pub(crate) fn sidecar(listen: &[SocketAddr], dial: Dial) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -43,7 +52,7 @@ pub(crate) fn sidecar(
                     let (conn, peer) = listener.accept().await?;
                     let local = conn.local_addr()?;
                     tokio::spawn(async move {
-                        if let Err(e) = relay(conn, peer, local, mark, upstream).await {
+                        if let Err(e) = relay(conn, peer, local, dial).await {
                             say(&format!("error peer={peer} local={local} what={e:#}"));
                         }
                     });
@@ -63,27 +72,41 @@ async fn relay(
     mut conn: tokio::net::TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
-    mark: Option<u32>,
-    upstream: Option<SocketAddr>,
+    dial: Dial,
 ) -> anyhow::Result<()> {
-    let orig = match upstream {
+    let orig = match dial.upstream {
         Some(configured) => configured,
         None => original_dst(&conn).context("SO_ORIGINAL_DST")?,
     };
     if !QUIET.load(Ordering::Relaxed) || !REPORTED_ONE.swap(true, Ordering::Relaxed) {
         say(&format!("accepted peer={peer} local={local} orig={orig}"));
     }
-    let socket = match orig {
+    let to = if dial.to_loopback {
+        let loopback = if orig.is_ipv4() || dial.bind.is_some_and(|b| b.is_ipv4()) {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        SocketAddr::new(loopback, orig.port())
+    } else {
+        orig
+    };
+    let socket = match to {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
-    if let Some(mark) = mark {
+    if let Some(mark) = dial.mark {
         netns_core::set_mark(&socket, mark)?;
     }
+    if let Some(source) = dial.bind {
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .with_context(|| format!("bind {source}"))?;
+    }
     let mut upstream = socket
-        .connect(orig)
+        .connect(to)
         .await
-        .with_context(|| format!("dial {orig}"))?;
+        .with_context(|| format!("dial {to}"))?;
     // 64 KiB relay buffers, as a production proxy uses (tokio's default is
     // 8 KiB): the same for every capture path the benchmark compares.
     tokio::io::copy_bidirectional_with_sizes(&mut conn, &mut upstream, RELAY_BUFFER, RELAY_BUFFER)
