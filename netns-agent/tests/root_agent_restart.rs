@@ -1,8 +1,11 @@
 //! Restart without a gap: while an app in a meshed pod opens connections in a
 //! loop, the agent (`--keep-state`) is restarted 10 times, half of them with
 //! SIGKILL, some while a second pod comes and goes. No connection may fail or
-//! go around the sidecar; afterwards each hook has exactly one program
-//! (`BPF_PROG_QUERY`) and the maps hold exactly the live pod's entries.
+//! go around the sidecar, outbound (the app dialing a service) or inbound
+//! (a client in another namespace dialing the app, captured by the pod's
+//! pinned sk_lookup link); afterwards each hook has exactly one program
+//! (`BPF_PROG_QUERY`, the pod's namespace included) and the maps and inbound
+//! pins hold exactly the live pod's entries.
 //! Its own test binary: this process joins the captured cgroup (the app and
 //! the sidecar are its threads). Needs root.
 
@@ -16,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap, Map, MapData};
 use netns_agent::cgroup::{ChildCgroup, cgroup2_mount};
-use netns_agent::datapath::{CookieProbe, attached_program_ids};
+use netns_agent::datapath::{CookieProbe, attached_inbound_ids, attached_program_ids};
 use netns_core::NetNs;
 use netns_ebpf::{PodFlags, names};
 use netns_tests::agent::run_command;
@@ -25,6 +28,9 @@ const AGENT: &str = env!("CARGO_BIN_EXE_netns-agent");
 /// Routed nowhere: reachable only through the sidecar.
 const SERVICE: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(198, 18, 96, 10)), 80);
+/// The pod's app, as a client outside the pod dials it.
+const POD_APP: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(198, 18, 97, 1)), 8080);
 
 struct Agent {
     child: Option<Child>,
@@ -92,17 +98,20 @@ impl Drop for Agent {
             let _ = child.wait();
         }
         let _ = netns_agent::datapath::cleanup(&self.dir.join("bpf"));
-        if let Ok(entries) = std::fs::read_dir(self.dir.join("netns")) {
-            for entry in entries.flatten() {
-                let _ = nix::mount::umount2(&entry.path(), nix::mount::MntFlags::MNT_DETACH);
+        for sub in ["netns", "outside"] {
+            if let Ok(entries) = std::fs::read_dir(self.dir.join(sub)) {
+                for entry in entries.flatten() {
+                    let _ = nix::mount::umount2(&entry.path(), nix::mount::MntFlags::MNT_DETACH);
+                }
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-/// The pod's app: connects to [`SERVICE`] in a loop, each time checking that
-/// the sidecar answered with the destination it dialed.
+/// A client in a loop: the pod's app connecting to [`SERVICE`] (outbound),
+/// or a client outside the pod connecting to the pod's app (inbound); each
+/// time the sidecar must answer with the destination dialed.
 struct App {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicU64>,
@@ -112,21 +121,20 @@ struct App {
 }
 
 impl App {
-    fn start(pod: &NetNs) -> App {
+    fn start(connect_once: impl Fn() -> Result<(), String> + Send + 'static) -> App {
         let stop = Arc::new(AtomicBool::new(false));
         let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let first_failure = Arc::new(std::sync::Mutex::new(String::new()));
         let thread = {
-            let (stop, ok, failed, first_failure, pod) = (
+            let (stop, ok, failed, first_failure) = (
                 Arc::clone(&stop),
                 Arc::clone(&ok),
                 Arc::clone(&failed),
                 Arc::clone(&first_failure),
-                pod.clone(),
             );
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    match connect_once(&pod) {
+                    match connect_once() {
                         Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
                         Err(e) => {
                             let mut first = first_failure.lock().unwrap();
@@ -162,20 +170,44 @@ impl App {
     }
 }
 
-fn connect_once(pod: &NetNs) -> Result<(), String> {
-    let conn = pod
-        .sockets()
-        .tcp_connect(SERVICE)
-        .map_err(|e| e.to_string())?;
+/// One connection from namespace `from` to `to`, answered by a sidecar
+/// with the original destination (the app would answer "app").
+fn connect_once(from: &NetNs, to: SocketAddr) -> Result<(), String> {
+    let conn = from.sockets().tcp_connect(to).map_err(|e| e.to_string())?;
     let mut line = String::new();
     BufReader::new(conn)
         .read_line(&mut line)
         .map_err(|e| e.to_string())?;
-    if line.trim() == SERVICE.to_string() {
+    if line.trim() == to.to_string() {
         Ok(())
     } else {
-        Err(format!("the sidecar said {line:?}"))
+        Err(format!("{to}: the answer was {line:?}"))
     }
+}
+
+/// Answers each connection `listener` accepts with `answer(conn)`.
+fn answer_each(listener: TcpListener, answer: fn(&TcpStream) -> String) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let _ = writeln!(conn, "{}", answer(&conn));
+        }
+    });
+}
+
+fn sidecar_answer(conn: &TcpStream) -> String {
+    netns_core::original_dst(conn).map_or_else(|e| format!("error {e}"), |orig| orig.to_string())
+}
+
+/// Runs `ip args` inside the namespace at `ns`.
+fn ip_in(ns: &Path, args: &[&str]) {
+    let status = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .arg("ip")
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(status.success(), "ip {args:?} in {}", ns.display());
 }
 
 fn meshed_cookies(dir: &Path) -> Vec<u64> {
@@ -212,23 +244,52 @@ fn root_agent_restarts_ten_times_without_a_connection_failing_or_going_around_th
     };
     let pod = NetNs::create_at(&dir.join("netns/pod")).unwrap();
     pod.set_loopback_up().unwrap();
+    // A client outside the pod, over a veth: it stands in for another node.
+    std::fs::create_dir_all(dir.join("outside")).unwrap();
+    let remote = NetNs::create_at(&dir.join("outside/remote")).unwrap();
+    let remote_path = remote.path().display().to_string();
+    ip_in(
+        pod.path(),
+        &[
+            "link",
+            "add",
+            "vpod",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "vremote",
+            "netns",
+            &remote_path,
+        ],
+    );
+    ip_in(
+        pod.path(),
+        &["addr", "add", "198.18.97.1/24", "dev", "vpod"],
+    );
+    ip_in(pod.path(), &["link", "set", "vpod", "up"]);
+    ip_in(
+        remote.path(),
+        &["addr", "add", "198.18.97.2/24", "dev", "vremote"],
+    );
+    ip_in(remote.path(), &["link", "set", "vremote", "up"]);
     agent.start();
 
     // From here on this process (the pod's app and sidecar threads) is captured.
     cgroup.add_process(std::process::id()).unwrap();
-    let listener = pod
-        .sockets()
-        .tcp_listener("127.0.0.1:15001".parse().unwrap())
-        .unwrap();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let answer = netns_core::original_dst(&conn)
-                .map_or_else(|e| format!("error {e}"), |orig| orig.to_string());
-            let _ = writeln!(conn, "{answer}");
-        }
-    });
-    let app = App::start(&pod);
+    let listen = |addr: &str| pod.sockets().tcp_listener(addr.parse().unwrap()).unwrap();
+    answer_each(listen("127.0.0.1:15001"), sidecar_answer);
+    answer_each(listen("0.0.0.0:15006"), sidecar_answer);
+    // What a connection that went around the sidecar would get.
+    answer_each(listen("0.0.0.0:8080"), |_| "app".to_owned());
+    let app = {
+        let pod = pod.clone();
+        App::start(move || connect_once(&pod, SERVICE))
+    };
+    let inbound = {
+        let remote = remote.clone();
+        App::start(move || connect_once(&remote, POD_APP))
+    };
 
     let mut probe = CookieProbe::start(netns_agent::EBPF_OBJECT, cgroup.path()).unwrap();
     let pod_cookie = probe.cookie(&pod).expect("learn the pod's netns cookie");
@@ -253,9 +314,12 @@ fn root_agent_restarts_ten_times_without_a_connection_failing_or_going_around_th
     }
     std::thread::sleep(Duration::from_millis(300));
     let (ok, failed, first_failure) = app.stop();
+    let (ok_in, failed_in, first_failure_in) = inbound.stop();
     // What `./x bench-agent` prints as its restart figure.
     println!("restart_connections: {ok} (10 restarts, 5 of them SIGKILL, 4 during pod churn)");
     println!("restart_failed_connections: {failed}");
+    println!("restart_inbound_connections: {ok_in}");
+    println!("restart_inbound_failed_connections: {failed_in}");
     assert_eq!(
         failed,
         0,
@@ -263,14 +327,29 @@ fn root_agent_restarts_ten_times_without_a_connection_failing_or_going_around_th
         agent.logs()
     );
     assert!(ok > 100, "the app kept connecting: {ok}");
+    assert_eq!(
+        failed_in,
+        0,
+        "first inbound failure: {first_failure_in}; logs:\n{}",
+        agent.logs()
+    );
+    assert!(ok_in > 100, "the outside client kept connecting: {ok_in}");
+    // The pod's namespace has exactly one inbound program; the churned
+    // pods' links are gone with them.
+    assert_eq!(attached_inbound_ids(&pod).unwrap().len(), 1);
+    let inbound_pins: Vec<String> = std::fs::read_dir(dir.join("bpf/inbound"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(inbound_pins, [pod_cookie.to_string()]);
 
     let mut ids = attached_program_ids(cgroup.path()).unwrap();
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(
         ids.len(),
-        6,
-        "each of the 6 default hooks attached exactly once: {ids:?}"
+        8,
+        "each of the 8 default hooks attached exactly once: {ids:?}"
     );
     let deadline = Instant::now() + Duration::from_secs(5);
     while meshed_cookies(&dir) != [pod_cookie] {
