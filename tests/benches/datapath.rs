@@ -11,6 +11,12 @@
 //!   `SO_ORIGINAL_DST` (answered by conntrack) and dials onward;
 //! - `bpf`: our default programs (connect4 redirect, getsockopt answer,
 //!   bookkeeping sock_ops) take the app to the same sidecar;
+//! - `inbound_iptables` / `inbound_bpf` (selector `inbound`): a client in the
+//!   svc namespace (another node, over a veth) dials pod A's app on its pod
+//!   address; Istio's inbound rules (`PREROUTING ... REDIRECT --to-ports
+//!   15006`, conntrack answers `SO_ORIGINAL_DST`) or our per-pod `sk_lookup`
+//!   program hand it to the sidecar on 15006, which dials the app from
+//!   127.0.0.6 as Istio's does;
 //! - `leg_bpf` / `leg_sockmap`: where the opt-in sockmap mode applies, the
 //!   sidecar-to-sidecar leg (app A, sidecar A, sidecar B, app B on pod B's
 //!   inbound port 15006), with sockmap off and on in one mesh (the settings flag
@@ -41,7 +47,7 @@
 //! CPU when pinned; default the last one), `NETNS_BENCH_RR_COUNT` (5000 round
 //! trips), `NETNS_BENCH_RR_SIZE` (64 bytes), `NETNS_BENCH_CONNS` (1000),
 //! `NETNS_BENCH_BULK_MIB` (256), `NETNS_BENCH_PATHS` (comma list of `direct`, `limit`,
-//! `iptables`, `bpf`, `sockmap`; default all), `NETNS_BENCH_KINDS` (`rr`,
+//! `iptables`, `bpf`, `inbound`, `sockmap`; default all), `NETNS_BENCH_KINDS` (`rr`,
 //! `conn`, `bulk`), `NETNS_BENCH_COST` (1|0), `NETNS_BENCH_VERBOSE` (set: every
 //! client's result line on stderr).
 
@@ -60,6 +66,8 @@ const DRAIN_PORT: u16 = 9000;
 /// The limit's sidecars, each configured with the service port it stands for.
 const LIMIT_ECHO_PORT: u16 = 15_011;
 const LIMIT_DRAIN_PORT: u16 = 15_012;
+/// The sidecar's own ports, never captured inbound (Istio's list).
+const ISTIO_SIDECAR_PORTS: [u16; 4] = [15008, 15090, 15021, 15020];
 
 // The figures, per path: medians over rounds.
 const RR_P50: &str = "rr_p50_us";
@@ -74,16 +82,20 @@ enum Path {
     Limit,
     Iptables,
     Bpf,
+    InboundIptables,
+    InboundBpf,
     LegBpf,
     LegSockmap,
 }
 
 impl Path {
-    const ALL: [Path; 6] = [
+    const ALL: [Path; 8] = [
         Path::Direct,
         Path::Limit,
         Path::Iptables,
         Path::Bpf,
+        Path::InboundIptables,
+        Path::InboundBpf,
         Path::LegBpf,
         Path::LegSockmap,
     ];
@@ -94,6 +106,8 @@ impl Path {
             Path::Limit => "limit",
             Path::Iptables => "iptables",
             Path::Bpf => "bpf",
+            Path::InboundIptables => "inbound_iptables",
+            Path::InboundBpf => "inbound_bpf",
             Path::LegBpf => "leg_bpf",
             Path::LegSockmap => "leg_sockmap",
         }
@@ -103,6 +117,7 @@ impl Path {
     fn selector(self) -> &'static str {
         match self {
             Path::LegBpf | Path::LegSockmap => "sockmap",
+            Path::InboundIptables | Path::InboundBpf => "inbound",
             other => other.name(),
         }
     }
@@ -262,6 +277,31 @@ fn install_istio_rules(mesh: &Mesh) {
     }
 }
 
+/// Istio's inbound capture as istio-iptables writes it by default: every
+/// TCP connection arriving at the pod, except to the sidecar's own ports,
+/// is redirected to 15006. (Locally made connections, such as the sidecar's
+/// from 127.0.0.6 to the app, never meet `nat PREROUTING`.)
+fn install_istio_inbound_rules(mesh: &Mesh) {
+    let inbound = MeshSettings::istio().inbound_port;
+    let mut rules = vec![
+        "-N ISTIO_INBOUND".to_owned(),
+        "-N ISTIO_IN_REDIRECT".to_owned(),
+        "-A PREROUTING -p tcp -j ISTIO_INBOUND".to_owned(),
+    ];
+    for port in ISTIO_SIDECAR_PORTS {
+        rules.push(format!("-A ISTIO_INBOUND -p tcp --dport {port} -j RETURN"));
+    }
+    rules.push("-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT".to_owned());
+    rules.push(format!(
+        "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {inbound}"
+    ));
+    for rule in &rules {
+        let mut command = vec!["iptables", "-w", "-t", "nat"];
+        command.extend(rule.split_whitespace());
+        exec_in(mesh, Place::PodAUncaptured, &command);
+    }
+}
+
 fn start_servers(mesh: &mut Mesh, place: Place, addr: &str, procs: &mut Vec<Proc>) {
     let echo = format!("{addr}:{ECHO_PORT}");
     let drain = format!("{addr}:{DRAIN_PORT}");
@@ -343,19 +383,26 @@ impl Setup {
                 setup.quick_check(path);
             }
         }
-        let line = first_accepted(&mut sidecar, "bpf");
-        check_orig(&line, &outbound, &svc_echo, "bpf");
-        println!("check_bpf: sidecar {line}");
-        let line = first_accepted(&mut ipt_sidecar, "iptables");
-        check_orig(&line, &outbound, &svc_echo, "iptables");
-        let peer = field(&line, "peer").unwrap_or_default();
-        assert!(
-            peer.starts_with(&format!("{POD_A}:")),
-            "REDIRECT keeps the app's source address: {line}"
-        );
-        println!("check_iptables: sidecar {line} (SO_ORIGINAL_DST answered by conntrack)");
+        if cfg.wants(Path::Bpf) {
+            let line = first_accepted(&mut sidecar, "bpf");
+            check_orig(&line, &outbound, &svc_echo, "bpf");
+            println!("check_bpf: sidecar {line}");
+        }
+        if cfg.wants(Path::Iptables) {
+            let line = first_accepted(&mut ipt_sidecar, "iptables");
+            check_orig(&line, &outbound, &svc_echo, "iptables");
+            let peer = field(&line, "peer").unwrap_or_default();
+            assert!(
+                peer.starts_with(&format!("{POD_A}:")),
+                "REDIRECT keeps the app's source address: {line}"
+            );
+            println!("check_iptables: sidecar {line} (SO_ORIGINAL_DST answered by conntrack)");
+        }
         procs.push(sidecar);
         procs.push(ipt_sidecar);
+        if cfg.wants(Path::InboundBpf) {
+            setup.start_inbound(&mut procs);
+        }
 
         if cfg.wants(Path::LegSockmap) {
             let mut settings = MeshSettings::istio();
@@ -384,6 +431,61 @@ impl Setup {
         setup
     }
 
+    /// The inbound paths: pod A's app on its pod address in both meshes,
+    /// Istio's inbound rules in the iptables mesh, our sk_lookup program on
+    /// pod A in the main one, and a sidecar on 15006 in each that dials the
+    /// app from 127.0.0.6.
+    fn start_inbound(&mut self, procs: &mut Vec<Proc>) {
+        let inbound = format!("0.0.0.0:{}", MeshSettings::istio().inbound_port);
+        let sidecar_role = [
+            "sidecar",
+            "--listen",
+            &inbound,
+            "--quiet",
+            "--bind",
+            "127.0.0.6",
+        ];
+        let app_echo = format!("{POD_A}:{ECHO_PORT}");
+
+        let main = &mut self.main;
+        tune_ports(main, Place::Svc);
+        let Mesh {
+            datapath,
+            pod_a,
+            cookie_a,
+            ..
+        } = main;
+        datapath
+            .as_mut()
+            .expect("attached")
+            .capture_inbound(pod_a, *cookie_a, &ISTIO_SIDECAR_PORTS)
+            .expect("attach inbound capture to pod A");
+        start_servers(main, Place::PodA, POD_A, procs);
+        let mut sidecar = main.start(Place::PodA, Some(SIDECAR_UID), &sidecar_role);
+
+        let ipt = &mut self.ipt;
+        tune_ports(ipt, Place::Svc);
+        install_istio_inbound_rules(ipt);
+        start_servers(ipt, Place::PodAUncaptured, POD_A, procs);
+        let mut ipt_sidecar = ipt.start(Place::PodAUncaptured, Some(SIDECAR_UID), &sidecar_role);
+
+        self.quick_check(Path::InboundBpf);
+        self.quick_check(Path::InboundIptables);
+        let line = first_accepted(&mut sidecar, "inbound_bpf");
+        check_orig(&line, &app_echo, &app_echo, "inbound_bpf");
+        println!("check_inbound_bpf: sidecar {line} (getsockname is the original destination)");
+        let line = first_accepted(&mut ipt_sidecar, "inbound_iptables");
+        check_orig(
+            &line,
+            &format!("{POD_A}:{}", MeshSettings::istio().inbound_port),
+            &app_echo,
+            "inbound_iptables",
+        );
+        println!("check_inbound_iptables: sidecar {line} (SO_ORIGINAL_DST answered by conntrack)");
+        procs.push(sidecar);
+        procs.push(ipt_sidecar);
+    }
+
     /// Error lines the servers and sidecars printed (connections they failed).
     fn errors(&mut self) -> Vec<String> {
         let mut errors = Vec::new();
@@ -405,6 +507,8 @@ impl Setup {
             Path::Limit => (&mut self.main, Place::PodAUncaptured, "127.0.0.1"),
             Path::Bpf => (&mut self.main, Place::PodA, SVC),
             Path::Iptables => (&mut self.ipt, Place::PodAUncaptured, SVC),
+            Path::InboundBpf => (&mut self.main, Place::Svc, POD_A),
+            Path::InboundIptables => (&mut self.ipt, Place::Svc, POD_A),
             Path::LegBpf | Path::LegSockmap => {
                 (self.leg.as_mut().expect("leg mesh"), Place::PodA, POD_B)
             }
@@ -458,14 +562,22 @@ impl Setup {
             let redirected = delta(counter::REDIRECTED_OUTBOUND);
             let sockmap = delta(counter::SOCKMAP_ADDED);
             let inbound = delta(counter::REDIRECTED_INBOUND);
+            let captured_inbound = delta(counter::INBOUND_CAPTURED);
             if path.is_leg() {
                 assert!(inbound > 0, "{}: sidecar A not sent to 15006", path.name());
             }
             match path {
                 Path::Direct | Path::Limit => {
                     assert_eq!(redirected, 0, "{} was captured", path.name());
+                    assert_eq!(captured_inbound, 0, "{} was captured", path.name());
                 }
-                Path::Iptables => unreachable!("no data path in the iptables mesh"),
+                Path::Iptables | Path::InboundIptables => {
+                    unreachable!("no data path in the iptables mesh")
+                }
+                Path::InboundBpf => {
+                    assert!(captured_inbound > 0, "inbound_bpf: not captured");
+                    assert_eq!(redirected, 0, "inbound_bpf: redirected outbound");
+                }
                 Path::Bpf | Path::LegBpf => {
                     assert!(redirected > 0, "{}: not redirected", path.name());
                     assert_eq!(sockmap, 0, "{}: sockets joined the sockhash", path.name());
@@ -660,6 +772,28 @@ const LIMIT: [Ratio; 3] = [
     ("bpf_vs_limit_bulk", Path::Bpf, Path::Limit, BULK),
 ];
 
+/// Inbound capture against Istio's inbound REDIRECT.
+const INBOUND: [Ratio; 3] = [
+    (
+        "bpf_vs_iptables_inbound_rr_p50",
+        Path::InboundBpf,
+        Path::InboundIptables,
+        RR_P50,
+    ),
+    (
+        "bpf_vs_iptables_inbound_conn_rate",
+        Path::InboundBpf,
+        Path::InboundIptables,
+        CONN_RATE,
+    ),
+    (
+        "bpf_vs_iptables_inbound_bulk",
+        Path::InboundBpf,
+        Path::InboundIptables,
+        BULK,
+    ),
+];
+
 fn print_ratios(figures: &Figures) {
     let ratio =
         |(_, a, b, figure): &Ratio| Some(figures.median(*a, figure)? / figures.median(*b, figure)?);
@@ -669,7 +803,12 @@ fn print_ratios(figures: &Figures) {
         }
     }
     // How far single rounds stray (paired by round: drift cancels).
-    for r @ (name, a, b, figure) in HEADLINE.iter().chain(&LIMIT).chain(&RATIOS[7..]) {
+    for r @ (name, a, b, figure) in HEADLINE
+        .iter()
+        .chain(&LIMIT)
+        .chain(&INBOUND)
+        .chain(&RATIOS[7..])
+    {
         if ratio(r).is_some() {
             let (lo, hi) = figures
                 .round_ratio_range(*a, *b, figure)
@@ -677,7 +816,7 @@ fn print_ratios(figures: &Figures) {
             println!("{name}_per_round: {lo:.2}..{hi:.2}");
         }
     }
-    for r in HEADLINE.iter().chain(&LIMIT) {
+    for r in HEADLINE.iter().chain(&LIMIT).chain(&INBOUND) {
         if let Some(v) = ratio(r) {
             println!("{}: {v:.3}", r.0);
         }
@@ -705,14 +844,12 @@ fn run_with_stats(
     role: &[&str],
     port: u16,
 ) -> (String, BTreeMap<&'static str, (u64, u64)>) {
-    let programs: Vec<(&'static str, u32)> = setup
-        .client(path)
-        .0
-        .datapath()
-        .programs()
-        .iter()
-        .map(|p| (p.name, p.id))
-        .collect();
+    let datapath = setup.client(path).0.datapath();
+    let mut programs: Vec<(&'static str, u32)> =
+        datapath.programs().iter().map(|p| (p.name, p.id)).collect();
+    if let Some(id) = datapath.inbound_program_id() {
+        programs.push((netns_ebpf::names::prog::INBOUND, id));
+    }
     let before = program_stats(&programs);
     let done = setup.run_client(path, role, port);
     let after = program_stats(&programs);
@@ -822,7 +959,7 @@ fn measure_program_cost(setup: &mut Setup, cfg: &Config) {
     );
     let conn_role = ["connrate", "--count", &conns, "--warmup", warmup];
     let rr_role = ["rr", "--count", &count, "--size", &size, "--warmup", warmup];
-    for path in [Path::Bpf, Path::LegBpf, Path::LegSockmap] {
+    for path in [Path::Bpf, Path::InboundBpf, Path::LegBpf, Path::LegSockmap] {
         if !cfg.wants(path) {
             continue;
         }

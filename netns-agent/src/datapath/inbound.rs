@@ -104,6 +104,14 @@ impl DataPath {
         Ok(InboundCapture::Attached)
     }
 
+    /// The kernel id of the sk_lookup program, once loaded (at the first
+    /// [`DataPath::capture_inbound`]).
+    #[must_use]
+    pub fn inbound_program_id(&self) -> Option<u32> {
+        let program: &SkLookup = self.ebpf.program(PROGRAM)?.try_into().ok()?;
+        program.info().ok().map(|info| info.id())
+    }
+
     /// Undoes [`DataPath::capture_inbound`]: detaches the pod's link now and
     /// removes its pass ports. Idempotent.
     pub fn release_inbound(
