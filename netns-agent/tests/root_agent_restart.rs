@@ -199,15 +199,15 @@ fn sidecar_answer(conn: &TcpStream) -> String {
     netns_core::original_dst(conn).map_or_else(|e| format!("error {e}"), |orig| orig.to_string())
 }
 
-/// Runs `ip args` inside the namespace at `ns`.
-fn ip_in(ns: &Path, args: &[&str]) {
-    let status = std::process::Command::new("nsenter")
-        .arg(format!("--net={}", ns.display()))
-        .arg("ip")
-        .args(args)
-        .status()
+/// Runs iproute2's `ip args` inside `ns`: spawned from a thread inside the
+/// namespace, so it starts there (no `nsenter`: busybox's runs its own `ip`
+/// in the guests, which knows no `netns PATH`).
+fn ip_in(ns: &NetNs, args: &[&str]) {
+    let status = ns
+        .run(|_| std::process::Command::new("ip").args(args).status())
+        .unwrap()
         .unwrap();
-    assert!(status.success(), "ip {args:?} in {}", ns.display());
+    assert!(status.success(), "ip {args:?} in {}", ns.path().display());
 }
 
 fn meshed_cookies(dir: &Path) -> Vec<u64> {
@@ -249,7 +249,7 @@ fn root_agent_restarts_ten_times_without_a_connection_failing_or_going_around_th
     let remote = NetNs::create_at(&dir.join("outside/remote")).unwrap();
     let remote_path = remote.path().display().to_string();
     ip_in(
-        pod.path(),
+        &pod,
         &[
             "link",
             "add",
@@ -263,16 +263,13 @@ fn root_agent_restarts_ten_times_without_a_connection_failing_or_going_around_th
             &remote_path,
         ],
     );
+    ip_in(&pod, &["addr", "add", "198.18.97.1/24", "dev", "vpod"]);
+    ip_in(&pod, &["link", "set", "vpod", "up"]);
     ip_in(
-        pod.path(),
-        &["addr", "add", "198.18.97.1/24", "dev", "vpod"],
-    );
-    ip_in(pod.path(), &["link", "set", "vpod", "up"]);
-    ip_in(
-        remote.path(),
+        &remote,
         &["addr", "add", "198.18.97.2/24", "dev", "vremote"],
     );
-    ip_in(remote.path(), &["link", "set", "vremote", "up"]);
+    ip_in(&remote, &["link", "set", "vremote", "up"]);
     agent.start();
 
     // From here on this process (the pod's app and sidecar threads) is captured.
