@@ -1,12 +1,12 @@
 //! The control socket: a root-only unix socket (mode 0600, peer credentials
 //! checked) that answers one JSON request per line. `netns-agent status`
-//! talks to it; the CNI plugin will.
+//! talks to it, and the `netns-cni` plugin (`cni_*` ops, see [`crate::cni`]).
 //!
 //! ```text
 //! -> {"op":"status"}
 //! <- {"pid":...,"ready":true,...}
 //! -> {"op":"nonsense"}
-//! <- {"error":"unknown op \"nonsense\" (known: status)"}
+//! <- {"error":"unknown op \"nonsense\" (known: status, cni_add, cni_del, cni_check, cni_gc)"}
 //! ```
 
 use std::os::unix::fs::PermissionsExt;
@@ -19,11 +19,16 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::cni::{CniReply, CniRequest, code};
 use crate::daemon::Agent;
 use crate::status::Status;
 
-/// The longest request line accepted, in bytes.
-pub const MAX_REQUEST: usize = 4096;
+/// The longest request line accepted, in bytes (a CNI GC lists every
+/// container id of the node).
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// How long a CNI request may take the agent before the client is told to
+/// try again later (the pod's setup is rolled back if it fails).
+pub const CNI_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to send its request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -73,14 +78,14 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>) -> anyhow::Result<
             .context("accept on the control socket")?;
         let agent = Arc::clone(&agent);
         tokio::spawn(async move {
-            if let Err(e) = answer(conn, &agent).await {
+            if let Err(e) = answer(conn, agent).await {
                 tracing::debug!(error = %e, "control client");
             }
         });
     }
 }
 
-async fn answer(mut conn: UnixStream, agent: &Agent) -> std::io::Result<()> {
+async fn answer(mut conn: UnixStream, agent: Arc<Agent>) -> std::io::Result<()> {
     let reply = match conn.peer_cred() {
         Ok(cred) if cred.uid() == 0 => read_request(&mut conn, agent).await,
         Ok(cred) => refuse(format!(
@@ -94,7 +99,7 @@ async fn answer(mut conn: UnixStream, agent: &Agent) -> std::io::Result<()> {
     conn.shutdown().await
 }
 
-async fn read_request(conn: &mut UnixStream, agent: &Agent) -> String {
+async fn read_request(conn: &mut UnixStream, agent: Arc<Agent>) -> String {
     let mut line = Vec::new();
     let mut reader = BufReader::new(conn.take(MAX_REQUEST as u64 + 1));
     let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await;
@@ -111,7 +116,31 @@ async fn read_request(conn: &mut UnixStream, agent: &Agent) -> String {
         Ok(req) if req.op == "status" => {
             serde_json::to_string(&agent.status()).unwrap_or_else(|e| refuse(e.to_string()))
         }
-        Ok(req) => refuse(format!("unknown op {:?} (known: status)", req.op)),
+        Ok(req) if req.op.starts_with("cni_") => {
+            let reply = match serde_json::from_slice::<CniRequest>(&line) {
+                Err(e) => CniReply::failed(code::DECODE, format!("malformed CNI request: {e}")),
+                Ok(request) => do_cni(agent, request).await,
+            };
+            serde_json::to_string(&reply).unwrap_or_else(|e| refuse(e.to_string()))
+        }
+        Ok(req) => refuse(format!(
+            "unknown op {:?} (known: status, cni_add, cni_del, cni_check, cni_gc)",
+            req.op
+        )),
+    }
+}
+
+/// Runs a CNI request on a blocking thread (pod work enters namespaces and
+/// waits for the pod worker's turn), for at most [`CNI_TIMEOUT`].
+async fn do_cni(agent: Arc<Agent>, request: CniRequest) -> CniReply {
+    let work = tokio::task::spawn_blocking(move || agent.cni(request));
+    match tokio::time::timeout(CNI_TIMEOUT, work).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(e)) => CniReply::failed(code::TRY_AGAIN_LATER, format!("the request failed: {e}")),
+        Err(_) => CniReply::failed(
+            code::TRY_AGAIN_LATER,
+            format!("the agent took longer than {CNI_TIMEOUT:?}"),
+        ),
     }
 }
 

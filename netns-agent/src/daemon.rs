@@ -15,12 +15,14 @@ use anyhow::Context;
 use netns_ebpf::counter;
 use tokio::sync::mpsc;
 
+mod cni;
 mod pending;
 
 use self::pending::Pending;
 use crate::addr_watch::Watcher;
 use crate::datapath::{DataPath, DataPathConfig};
 use crate::pod::{self, Pod, PodError};
+use crate::source::cni::CniState;
 use crate::source::{PodEvent, PodSource};
 use crate::status::{MapStatus, PodStatus, ProgramStatus, Status};
 
@@ -45,6 +47,9 @@ pub struct AgentConfig {
     /// Inbound capture on every meshed pod, leaving these pod ports alone
     /// (the sidecar's own ports and the excluded inbound ports); `None`: off.
     pub inbound_pass_ports: Option<Vec<u16>>,
+    /// With the CNI pod source: where its attachments are recorded (CNI
+    /// requests on the control socket are refused without it).
+    pub cni_state: Option<CniState>,
 }
 
 /// The agent's state, shared by the pod loop, the control socket and HTTP.
@@ -59,6 +64,9 @@ pub struct Agent {
     /// Every meshed pod's address-change subscription, by cookie.
     watcher: Watcher,
     ready: std::sync::atomic::AtomicBool,
+    /// Held while a pod is worked on: the pod worker and CNI requests take
+    /// turns, so no pod is set up twice at once.
+    pod_work: Mutex<()>,
     config: AgentConfig,
     source: &'static str,
 }
@@ -161,6 +169,18 @@ impl Agent {
     /// `settle` ago) is [`Taken::NotYet`]: the worker tries it again soon,
     /// serving other pods meanwhile.
     fn appeared(&self, path: &Path, first_seen: Instant, settle: Duration) -> Taken {
+        self.take_on(path, first_seen, settle, &[])
+    }
+
+    /// [`Agent::appeared`], with addresses the pod is known to have besides
+    /// those read inside it (a CNI request's `prevResult`).
+    fn take_on(
+        &self,
+        path: &Path,
+        first_seen: Instant,
+        settle: Duration,
+        given: &[IpAddr],
+    ) -> Taken {
         let known = Self::lock(&self.pods).get(path).map(Pod::id);
         if let Some(id) = known {
             // Same file, same namespace (a stat, no open): nothing to do.
@@ -182,10 +202,10 @@ impl Agent {
                 let mut skipped = Self::lock(&self.skipped);
                 if skipped.get(path) != Some(&reason) {
                     tracing::warn!(path = %path.display(), error = %reason, "not a network namespace: skipped");
-                    skipped.insert(path.to_owned(), reason);
+                    skipped.insert(path.to_owned(), reason.clone());
                     self.count_error("not_a_namespace");
                 }
-                return Taken::Done;
+                return Taken::NotNamespace(reason);
             }
         };
         Self::lock(&self.skipped).remove(path);
@@ -193,33 +213,11 @@ impl Agent {
             || path.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
-        // The cookie probe works while this thread subscribes to the pod's
-        // address changes (before reading them: no change falls between) and
-        // reads its addresses.
-        let cookie_error = |source| PodError::Cookie {
-            path: path.to_owned(),
-            source: Box::new(source),
-        };
-        let asked = self.with_datapath(|dp| dp.ask_netns_cookie(&ns));
-        let local = crate::addr_watch::subscribe(&ns)
-            .map_err(|source| PodError::Namespace {
-                path: path.to_owned(),
-                source,
-            })
-            .and_then(|watch| Ok((watch, pod::addresses(&ns)?)));
-        // A question asked is always answered, also when the local work failed.
-        let cookie = asked
-            .and_then(|()| self.with_datapath(|dp| dp.netns_cookie_answer(&ns)))
-            .map_err(cookie_error);
-        let facts = match (local, cookie) {
-            (Ok((watch, addrs)), Ok(cookie)) => Ok((watch, pod::PodFacts { cookie, addrs })),
-            (Err(e), _) | (_, Err(e)) => Err(e),
-        };
-        let (watch, facts) = match facts {
+        let (watch, facts) = match self.learn(path, &ns, given) {
             Ok(done) => done,
             Err(e) => {
                 self.pod_failed(path, &e);
-                return Taken::Done;
+                return Taken::Failed(crate::error_chain(&e));
             }
         };
         let inbound = self.config.inbound_pass_ports.as_deref();
@@ -247,7 +245,7 @@ impl Agent {
             });
             tracing::error!(pod = %path.display(), error = %format!("{e:#}"), "pod setup failed, rolled back");
             self.count_error("datapath");
-            return Taken::Done;
+            return Taken::Failed(format!("{e:#}"));
         }
         let inode = ns.id().ino;
         tracing::info!(
@@ -268,6 +266,40 @@ impl Agent {
             },
         );
         Taken::Done
+    }
+
+    /// What the data path needs of a pod, learned from inside its namespace:
+    /// its cookie (from the probe) and addresses (plus `given` ones), and a
+    /// subscription to its address changes made before they are read.
+    fn learn(
+        &self,
+        path: &Path,
+        ns: &netns_core::NetNs,
+        given: &[IpAddr],
+    ) -> Result<(crate::addr_watch::Subscription, pod::PodFacts), PodError> {
+        // The cookie probe works while this thread subscribes to the pod's
+        // address changes (before reading them: no change falls between) and
+        // reads its addresses.
+        let asked = self.with_datapath(|dp| dp.ask_netns_cookie(ns));
+        let local = crate::addr_watch::subscribe(ns)
+            .map_err(|source| PodError::Namespace {
+                path: path.to_owned(),
+                source,
+            })
+            .and_then(|watch| Ok((watch, pod::addresses(ns)?)));
+        // A question asked is always answered, also when the local work failed.
+        let cookie = asked
+            .and_then(|()| self.with_datapath(|dp| dp.netns_cookie_answer(ns)))
+            .map_err(|source| PodError::Cookie {
+                path: path.to_owned(),
+                source: Box::new(source),
+            });
+        let (watch, mut addrs) = local?;
+        let cookie = cookie?;
+        addrs.extend(given.iter().filter(|a| !a.is_loopback()));
+        addrs.sort_unstable();
+        addrs.dedup();
+        Ok((watch, pod::PodFacts { cookie, addrs }))
     }
 
     fn pod_failed(&self, path: &Path, e: &PodError) {
@@ -391,13 +423,18 @@ impl Agent {
     }
 }
 
-/// What became of a namespace file the pod worker looked at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What became of a namespace file the pod worker looked at. All but
+/// [`Taken::NotYet`]: nothing more to do until its next event.
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Taken {
-    /// Meshed, skipped or failed: nothing more to do until its next event.
+    /// Meshed (now or before).
     Done,
     /// An empty file that `ip netns add` has not bind-mounted yet.
     NotYet,
+    /// Not a network namespace: skipped (logged once).
+    NotNamespace(String),
+    /// Setting the pod up failed; nothing of it is left (logged).
+    Failed(String),
 }
 
 /// `ip netns add` creates an empty regular file, then bind-mounts the new
@@ -452,6 +489,7 @@ pub async fn run(config: AgentConfig, source: Box<dyn PodSource>) -> anyhow::Res
         setup_seconds: Mutex::new(Vec::new()),
         watcher: Watcher::new().context("create the address-change epoll set")?,
         ready: std::sync::atomic::AtomicBool::new(false),
+        pod_work: Mutex::new(()),
         source: source.name(),
         config: config.clone(),
     });
@@ -559,16 +597,19 @@ fn pod_worker(agent: &Agent, queue: &std::sync::mpsc::Receiver<PodEvent>, settle
         match event {
             Ok(PodEvent::Appeared(path)) => {
                 let first_seen = pending.first_seen(&path);
+                let _turn = Agent::lock(&agent.pod_work);
                 match agent.appeared(&path, first_seen, settle) {
                     Taken::NotYet => pending.wait(path, first_seen),
-                    Taken::Done => pending.done(&path),
+                    _ => pending.done(&path),
                 }
             }
             Ok(PodEvent::Gone(path)) => {
                 pending.done(&path);
+                let _turn = Agent::lock(&agent.pod_work);
                 agent.gone(&path);
             }
             Ok(PodEvent::Present(paths)) => {
+                let _turn = Agent::lock(&agent.pod_work);
                 for path in agent.present(&paths, settle) {
                     let first_seen = pending.first_seen(&path);
                     pending.wait(path, first_seen);
@@ -585,9 +626,10 @@ fn pod_worker(agent: &Agent, queue: &std::sync::mpsc::Receiver<PodEvent>, settle
             Err(RecvTimeoutError::Disconnected) => return,
         }
         for (path, first_seen) in pending.due() {
+            let _turn = Agent::lock(&agent.pod_work);
             match agent.appeared(&path, first_seen, settle) {
                 Taken::NotYet => pending.wait(path, first_seen),
-                Taken::Done => pending.done(&path),
+                _ => pending.done(&path),
             }
         }
     }

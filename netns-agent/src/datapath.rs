@@ -381,6 +381,36 @@ impl DataPath {
             .map_err(|e| map_error(names::MESHED_NETNS, &op, e))
     }
 
+    /// What of [`DataPath::add_pod`]`(netns_cookie, addrs)` is not in the
+    /// maps, read from the kernel, one line each (empty: all there).
+    pub fn missing_pod_entries(
+        &mut self,
+        netns_cookie: u64,
+        addrs: &[IpAddr],
+    ) -> Result<Vec<String>, DataPathError> {
+        let mut missing = Vec::new();
+        let meshed: HashMap<_, u64, PodFlags> = self.hash(names::MESHED_NETNS)?;
+        if meshed.get(&netns_cookie, 0).is_err() {
+            missing.push(format!("{} entry", names::MESHED_NETNS));
+        }
+        for addr in addrs {
+            let owner = match addr {
+                IpAddr::V4(v4) => {
+                    let map: HashMap<_, u32, LocalPod> = self.hash(names::LOCAL_POD_IPS4)?;
+                    map.get(&u32::from_ne_bytes(v4.octets()), 0).ok()
+                }
+                IpAddr::V6(v6) => {
+                    let map: HashMap<_, [u32; 4], LocalPod> = self.hash(names::LOCAL_POD_IPS6)?;
+                    map.get(&ip6_words(v6.octets()), 0).ok()
+                }
+            };
+            if owner.is_none_or(|p| p.netns_cookie != netns_cookie) {
+                missing.push(format!("address {addr}"));
+            }
+        }
+        Ok(missing)
+    }
+
     /// Takes a pod out of the mesh: exactly what [`DataPath::add_pod`] wrote.
     pub fn remove_pod(&mut self, netns_cookie: u64, addrs: &[IpAddr]) -> Result<(), DataPathError> {
         let op = format!("remove pod (netns cookie {netns_cookie}) from");
@@ -745,8 +775,8 @@ pub fn cleanup(pin_dir: &Path) -> Result<Vec<String>, DataPathError> {
 }
 
 /// The cgroup attach types the data path uses (`enum bpf_attach_type`):
-/// sock_ops, connect4/6, post_bind4/6, sendmsg4/6, recvmsg4/6, getsockopt,
-/// getpeername4/6.
+/// `sock_ops`, `connect4/6`, `post_bind4/6`, `sendmsg4/6`, `recvmsg4/6`,
+/// `getsockopt`, `getpeername4/6`.
 const CGROUP_ATTACH_TYPES: [u32; 12] = [3, 10, 11, 12, 13, 14, 15, 19, 20, 21, 29, 30];
 
 /// The program ids attached to `cgroup` at the data path's hooks, asked of

@@ -13,11 +13,13 @@ use clap::{Args, ValueEnum};
 use netns_agent::cgroup::cgroup2_mount;
 use netns_agent::daemon::AgentConfig;
 use netns_agent::datapath::DataPathConfig;
-use netns_agent::source::{NetnsDir, PodSource};
+use netns_agent::source::cni::CniState;
+use netns_agent::source::{Cni, NetnsDir, PodSource};
 use netns_ebpf::{MeshSettings, defaults};
 
 const DEFAULT_BPFFS: &str = "/run/netns-agent/bpf";
 const DEFAULT_SOCKET: &str = "/run/netns-agent/agent.sock";
+const DEFAULT_CNI_STATE: &str = "/run/netns-agent/cni";
 /// The agent-owned cgroup under the cgroup v2 mount, used without --cgroup.
 const OWN_CGROUP: &str = "netns-agent";
 
@@ -25,6 +27,9 @@ const OWN_CGROUP: &str = "netns-agent";
 pub(crate) enum SourceKind {
     /// Every network namespace file in --netns-dir is a pod.
     NetnsDir,
+    /// Pods come from the netns-cni chained plugin (ADD, DEL, CHECK, GC on
+    /// the control socket); attachments are recorded in --cni-state-dir.
+    Cni,
 }
 
 /// What an app's connection does while its pod's sidecar is not listening.
@@ -78,7 +83,11 @@ pub(crate) struct RunArgs {
     /// The directory of namespace files the netns-dir source watches.
     #[arg(long, env = "NETNS_AGENT_NETNS_DIR", default_value = netns_core::NETNS_RUN_DIR)]
     netns_dir: PathBuf,
-    /// The root-only control socket (status; the CNI plugin later).
+    /// Where the cni source records its attachments (one file per
+    /// container), so that DEL finds a pod after an agent restart.
+    #[arg(long, env = "NETNS_AGENT_CNI_STATE_DIR", default_value = DEFAULT_CNI_STATE)]
+    cni_state_dir: PathBuf,
+    /// The root-only control socket (status, and the netns-cni plugin).
     #[arg(long, env = "NETNS_AGENT_CONTROL_SOCKET", default_value = DEFAULT_SOCKET)]
     control_socket: PathBuf,
     /// Address of /healthz, /readyz and /metrics (keep it on loopback).
@@ -335,12 +344,16 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<()> {
             ports.dedup();
             ports
         }),
+        cni_state: (args.pod_source == SourceKind::Cni).then(|| CniState {
+            dir: args.cni_state_dir.clone(),
+        }),
     };
     let source: Box<dyn PodSource> = match args.pod_source {
         SourceKind::NetnsDir => Box::new(NetnsDir::new(
             args.netns_dir.clone(),
             Duration::from_secs(args.resync_secs),
         )),
+        SourceKind::Cni => Box::new(Cni::new(args.cni_state_dir.clone())),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -7,6 +7,7 @@
 //! - [`cgroup`]: find the cgroup v2 mount, check a path is cgroup v2, and make
 //!   throw-away child cgroups.
 //! - [`bpffs`]: make sure a directory is on a BPF filesystem, mounting one if not.
+//! - [`cni`]: the `netns-cni` chained plugin and what it asks the agent.
 //! - [`daemon`]: the long-running agent (`netns-agent run`), wiring
 //!   [`source`] (where pods come from), [`pod`] (per-pod work inside each
 //!   namespace), [`addr_watch`] (address changes inside pods, from netlink),
@@ -18,6 +19,7 @@
 pub mod addr_watch;
 pub mod bpffs;
 pub mod cgroup;
+pub mod cni;
 pub mod control;
 pub mod daemon;
 pub mod datapath;

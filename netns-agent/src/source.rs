@@ -1,15 +1,17 @@
 //! Where pods come from. A [`PodSource`] tells the agent that a namespace
 //! appeared or went away; the agent does the rest (see [`crate::daemon`]).
-//! Today's source is a watched directory of namespace files ([`NetnsDir`],
-//! `/run/netns` by default, where `ip netns add` puts them); the CNI and
-//! Kubernetes sources fit beside it.
+//! Sources: a watched directory of namespace files ([`NetnsDir`],
+//! `/run/netns` by default, where `ip netns add` puts them), and the
+//! `netns-cni` plugin's requests ([`Cni`]); a Kubernetes source fits beside them.
 
+pub mod cni;
 mod netns_dir;
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 
+pub use cni::Cni;
 pub use netns_dir::NetnsDir;
 
 /// What a source reports.

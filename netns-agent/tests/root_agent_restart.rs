@@ -3,7 +3,7 @@
 //! SIGKILL, some while a second pod comes and goes. No connection may fail or
 //! go around the sidecar, outbound (the app dialing a service) or inbound
 //! (a client in another namespace dialing the app, captured by the pod's
-//! pinned sk_lookup link); afterwards each hook has exactly one program
+//! pinned `sk_lookup` link); afterwards each hook has exactly one program
 //! (`BPF_PROG_QUERY`, the pod's namespace included) and the maps and inbound
 //! pins hold exactly the live pod's entries.
 //! Its own test binary: this process joins the captured cgroup (the app and
@@ -65,17 +65,7 @@ impl Agent {
     }
 
     fn ready(&self) -> bool {
-        let Ok(mut conn) = TcpStream::connect_timeout(&self.metrics, Duration::from_millis(100))
-        else {
-            return false;
-        };
-        let _ = write!(
-            conn,
-            "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        );
-        let mut first = String::new();
-        let _ = BufReader::new(conn).read_line(&mut first);
-        first.starts_with("HTTP/1.1 200")
+        netns_tests::agent::ready(self.metrics)
     }
 
     fn logs(&self) -> String {
@@ -219,32 +209,11 @@ fn meshed_cookies(dir: &Path) -> Vec<u64> {
     keys
 }
 
-#[test]
-fn root_agent_restarts_ten_times_without_a_connection_failing_or_going_around_the_sidecar() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "needs root: run ./x test"
-    );
-    let dir = PathBuf::from(format!("/tmp/netns-agent-restart-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("netns")).unwrap();
-    let cgroup = ChildCgroup::create(
-        &cgroup2_mount().unwrap(),
-        &format!("netns-agent-restart-{}", std::process::id()),
-    )
-    .unwrap();
-    let metrics = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let mut agent = Agent {
-        child: None,
-        dir: dir.clone(),
-        cgroup: cgroup.path().to_owned(),
-        metrics,
-    };
+/// The pod (198.18.97.1) and a client namespace outside it over a veth
+/// (198.18.97.2): it stands in for another node.
+fn pod_and_outside_client(dir: &Path) -> (NetNs, NetNs) {
     let pod = NetNs::create_at(&dir.join("netns/pod")).unwrap();
     pod.set_loopback_up().unwrap();
-    // A client outside the pod, over a veth: it stands in for another node.
     std::fs::create_dir_all(dir.join("outside")).unwrap();
     let remote = NetNs::create_at(&dir.join("outside/remote")).unwrap();
     let remote_path = remote.path().display().to_string();
@@ -270,6 +239,33 @@ fn root_agent_restarts_ten_times_without_a_connection_failing_or_going_around_th
         &["addr", "add", "198.18.97.2/24", "dev", "vremote"],
     );
     ip_in(&remote, &["link", "set", "vremote", "up"]);
+    (pod, remote)
+}
+
+#[test]
+fn root_agent_restarts_ten_times_without_a_connection_failing_or_going_around_the_sidecar() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "needs root: run ./x test"
+    );
+    let dir = PathBuf::from(format!("/tmp/netns-agent-restart-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("netns")).unwrap();
+    let cgroup = ChildCgroup::create(
+        &cgroup2_mount().unwrap(),
+        &format!("netns-agent-restart-{}", std::process::id()),
+    )
+    .unwrap();
+    let metrics = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut agent = Agent {
+        child: None,
+        dir: dir.clone(),
+        cgroup: cgroup.path().to_owned(),
+        metrics,
+    };
+    let (pod, remote) = pod_and_outside_client(&dir);
     agent.start();
 
     // From here on this process (the pod's app and sidecar threads) is captured.

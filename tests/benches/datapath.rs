@@ -432,7 +432,7 @@ impl Setup {
     }
 
     /// The inbound paths: pod A's app on its pod address in both meshes,
-    /// Istio's inbound rules in the iptables mesh, our sk_lookup program on
+    /// Istio's inbound rules in the iptables mesh, our `sk_lookup` program on
     /// pod A in the main one, and a sidecar on 15006 in each that dials the
     /// app from 127.0.0.6.
     fn start_inbound(&mut self, procs: &mut Vec<Proc>) {

@@ -2,9 +2,11 @@
 //! under a directory of the caller's (pins, watched namespace directory,
 //! control socket), never the machine's defaults.
 
-use std::net::SocketAddr;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 /// The command line of an agent whose state lives under `dir` (`dir/bpf`,
 /// `dir/netns`, `dir/agent.sock`), capturing `cgroup`, serving HTTP on
@@ -24,4 +26,19 @@ pub fn run_command(agent: &str, dir: &Path, cgroup: &Path, metrics: SocketAddr) 
         .arg("--metrics-addr")
         .arg(metrics.to_string());
     cmd
+}
+
+/// Does the agent serving HTTP on `metrics` answer `/readyz` with 200?
+#[must_use]
+pub fn ready(metrics: SocketAddr) -> bool {
+    let Ok(mut conn) = TcpStream::connect_timeout(&metrics, Duration::from_millis(100)) else {
+        return false;
+    };
+    let _ = write!(
+        conn,
+        "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut first = String::new();
+    let _ = BufReader::new(conn).read_line(&mut first);
+    first.starts_with("HTTP/1.1 200")
 }

@@ -74,6 +74,7 @@ pub fn socket_inode(socket: &impl std::os::fd::AsFd) -> u64 {
 
 pub mod agent;
 pub mod bench;
+pub mod cni;
 pub mod kernel;
 pub mod mesh;
 

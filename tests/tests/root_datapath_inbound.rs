@@ -6,7 +6,7 @@
 //! being captured again, and the pod's pass ports go straight to the app.
 //! What is asserted comes from the kernel and the processes: the sidecar's
 //! `accepted` lines (getsockname, SO_ORIGINAL_DST), the app's byte counts
-//! and hashes, the client's peer address, BPF_PROG_QUERY on the namespace.
+//! and hashes, the client's peer address, `BPF_PROG_QUERY` on the namespace.
 //! Needs root and iproute2.
 
 use std::net::SocketAddr;
@@ -252,7 +252,7 @@ fn root_inbound_family_without_a_listener_is_refused() {
     expect_captured(&mut sidecar, &v4);
 }
 
-/// Attach and detach are exact, as BPF_PROG_QUERY on each namespace shows:
+/// Attach and detach are exact, as `BPF_PROG_QUERY` on each namespace shows:
 /// pod A's program only on pod A, pod B's only on pod B, and releasing one
 /// leaves the other; a second capture of the same pod adopts its link.
 #[test]

@@ -6,8 +6,14 @@ use crate::cmd::{self, cargo};
 pub(crate) fn run(with_vm: bool) -> anyhow::Result<()> {
     cmd::require_root("./x test")?;
     crate::apt::ensure(
-        &["iproute2", "bpftool", "python3", "iptables"],
-        "the kernel tests build namespaces with ip, run a Python client and iptables-legacy inside captured pods; bpftool goes into the VM guests for inspection",
+        &[
+            "iproute2",
+            "bpftool",
+            "python3",
+            "iptables",
+            "containernetworking-plugins",
+        ],
+        "the kernel tests build namespaces with ip, run a Python client and iptables-legacy inside captured pods, and run the reference CNI plugins (bridge, host-local, loopback) before netns-cni; bpftool goes into the VM guests for inspection",
     )?;
     crate::ebpf::build()?;
     eprintln!("xtask: cargo fmt --check");

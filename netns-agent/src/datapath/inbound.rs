@@ -27,7 +27,7 @@ use crate::sys;
 /// `BPF_SK_LOOKUP` of `enum bpf_attach_type`.
 const ATTACH_SK_LOOKUP: u32 = 36;
 
-/// The program, and the oldest kernel with sk_lookup programs.
+/// The program, and the oldest kernel with `sk_lookup` programs.
 const PROGRAM: &str = names::prog::INBOUND;
 const MIN_KERNEL: &str = "5.9";
 
@@ -78,7 +78,7 @@ impl DataPath {
             if serves {
                 return Ok(InboundCapture::Adopted);
             }
-            self.unpin_inbound(&pin)?;
+            unpin_inbound_link(&pin)?;
         }
         let dir = self.pin_dir.join("inbound");
         super::make_dir(&dir)?;
@@ -104,7 +104,7 @@ impl DataPath {
         Ok(InboundCapture::Attached)
     }
 
-    /// The kernel id of the sk_lookup program, once loaded (at the first
+    /// The kernel id of the `sk_lookup` program, once loaded (at the first
     /// [`DataPath::capture_inbound`]).
     #[must_use]
     pub fn inbound_program_id(&self) -> Option<u32> {
@@ -120,7 +120,7 @@ impl DataPath {
         pass_ports: &[u16],
     ) -> Result<(), DataPathError> {
         let pin = self.inbound_pin(netns_cookie);
-        let unpinned = self.unpin_inbound(&pin);
+        let unpinned = unpin_inbound_link(&pin);
         let op = format!("remove the pass ports of pod (netns cookie {netns_cookie}) from");
         let mut map: HashMap<_, PodPort, u8> = self.hash(names::INBOUND_PASS_PORTS)?;
         for port in pass_ports {
@@ -143,7 +143,7 @@ impl DataPath {
                 .and_then(|n| n.to_str()?.parse::<u64>().ok())
                 .is_some_and(|c| cookies.contains(&c));
             if !ours {
-                self.unpin_inbound(&pin)?;
+                unpin_inbound_link(&pin)?;
                 removed += 1;
             }
         }
@@ -173,7 +173,7 @@ impl DataPath {
             let alive = sys::pinned_netns_link(&pin).is_ok_and(|info| info.netns_ino != 0);
             if !alive || sys::update_pinned_link(&pin, &fd).is_err() {
                 tracing::info!(pin = %pin.display(), "inbound link of a namespace that is gone: removed");
-                self.unpin_inbound(&pin)?;
+                unpin_inbound_link(&pin)?;
             }
         }
         Ok(())
@@ -182,17 +182,13 @@ impl DataPath {
     /// Detaches and removes every inbound link (teardown, cleanup).
     pub(crate) fn release_all_inbound(&mut self) -> Result<(), DataPathError> {
         for pin in pins_in(&self.pin_dir.join("inbound"))? {
-            self.unpin_inbound(&pin)?;
+            unpin_inbound_link(&pin)?;
         }
         let dir = self.pin_dir.join("inbound");
         remove(&dir, std::fs::remove_dir(&dir))
     }
 
-    fn unpin_inbound(&self, pin: &std::path::Path) -> Result<(), DataPathError> {
-        unpin_inbound_link(pin)
-    }
-
-    /// The sk_lookup program, loaded at its first use.
+    /// The `sk_lookup` program, loaded at its first use.
     fn inbound_program(&mut self) -> Result<&mut SkLookup, DataPathError> {
         let program: &mut SkLookup = self
             .ebpf

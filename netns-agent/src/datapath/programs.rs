@@ -7,7 +7,7 @@ use netns_ebpf::names::prog;
 pub(crate) enum Hook {
     /// A cgroup sock_addr hook.
     SockAddr,
-    /// A cgroup sock hook (post_bind).
+    /// A cgroup sock hook (`post_bind4/6`).
     Sock,
     /// cgroup/getsockopt.
     Sockopt,

@@ -1,0 +1,443 @@
+//! `netns-cni`, a chained CNI plugin (spec 0.3.0 to 1.1.0): it goes after
+//! the plugins that make the pod's interface (`bridge`, ...), tells the agent
+//! over its root-only control socket which namespace and addresses the pod
+//! has, and passes `prevResult` through unchanged. The agent does the
+//! per-pod work; the plugin stays small and quick.
+//!
+//! Network config fields of its own (all optional):
+//!
+//! | field | default | meaning |
+//! |---|---|---|
+//! | `agentSocket` | `/run/netns-agent/agent.sock` | the agent's control socket |
+//! | `timeoutMs` | 2000 | how long to wait for the agent |
+//! | `agentUnreachable` | `"fail"` | ADD while no agent answers: `fail` (error 11, "try again later": the runtime retries, the pod never runs uncaptured) or `allow` (the pod starts unmeshed; a warning on stderr) |
+//!
+//! DEL always succeeds: unknown pod, namespace gone, repeated, agent down
+//! (the agent's reconcile removes what is left).
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Write as _};
+use std::net::IpAddr;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Attachment, CniReply, CniRequest, code};
+
+/// The spec versions the plugin speaks.
+pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+/// Where the agent listens unless the config says otherwise.
+pub const DEFAULT_AGENT_SOCKET: &str = "/run/netns-agent/agent.sock";
+/// The largest network config read from stdin.
+pub const MAX_CONFIG: usize = 1 << 20;
+const DEFAULT_TIMEOUT_MS: u64 = 2000;
+
+/// The environment a runtime gives a CNI plugin.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Env {
+    /// `CNI_COMMAND`.
+    pub command: String,
+    /// `CNI_CONTAINERID`.
+    pub container_id: String,
+    /// `CNI_NETNS`.
+    pub netns: String,
+    /// `CNI_IFNAME`.
+    pub ifname: String,
+    /// `CNI_ARGS` (`K1=V1;K2=V2`).
+    pub args: String,
+}
+
+impl Env {
+    /// From this process's environment.
+    #[must_use]
+    pub fn from_process() -> Env {
+        let var = |name| std::env::var(name).unwrap_or_default();
+        Env {
+            command: var("CNI_COMMAND"),
+            container_id: var("CNI_CONTAINERID"),
+            netns: var("CNI_NETNS"),
+            ifname: var("CNI_IFNAME"),
+            args: var("CNI_ARGS"),
+        }
+    }
+
+    fn arg(&self, key: &str) -> Option<String> {
+        self.args
+            .split(';')
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_owned)
+    }
+}
+
+/// What the plugin prints and how it exits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Standard output (a result, a version list, or an error object).
+    pub stdout: String,
+    /// Standard error (warnings).
+    pub stderr: String,
+    /// Exit status: 0 on success.
+    pub exit: i32,
+}
+
+/// A CNI error: printed as the spec's error object, exit status 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CniError {
+    /// The spec's code ([`code`]).
+    pub code: u32,
+    /// Short message.
+    pub msg: String,
+    /// Longer explanation.
+    pub details: String,
+}
+
+impl std::fmt::Display for CniError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.msg, self.details)
+    }
+}
+
+impl CniError {
+    fn new(code: u32, msg: impl Into<String>, details: impl Into<String>) -> CniError {
+        CniError {
+            code,
+            msg: msg.into(),
+            details: details.into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NetConf {
+    cni_version: Option<String>,
+    #[serde(default)]
+    prev_result: Option<Value>,
+    #[serde(default)]
+    agent_socket: Option<PathBuf>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    agent_unreachable: Option<String>,
+    #[serde(rename = "cni.dev/valid-attachments", default)]
+    valid_attachments: Option<Vec<ValidAttachment>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ValidAttachment {
+    #[serde(rename = "containerID")]
+    container_id: String,
+}
+
+/// Runs one plugin invocation: `env` and the network config on `stdin`.
+#[must_use]
+pub fn run(env: &Env, stdin: &[u8]) -> Outcome {
+    let mut stderr = String::new();
+    // The version to answer errors in, as well as it can be told.
+    let version = serde_json::from_slice::<Value>(stdin)
+        .ok()
+        .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_owned))
+        .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
+        .unwrap_or_else(|| "1.1.0".to_owned());
+    match invoke(env, stdin, &mut stderr) {
+        Ok(stdout) => Outcome {
+            stdout,
+            stderr,
+            exit: 0,
+        },
+        Err(e) => Outcome {
+            stdout: json!({
+                "cniVersion": version,
+                "code": e.code,
+                "msg": e.msg,
+                "details": e.details,
+            })
+            .to_string(),
+            stderr,
+            exit: 1,
+        },
+    }
+}
+
+fn invoke(env: &Env, stdin: &[u8], stderr: &mut String) -> Result<String, CniError> {
+    if stdin.len() > MAX_CONFIG {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            "network config too large",
+            format!("{} bytes; the limit is {MAX_CONFIG}", stdin.len()),
+        ));
+    }
+    if env.command == "VERSION" {
+        return Ok(json!({
+            "cniVersion": "1.1.0",
+            "supportedVersions": SUPPORTED_VERSIONS,
+        })
+        .to_string());
+    }
+    let conf: NetConf = serde_json::from_slice(stdin).map_err(|e| {
+        CniError::new(
+            code::DECODE,
+            "cannot decode the network config",
+            e.to_string(),
+        )
+    })?;
+    let version = conf.cni_version.clone().ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "the network config has no cniVersion",
+            "",
+        )
+    })?;
+    if !SUPPORTED_VERSIONS.contains(&version.as_str()) {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!("unsupported cniVersion {version:?}"),
+            format!("netns-cni speaks {}", SUPPORTED_VERSIONS.join(", ")),
+        ));
+    }
+    let agent = Agent {
+        socket: conf
+            .agent_socket
+            .clone()
+            .unwrap_or_else(|| DEFAULT_AGENT_SOCKET.into()),
+        timeout: Duration::from_millis(conf.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)),
+    };
+    match env.command.as_str() {
+        "ADD" => add(env, &conf, &version, &agent, stderr),
+        "DEL" => {
+            del(env, &agent, stderr);
+            Ok(String::new())
+        }
+        "CHECK" => check(env, &conf, &agent).map(|()| String::new()),
+        "GC" => gc(&conf, &agent).map(|()| String::new()),
+        "STATUS" => status(&agent).map(|()| String::new()),
+        "" => Err(CniError::new(
+            code::INVALID_ENV,
+            "CNI_COMMAND is not set",
+            "netns-cni is a CNI plugin: a container runtime runs it",
+        )),
+        other => Err(CniError::new(
+            code::INVALID_ENV,
+            format!("unknown CNI_COMMAND {other:?}"),
+            "ADD, DEL, CHECK, GC, STATUS or VERSION",
+        )),
+    }
+}
+
+/// The attachment of this invocation; `need_netns`: ADD and CHECK.
+fn attachment(env: &Env, addrs: Vec<IpAddr>, need_netns: bool) -> Result<Attachment, CniError> {
+    Attachment::check_container_id(&env.container_id)
+        .map_err(|e| CniError::new(code::INVALID_ENV, "invalid CNI_CONTAINERID", e))?;
+    if need_netns && env.netns.is_empty() {
+        return Err(CniError::new(
+            code::INVALID_ENV,
+            "CNI_NETNS is not set",
+            "ADD and CHECK need the pod's network namespace path",
+        ));
+    }
+    Ok(Attachment {
+        container_id: env.container_id.clone(),
+        netns: env.netns.clone().into(),
+        ifname: env.ifname.clone(),
+        addrs,
+        pod_namespace: env.arg("K8S_POD_NAMESPACE"),
+        pod_name: env.arg("K8S_POD_NAME"),
+    })
+}
+
+/// Every address of `prevResult.ips` ("198.18.5.3/24" -> 198.18.5.3).
+fn prev_addrs(prev: &Value) -> Result<Vec<IpAddr>, CniError> {
+    let bad = |what: String| CniError::new(code::INVALID_CONFIG, "invalid prevResult", what);
+    let mut addrs = Vec::new();
+    let Some(ips) = prev.get("ips") else {
+        return Ok(addrs);
+    };
+    let ips = ips
+        .as_array()
+        .ok_or_else(|| bad("prevResult.ips is not a list".into()))?;
+    for ip in ips {
+        let cidr = ip
+            .get("address")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad(format!("an entry of prevResult.ips has no address: {ip}")))?;
+        let addr = cidr.split('/').next().unwrap_or_default();
+        addrs.push(
+            addr.parse()
+                .map_err(|e| bad(format!("prevResult address {cidr:?}: {e}")))?,
+        );
+    }
+    Ok(addrs)
+}
+
+fn prev_result(conf: &NetConf) -> Result<&Value, CniError> {
+    conf.prev_result.as_ref().ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "no prevResult: netns-cni is a chained plugin",
+            "list it after the plugin that makes the pod's interface (bridge, ptp, ...)",
+        )
+    })
+}
+
+fn add(
+    env: &Env,
+    conf: &NetConf,
+    version: &str,
+    agent: &Agent,
+    stderr: &mut String,
+) -> Result<String, CniError> {
+    let prev = prev_result(conf)?;
+    let pod = attachment(env, prev_addrs(prev)?, true)?;
+    // The result is prevResult, unchanged (in the config's version, which
+    // the runtime converted it to).
+    let mut result = prev.clone();
+    if let Some(obj) = result.as_object_mut() {
+        obj.entry("cniVersion").or_insert_with(|| json!(version));
+    }
+    match agent.ask(&CniRequest::CniAdd(pod)) {
+        Ok(reply) if reply.ok => Ok(result.to_string()),
+        Ok(reply) => Err(refused(&reply, "the agent could not mesh the pod")),
+        Err(e) if conf.agent_unreachable.as_deref() == Some("allow") => {
+            let _ = writeln!(
+                stderr,
+                "netns-cni: warning: {e}; container {} starts unmeshed (agentUnreachable: allow)",
+                env.container_id
+            );
+            Ok(result.to_string())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn del(env: &Env, agent: &Agent, stderr: &mut String) {
+    let pod = match attachment(env, Vec::new(), false) {
+        Ok(pod) => pod,
+        Err(e) => {
+            let _ = writeln!(stderr, "netns-cni: DEL: {}: {}", e.msg, e.details);
+            return;
+        }
+    };
+    match agent.ask(&CniRequest::CniDel(pod)) {
+        Ok(reply) if reply.ok => {}
+        Ok(reply) => {
+            let _ = writeln!(
+                stderr,
+                "netns-cni: DEL: the agent said: {}",
+                reply.error.unwrap_or_default()
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(
+                stderr,
+                "netns-cni: DEL: {} ({}); the agent's reconcile removes what is left",
+                e.msg, e.details
+            );
+        }
+    }
+}
+
+fn check(env: &Env, conf: &NetConf, agent: &Agent) -> Result<(), CniError> {
+    let prev = prev_result(conf)?;
+    let pod = attachment(env, prev_addrs(prev)?, true)?;
+    let reply = agent.ask(&CniRequest::CniCheck(pod))?;
+    if reply.ok {
+        Ok(())
+    } else {
+        Err(refused(&reply, "the pod is not meshed as it should be"))
+    }
+}
+
+fn gc(conf: &NetConf, agent: &Agent) -> Result<(), CniError> {
+    let valid = conf
+        .valid_attachments
+        .as_ref()
+        .map(|v| v.iter().map(|a| a.container_id.clone()).collect())
+        .unwrap_or_default();
+    let reply = agent.ask(&CniRequest::CniGc { valid })?;
+    if reply.ok {
+        Ok(())
+    } else {
+        Err(refused(&reply, "garbage collection failed"))
+    }
+}
+
+fn status(agent: &Agent) -> Result<(), CniError> {
+    let line = agent.exchange(b"{\"op\":\"status\"}").map_err(|e| {
+        CniError::new(
+            code::NOT_AVAILABLE,
+            "the netns agent is not available",
+            e.details,
+        )
+    })?;
+    let ready = serde_json::from_str::<Value>(&line)
+        .ok()
+        .and_then(|v| v.get("ready")?.as_bool())
+        .unwrap_or(false);
+    if ready {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            code::NOT_AVAILABLE,
+            "the netns agent is not ready",
+            line,
+        ))
+    }
+}
+
+fn refused(reply: &CniReply, msg: &str) -> CniError {
+    CniError::new(
+        reply.code.unwrap_or(code::MESH_FAILED),
+        msg,
+        reply.error.clone().unwrap_or_default(),
+    )
+}
+
+/// The agent's control socket.
+struct Agent {
+    socket: PathBuf,
+    timeout: Duration,
+}
+
+impl Agent {
+    fn ask(&self, request: &CniRequest) -> Result<CniReply, CniError> {
+        let body = serde_json::to_vec(request)
+            .map_err(|e| CniError::new(code::IO, "cannot encode the request", e.to_string()))?;
+        let line = self.exchange(&body)?;
+        serde_json::from_str(&line).map_err(|e| {
+            CniError::new(
+                code::TRY_AGAIN_LATER,
+                "unreadable answer from the netns agent",
+                format!("{e}: {line}"),
+            )
+        })
+    }
+
+    /// Sends one line, reads one line back.
+    fn exchange(&self, body: &[u8]) -> Result<String, CniError> {
+        let unreachable = |e: std::io::Error| {
+            CniError::new(
+                code::TRY_AGAIN_LATER,
+                "the netns agent is unreachable",
+                format!("{}: {e}", self.socket.display()),
+            )
+        };
+        let mut conn = UnixStream::connect(&self.socket).map_err(unreachable)?;
+        conn.set_read_timeout(Some(self.timeout))
+            .map_err(unreachable)?;
+        conn.set_write_timeout(Some(self.timeout))
+            .map_err(unreachable)?;
+        conn.write_all(body).map_err(unreachable)?;
+        conn.write_all(b"\n").map_err(unreachable)?;
+        let mut line = String::new();
+        BufReader::new(conn)
+            .read_line(&mut line)
+            .map_err(unreachable)?;
+        if line.is_empty() {
+            return Err(unreachable(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        Ok(line)
+    }
+}

@@ -1,0 +1,145 @@
+//! CNI requests (from the `netns-cni` plugin, through the control socket):
+//! the same per-pod work as the other sources, done while the plugin waits,
+//! with the attachment recorded so that DEL finds it after a restart.
+
+use std::time::{Duration, Instant};
+
+use super::{Agent, Taken};
+use crate::cni::{Attachment, CniReply, CniRequest, code};
+use crate::source::cni::CniState;
+
+impl Agent {
+    /// Does one CNI request and says how it went.
+    pub(crate) fn cni(&self, request: CniRequest) -> CniReply {
+        let Some(state) = &self.config.cni_state else {
+            return CniReply::failed(
+                code::INVALID_CONFIG,
+                format!(
+                    "this agent takes its pods from --pod-source {}: run it with --pod-source cni",
+                    self.source
+                ),
+            );
+        };
+        let _turn = Self::lock(&self.pod_work);
+        match request {
+            CniRequest::CniAdd(pod) => self.cni_add(state, &pod),
+            CniRequest::CniDel(pod) => self.cni_del(state, &pod),
+            CniRequest::CniCheck(pod) => self.cni_check(state, &pod),
+            CniRequest::CniGc { valid } => self.cni_gc(state, &valid),
+        }
+    }
+
+    fn cni_add(&self, state: &CniState, pod: &Attachment) -> CniReply {
+        if let Err(e) = Attachment::check_container_id(&pod.container_id) {
+            return CniReply::failed(code::INVALID_ENV, e);
+        }
+        if !pod.netns.is_absolute() {
+            return CniReply::failed(
+                code::INVALID_ENV,
+                format!("CNI_NETNS {} is not an absolute path", pod.netns.display()),
+            );
+        }
+        match self.take_on(&pod.netns, Instant::now(), Duration::ZERO, &pod.addrs) {
+            Taken::Done => {}
+            Taken::NotNamespace(reason) => {
+                return CniReply::failed(
+                    code::INVALID_ENV,
+                    format!("CNI_NETNS {}: {reason}", pod.netns.display()),
+                );
+            }
+            Taken::Failed(reason) => return CniReply::failed(code::MESH_FAILED, reason),
+            Taken::NotYet => {
+                return CniReply::failed(
+                    code::TRY_AGAIN_LATER,
+                    format!("{} is not a namespace yet", pod.netns.display()),
+                );
+            }
+        }
+        if let Err(e) = state.record(pod) {
+            // Unrecorded, it could not be found by DEL after a restart: undo.
+            self.gone(&pod.netns);
+            return CniReply::failed(code::IO, format!("record the attachment: {e:#}"));
+        }
+        tracing::info!(container = %pod.container_id, netns = %pod.netns.display(), addrs = ?pod.addrs, "CNI ADD: pod meshed");
+        CniReply::done()
+    }
+
+    fn cni_del(&self, state: &CniState, pod: &Attachment) -> CniReply {
+        if Attachment::check_container_id(&pod.container_id).is_err() {
+            // Nothing can have been recorded under it.
+            return CniReply::done();
+        }
+        let recorded = match state.get(&pod.container_id) {
+            Ok(recorded) => recorded,
+            Err(e) => {
+                tracing::warn!(container = %pod.container_id, error = %format!("{e:#}"), "CNI DEL: unreadable record");
+                None
+            }
+        };
+        let netns = recorded.map_or_else(|| pod.netns.clone(), |r| r.netns);
+        if !netns.as_os_str().is_empty() && Self::lock(&self.pods).contains_key(&netns) {
+            self.gone(&netns);
+        }
+        if let Err(e) = state.forget(&pod.container_id) {
+            tracing::warn!(container = %pod.container_id, error = %format!("{e:#}"), "CNI DEL: cannot forget the record");
+        }
+        tracing::info!(container = %pod.container_id, netns = %netns.display(), "CNI DEL: pod removed");
+        CniReply::done()
+    }
+
+    fn cni_check(&self, state: &CniState, pod: &Attachment) -> CniReply {
+        let recorded = match state.get(&pod.container_id) {
+            Ok(Some(recorded)) => recorded,
+            Ok(None) => {
+                return CniReply::failed(
+                    code::NOT_MESHED,
+                    format!("no attachment on record for container {}", pod.container_id),
+                );
+            }
+            Err(e) => return CniReply::failed(code::INVALID_ENV, format!("{e:#}")),
+        };
+        let facts = Self::lock(&self.pods)
+            .get(&recorded.netns)
+            .map(|p| p.facts.clone());
+        let Some(facts) = facts else {
+            return CniReply::failed(
+                code::NOT_MESHED,
+                format!(
+                    "{} is not a meshed pod of this agent",
+                    recorded.netns.display()
+                ),
+            );
+        };
+        let mut wanted = facts.addrs.clone();
+        wanted.extend(&pod.addrs);
+        wanted.sort_unstable();
+        wanted.dedup();
+        match self.with_datapath(|dp| dp.missing_pod_entries(facts.cookie, &wanted)) {
+            Ok(missing) if missing.is_empty() => CniReply::done(),
+            Ok(missing) => CniReply::failed(
+                code::NOT_MESHED,
+                format!(
+                    "pod {} (netns cookie {}): missing from the data path: {}",
+                    pod.container_id,
+                    facts.cookie,
+                    missing.join(", ")
+                ),
+            ),
+            Err(e) => CniReply::failed(code::IO, crate::error_chain(&e)),
+        }
+    }
+
+    fn cni_gc(&self, state: &CniState, valid: &[String]) -> CniReply {
+        let recorded = match state.all() {
+            Ok(all) => all,
+            Err(e) => return CniReply::failed(code::IO, format!("{e:#}")),
+        };
+        let mut removed = 0;
+        for pod in recorded.iter().filter(|p| !valid.contains(&p.container_id)) {
+            self.cni_del(state, pod);
+            removed += 1;
+        }
+        tracing::info!(removed, kept = recorded.len() - removed, "CNI GC");
+        CniReply::done()
+    }
+}

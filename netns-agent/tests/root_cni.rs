@@ -1,0 +1,297 @@
+//! netns-cni behind the real reference plugins (Debian's
+//! containernetworking-plugins: loopback, bridge, host-local), run by hand
+//! the way a container runtime runs a chain, inside a throw-away node
+//! namespace, against an agent with `--pod-source cni`. What is asserted
+//! comes from the kernel (the agent's pinned maps, read back) and from the
+//! plugin's stdout and exit status (the CNI spec's result and error objects).
+//! Needs root, iproute2 and containernetworking-plugins (`./x test`
+//! installs them).
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use aya::maps::{HashMap, Map, MapData};
+use netns_agent::datapath::CookieProbe;
+use netns_core::NetNs;
+use netns_ebpf::{LocalPod, PodFlags, names};
+use netns_tests::cni::{Chain, Run};
+use serde_json::{Value, json};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_netns-agent");
+const PLUGIN: &str = env!("CARGO_BIN_EXE_netns-cni");
+
+fn map(chain: &Chain, name: &str) -> Map {
+    let pin = chain.bpffs().join("maps").join(name);
+    Map::HashMap(MapData::from_pin(&pin).unwrap_or_else(|e| panic!("{}: {e}", pin.display())))
+}
+
+fn meshed(chain: &Chain) -> Vec<u64> {
+    let map: HashMap<_, u64, PodFlags> =
+        HashMap::try_from(map(chain, names::MESHED_NETNS)).unwrap();
+    map.keys().map(Result::unwrap).collect()
+}
+
+/// The pod addresses in the maps, with the cookie each is filed under.
+fn local_pods(chain: &Chain) -> Vec<(IpAddr, u64)> {
+    let v4: HashMap<_, u32, LocalPod> =
+        HashMap::try_from(map(chain, names::LOCAL_POD_IPS4)).unwrap();
+    let v6: HashMap<_, [u32; 4], LocalPod> =
+        HashMap::try_from(map(chain, names::LOCAL_POD_IPS6)).unwrap();
+    let mut all: Vec<(IpAddr, u64)> = v4
+        .iter()
+        .map(Result::unwrap)
+        .map(|(k, v)| (IpAddr::from(k.to_ne_bytes()), v.netns_cookie))
+        .collect();
+    for (k, v) in v6.iter().map(Result::unwrap) {
+        let mut octets = [0u8; 16];
+        for (chunk, word) in octets.chunks_mut(4).zip(k) {
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        all.push((IpAddr::from(octets), v.netns_cookie));
+    }
+    all.sort();
+    all
+}
+
+/// The addresses of a CNI result's `ips`.
+fn result_addrs(result: &Value) -> Vec<IpAddr> {
+    let mut addrs: Vec<IpAddr> = result["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ip| {
+            ip["address"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    addrs.sort();
+    addrs
+}
+
+fn cookie(chain: &Chain, pod: &NetNs) -> u64 {
+    let mut probe = CookieProbe::start(netns_agent::EBPF_OBJECT, chain.cgroup.path()).unwrap();
+    probe.cookie(pod).unwrap()
+}
+
+fn assert_ok(run: &Run, what: &str) {
+    assert_eq!(run.exit, 0, "{what}: {run:?}");
+}
+
+fn assert_error(run: &Run, code: u64, what: &str) {
+    assert_ne!(run.exit, 0, "{what}: {run:?}");
+    assert_eq!(run.code(), Some(code), "{what}: {run:?}");
+    assert!(
+        run.out["msg"].as_str().is_some_and(|m| !m.is_empty()),
+        "{what}: {run:?}"
+    );
+}
+
+/// ADD -> CHECK -> DEL -> DEL again, dual-stack: the maps hold exactly the
+/// pod's cookie and every address of bridge's result while attached, and
+/// nothing after; prevResult comes back unchanged.
+#[test]
+fn root_cni_add_check_del_del_behind_bridge_and_host_local() {
+    let mut chain = Chain::new(AGENT, PLUGIN, "lifecycle");
+    chain.start_agent();
+    let pod = chain.pod("pod-1");
+    let netns = pod.path().to_str().unwrap().to_owned();
+
+    let (prev, add) = chain.add("c1", &pod);
+    assert_ok(&add, "ADD");
+    assert_eq!(add.out, prev, "prevResult passed through unchanged");
+    let addrs = result_addrs(&prev);
+    assert_eq!(addrs.len(), 2, "dual-stack result: {prev}");
+    let cookie = cookie(&chain, &pod);
+    assert_eq!(meshed(&chain), [cookie]);
+    let want: Vec<(IpAddr, u64)> = addrs.iter().map(|a| (*a, cookie)).collect();
+    assert_eq!(local_pods(&chain), want);
+
+    let check = chain.plugin("CHECK", "c1", &netns, &chain.plugin_config(Some(&prev)));
+    assert_ok(&check, "CHECK");
+
+    let del = chain.del("c1", &netns, &prev);
+    assert_ok(&del, "DEL");
+    assert_eq!(meshed(&chain), Vec::<u64>::new());
+    assert_eq!(local_pods(&chain), Vec::new());
+    let check = chain.plugin("CHECK", "c1", &netns, &chain.plugin_config(Some(&prev)));
+    assert_error(&check, 101, "CHECK after DEL");
+
+    let again = chain.plugin("DEL", "c1", &netns, &chain.plugin_config(Some(&prev)));
+    assert_ok(&again, "DEL again");
+    assert_eq!(again.stdout, "");
+}
+
+/// DEL after the pod's namespace is gone, and DEL while the agent is down:
+/// both succeed; the agent's restart then drops what was left.
+#[test]
+fn root_cni_del_succeeds_when_the_namespace_or_the_agent_is_gone() {
+    let mut chain = Chain::new(AGENT, PLUGIN, "gone");
+    chain.start_agent();
+    let pod1 = chain.pod("pod-1");
+    let pod2 = chain.pod("pod-2");
+    let (prev1, add1) = chain.add("c1", &pod1);
+    assert_ok(&add1, "ADD 1");
+    let (prev2, add2) = chain.add("c2", &pod2);
+    assert_ok(&add2, "ADD 2");
+    assert_eq!(meshed(&chain).len(), 2);
+
+    // The namespace goes first (a runtime that lost it), then DEL.
+    let path1 = pod1.path().to_str().unwrap().to_owned();
+    drop(pod1);
+    NetNs::delete_at(Path::new(&path1)).unwrap();
+    let del = chain.plugin("DEL", "c1", &path1, &chain.plugin_config(Some(&prev1)));
+    assert_ok(&del, "DEL of a deleted namespace");
+    assert_eq!(meshed(&chain).len(), 1);
+
+    // The agent is down during DEL: DEL still succeeds; the pod's namespace
+    // goes too; the next agent finds its record, sees the namespace gone and
+    // removes its entries.
+    chain.stop_agent();
+    let path2 = pod2.path().to_str().unwrap().to_owned();
+    let del = chain.plugin("DEL", "c2", &path2, &chain.plugin_config(Some(&prev2)));
+    assert_ok(&del, "DEL with the agent down");
+    assert!(del.stderr.contains("reconcile"), "{del:?}");
+    drop(pod2);
+    NetNs::delete_at(Path::new(&path2)).unwrap();
+    assert_eq!(meshed(&chain).len(), 1, "kept state while no agent runs");
+    chain.start_agent();
+    assert_eq!(meshed(&chain), Vec::<u64>::new(), "{}", chain.logs());
+    assert_eq!(local_pods(&chain), Vec::new());
+}
+
+/// The agent restarts between ADD and DEL: DEL still removes exactly the pod.
+#[test]
+fn root_cni_agent_restarted_between_add_and_del() {
+    let mut chain = Chain::new(AGENT, PLUGIN, "restart");
+    chain.start_agent();
+    let pod = chain.pod("pod-1");
+    let netns = pod.path().to_str().unwrap().to_owned();
+    let (prev, add) = chain.add("c1", &pod);
+    assert_ok(&add, "ADD");
+    chain.stop_agent();
+    chain.start_agent();
+    let cookie = cookie(&chain, &pod);
+    assert_eq!(meshed(&chain), [cookie], "re-taken after the restart");
+    let check = chain.plugin("CHECK", "c1", &netns, &chain.plugin_config(Some(&prev)));
+    assert_ok(&check, "CHECK after restart");
+    assert_ok(&chain.del("c1", &netns, &prev), "DEL after restart");
+    assert_eq!(meshed(&chain), Vec::<u64>::new());
+}
+
+/// Bad input gets the spec's error and leaves nothing behind.
+#[test]
+fn root_cni_bad_input_gets_spec_errors_and_nothing_half_done() {
+    let mut chain = Chain::new(AGENT, PLUGIN, "errors");
+    let pod = chain.pod("pod-1");
+    let netns = pod.path().to_str().unwrap().to_owned();
+    let plugin = Path::new(PLUGIN);
+    let prev = json!({"cniVersion": "1.0.0", "ips": [{"address": "198.18.64.9/24"}]});
+
+    // The agent is down: ADD says "try again later" (11) by default...
+    let add = chain.plugin("ADD", "c1", &netns, &chain.plugin_config(Some(&prev)));
+    assert_error(&add, 11, "ADD with no agent");
+    // ...and lets the pod start unmeshed when configured so.
+    let mut allow = chain.plugin_config(Some(&prev));
+    allow["agentUnreachable"] = json!("allow");
+    let add = chain.plugin("ADD", "c1", &netns, &allow);
+    assert_ok(&add, "ADD with no agent, agentUnreachable: allow");
+    assert_eq!(add.out, prev);
+    assert!(add.stderr.contains("unmeshed"), "{add:?}");
+
+    chain.start_agent();
+    let version = chain.plugin("VERSION", "", "", &json!({"cniVersion": "1.0.0"}));
+    assert_ok(&version, "VERSION");
+    assert!(
+        version.out["supportedVersions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("1.1.0"))
+    );
+    let status = chain.plugin("STATUS", "", "", &json!({"cniVersion": "1.1.0", "name": "meshnet", "type": "netns-cni", "agentSocket": chain.socket()}));
+    assert_ok(&status, "STATUS");
+
+    let garbage = chain.exec(plugin, "ADD", "c1", &netns, b"{not json");
+    assert_error(&garbage, 6, "malformed stdin");
+    let old = json!({"cniVersion": "0.1.0", "name": "x", "type": "netns-cni"});
+    assert_error(
+        &chain.plugin("ADD", "c1", &netns, &old),
+        1,
+        "unsupported version",
+    );
+    let no_prev = chain.plugin("ADD", "c1", &netns, &chain.plugin_config(None));
+    assert_error(&no_prev, 7, "no prevResult");
+    let no_netns = chain.plugin("ADD", "c1", "", &chain.plugin_config(Some(&prev)));
+    assert_error(&no_netns, 4, "missing CNI_NETNS");
+    let bad_id = chain.plugin("ADD", "../etc", &netns, &chain.plugin_config(Some(&prev)));
+    assert_error(&bad_id, 4, "container id with a slash");
+    let file = chain.dir.join("not-a-netns");
+    std::fs::write(&file, "x").unwrap();
+    let regular = chain.plugin(
+        "ADD",
+        "c2",
+        file.to_str().unwrap(),
+        &chain.plugin_config(Some(&prev)),
+    );
+    assert_error(&regular, 4, "CNI_NETNS is a regular file");
+    let huge = vec![b' '; (1 << 20) + 10];
+    assert_error(
+        &chain.exec(plugin, "ADD", "c1", &netns, &huge),
+        7,
+        "oversized config",
+    );
+
+    assert_eq!(meshed(&chain), Vec::<u64>::new(), "nothing half-done");
+    assert_eq!(local_pods(&chain), Vec::new());
+    assert!(
+        std::fs::read_dir(chain.dir.join("cni")).map_or(0, Iterator::count) == 0,
+        "no attachment recorded"
+    );
+}
+
+/// 200 concurrent ADDs (as a node starting many pods), then 200 DELs: every
+/// pod meshed exactly once, nothing left.
+#[test]
+fn root_cni_200_concurrent_adds() {
+    let mut chain = Chain::new(AGENT, PLUGIN, "burst");
+    chain.start_agent();
+    let pods: Vec<NetNs> = (0..200).map(|i| chain.pod(&format!("pod-{i}"))).collect();
+    let results: Vec<Run> = std::thread::scope(|s| {
+        let handles: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, pod)| {
+                let chain = &chain;
+                s.spawn(move || {
+                    let netns = pod.path().to_str().unwrap();
+                    let addr = format!("198.18.65.{}/24", i + 1);
+                    let prev = json!({"cniVersion": "1.0.0", "ips": [{"address": addr}]});
+                    chain.plugin(
+                        "ADD",
+                        &format!("c{i}"),
+                        netns,
+                        &chain.plugin_config(Some(&prev)),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, run) in results.iter().enumerate() {
+        assert_ok(run, &format!("ADD {i}"));
+    }
+    assert_eq!(meshed(&chain).len(), 200);
+    assert_eq!(local_pods(&chain).len(), 200);
+    for (i, pod) in pods.iter().enumerate() {
+        let netns = pod.path().to_str().unwrap();
+        let del = chain.plugin("DEL", &format!("c{i}"), netns, &chain.plugin_config(None));
+        assert_ok(&del, "DEL");
+    }
+    assert_eq!(meshed(&chain), Vec::<u64>::new());
+    assert_eq!(local_pods(&chain), Vec::new());
+}

@@ -1,0 +1,312 @@
+//! A CNI chain run by hand, the way a container runtime runs it: Debian's
+//! reference plugins (`loopback`, then `bridge` with `host-local` IPAM) and
+//! `netns-cni` after them, inside a throw-away "node" network namespace
+//! (never the host's), for pods that are namespaces made for the test. An
+//! agent with `--pod-source cni` on private paths answers the plugin.
+//! Everything is removed on drop.
+
+use std::io::Write as _;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use netns_agent::cgroup::{ChildCgroup, cgroup2_mount};
+use netns_core::NetNs;
+use serde_json::{Value, json};
+
+/// Where Debian's containernetworking-plugins puts the reference plugins.
+pub const CNI_BIN: &str = "/usr/lib/cni";
+/// The pods' IPv4 subnet (benchmarking range).
+pub const SUBNET4: &str = "198.18.64.0/24";
+/// The pods' IPv6 subnet.
+pub const SUBNET6: &str = "fd00:64::/64";
+
+/// One plugin run: exit status, stdout (parsed when it is JSON), stderr.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit status code.
+    pub exit: i32,
+    /// Standard output as JSON (`Value::Null` when empty).
+    pub out: Value,
+    /// Standard output as text.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Run {
+    /// The CNI error code of a failed run.
+    #[must_use]
+    pub fn code(&self) -> Option<u64> {
+        self.out.get("code")?.as_u64()
+    }
+}
+
+/// The node, its agent and its pods.
+#[derive(Debug)]
+pub struct Chain {
+    /// Private directory: pins, control socket, CNI state, IPAM data, pods.
+    pub dir: PathBuf,
+    /// The node namespace the plugins run in.
+    pub node: NetNs,
+    /// The captured cgroup of the agent.
+    pub cgroup: ChildCgroup,
+    agent_bin: PathBuf,
+    plugin_bin: PathBuf,
+    agent: Option<Child>,
+    metrics: SocketAddr,
+}
+
+impl Chain {
+    /// A node namespace and private paths; the agent is not started.
+    #[must_use]
+    pub fn new(agent_bin: &str, plugin_bin: &str, tag: &str) -> Chain {
+        crate::require_root();
+        let dir = PathBuf::from(format!("/tmp/netns-cni-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("pods")).unwrap();
+        let node = NetNs::create_at(&dir.join("node")).unwrap();
+        node.set_loopback_up().unwrap();
+        let cgroup = ChildCgroup::create(
+            &cgroup2_mount().unwrap(),
+            &format!("netns-cni-{tag}-{}", std::process::id()),
+        )
+        .unwrap();
+        let metrics = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        Chain {
+            dir,
+            node,
+            cgroup,
+            agent_bin: agent_bin.into(),
+            plugin_bin: plugin_bin.into(),
+            agent: None,
+            metrics,
+        }
+    }
+
+    /// The agent's control socket.
+    #[must_use]
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("agent.sock")
+    }
+
+    /// The agent's pin directory.
+    #[must_use]
+    pub fn bpffs(&self) -> PathBuf {
+        self.dir.join("bpf")
+    }
+
+    /// Starts the agent (`--pod-source cni`, `--keep-state` so a restart
+    /// keeps the data path) and waits until it is ready.
+    pub fn start_agent(&mut self) {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))
+            .unwrap();
+        let child = crate::agent::run_command(
+            self.agent_bin.to_str().unwrap(),
+            &self.dir,
+            self.cgroup.path(),
+            self.metrics,
+        )
+        .args(["--pod-source", "cni", "--keep-state", "--cni-state-dir"])
+        .arg(self.dir.join("cni"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+        self.agent = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !crate::agent::ready(self.metrics) {
+            assert!(
+                Instant::now() < deadline,
+                "agent not ready: {}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the agent (SIGTERM; with `--keep-state` its data path stays).
+    pub fn stop_agent(&mut self) {
+        if let Some(mut child) = self.agent.take() {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// The agent's log so far.
+    #[must_use]
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// A new pod namespace (not yet attached).
+    #[must_use]
+    pub fn pod(&self, name: &str) -> NetNs {
+        NetNs::create_at(&self.dir.join("pods").join(name)).unwrap()
+    }
+
+    /// `netns-cni`'s network config (with `prevResult`, if any).
+    #[must_use]
+    pub fn plugin_config(&self, prev: Option<&Value>) -> Value {
+        let mut conf = json!({
+            "cniVersion": "1.0.0",
+            "name": "meshnet",
+            "type": "netns-cni",
+            "agentSocket": self.socket(),
+            "timeoutMs": 5000,
+        });
+        if let Some(prev) = prev {
+            conf["prevResult"] = prev.clone();
+        }
+        conf
+    }
+
+    fn bridge_config(&self, prev: Option<&Value>) -> Value {
+        let mut conf = json!({
+            "cniVersion": "1.0.0",
+            "name": "meshnet",
+            "type": "bridge",
+            "bridge": "cnitest0",
+            "isGateway": true,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": SUBNET4}], [{"subnet": SUBNET6}]],
+                "dataDir": self.dir.join("ipam"),
+            },
+        });
+        if let Some(prev) = prev {
+            conf["prevResult"] = prev.clone();
+        }
+        conf
+    }
+
+    /// Runs `binary` with `command` for `container` in `netns`, inside the
+    /// node namespace, `config` on stdin (raw bytes).
+    #[must_use]
+    pub fn exec(
+        &self,
+        binary: &Path,
+        command: &str,
+        container: &str,
+        netns: &str,
+        stdin: &[u8],
+    ) -> Run {
+        let output = self
+            .node
+            .run(|_| {
+                let mut child = Command::new(binary)
+                    .env_clear()
+                    .env("CNI_COMMAND", command)
+                    .env("CNI_CONTAINERID", container)
+                    .env("CNI_NETNS", netns)
+                    .env("CNI_IFNAME", "eth0")
+                    .env("CNI_PATH", CNI_BIN)
+                    .env(
+                        "CNI_ARGS",
+                        format!(
+                            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={container}"
+                        ),
+                    )
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("run {}: {e}", binary.display()));
+                child.stdin.take().unwrap().write_all(stdin).unwrap();
+                child.wait_with_output().unwrap()
+            })
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        Run {
+            exit: output.status.code().unwrap_or(-1),
+            out: serde_json::from_str(&stdout).unwrap_or(Value::Null),
+            stdout,
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// `netns-cni` alone.
+    #[must_use]
+    pub fn plugin(&self, command: &str, container: &str, netns: &str, config: &Value) -> Run {
+        self.exec(
+            &self.plugin_bin,
+            command,
+            container,
+            netns,
+            config.to_string().as_bytes(),
+        )
+    }
+
+    fn reference(
+        &self,
+        name: &str,
+        command: &str,
+        container: &str,
+        netns: &str,
+        conf: &Value,
+    ) -> Run {
+        let run = self.exec(
+            &Path::new(CNI_BIN).join(name),
+            command,
+            container,
+            netns,
+            conf.to_string().as_bytes(),
+        );
+        assert_eq!(run.exit, 0, "{name} {command}: {run:?}");
+        run
+    }
+
+    /// The whole chain's ADD for `pod`: loopback, bridge, netns-cni. Returns
+    /// bridge's result and netns-cni's run (which must pass it through).
+    #[must_use]
+    pub fn add(&self, container: &str, pod: &NetNs) -> (Value, Run) {
+        let netns = pod.path().to_str().unwrap();
+        let lo = json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
+        self.reference("loopback", "ADD", container, netns, &lo);
+        let bridge = self.reference("bridge", "ADD", container, netns, &self.bridge_config(None));
+        let prev = bridge.out;
+        let run = self.plugin("ADD", container, netns, &self.plugin_config(Some(&prev)));
+        (prev, run)
+    }
+
+    /// The chain's DEL, in reverse order (netns-cni first); `netns` may be
+    /// gone or empty.
+    #[must_use]
+    pub fn del(&self, container: &str, netns: &str, prev: &Value) -> Run {
+        let run = self.plugin("DEL", container, netns, &self.plugin_config(Some(prev)));
+        self.reference(
+            "bridge",
+            "DEL",
+            container,
+            netns,
+            &self.bridge_config(Some(prev)),
+        );
+        run
+    }
+}
+
+impl Drop for Chain {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.agent.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = netns_agent::datapath::cleanup(&self.bpffs());
+        for dir in [self.dir.join("pods"), self.dir.clone()] {
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for entry in entries.flatten() {
+                    let _ = nix::mount::umount2(&entry.path(), nix::mount::MntFlags::MNT_DETACH);
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
