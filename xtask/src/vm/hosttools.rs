@@ -1,5 +1,5 @@
 //! Host programs the tests call by name (iproute2's `ip` and `tc`, `bpftool`,
-//! iptables-legacy), copied into the guest with the shared libraries and the
+//! iptables-legacy, the reference CNI plugins), copied into the guest with the shared libraries and the
 //! loader `ldd` names, at the same paths, and iptables' extensions (loaded
 //! with dlopen, so `ldd` does not name them). The programs land in `/usr/local/sbin`, ahead of busybox's
 //! smaller applets of the same name in the guest's `PATH`.
@@ -28,6 +28,10 @@ const TOOLS: &[(&str, &str)] = &[
     ("ip6tables-legacy-restore", "iptables"),
     ("ip6tables-legacy-save", "iptables"),
 ];
+/// The reference CNI plugins the CNI tests chain before netns-cni (Debian
+/// containernetworking-plugins), copied to the same path in the guest.
+const CNI_DIR: &str = "/usr/lib/cni";
+const CNI_PLUGINS: &[&str] = &["bridge", "host-local", "loopback"];
 /// Where iptables finds its match and target extensions.
 const XTABLES_DIR: &str = "/usr/lib/x86_64-linux-gnu/xtables";
 const HOST_DIRS: &[&str] = &["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
@@ -58,9 +62,19 @@ impl GuestFile {
 
 /// The tools and everything they load, each file once.
 pub(crate) fn collect() -> anyhow::Result<Vec<GuestFile>> {
-    let packages: Vec<&str> = TOOLS.iter().map(|(_, package)| *package).collect();
+    let mut packages: Vec<&str> = TOOLS.iter().map(|(_, package)| *package).collect();
+    packages.push("containernetworking-plugins");
     apt::ensure(&packages, "tests call them; the guests get copies")?;
     let mut files: Vec<GuestFile> = Vec::new();
+    for plugin in CNI_PLUGINS {
+        let host = Path::new(CNI_DIR).join(plugin);
+        files.push(GuestFile::same_path(&host, 0o755)?);
+        for library in libraries(&host)? {
+            if !files.iter().any(|f| f.host == library) {
+                files.push(GuestFile::same_path(&library, 0o755)?);
+            }
+        }
+    }
     for (tool, package) in TOOLS {
         let host = HOST_DIRS
             .iter()
