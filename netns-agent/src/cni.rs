@@ -11,6 +11,7 @@
 //! <- {"ok":false,"code":100,"error":"pod c1 is not in the mesh: ..."}
 //! ```
 
+pub mod install;
 pub mod plugin;
 
 use std::net::IpAddr;
