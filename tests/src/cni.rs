@@ -17,8 +17,8 @@ use serde_json::{Value, json};
 
 /// Where Debian's containernetworking-plugins puts the reference plugins.
 pub const CNI_BIN: &str = "/usr/lib/cni";
-/// The pods' IPv4 subnet (benchmarking range).
-pub const SUBNET4: &str = "198.18.64.0/24";
+/// The pods' IPv4 subnet (benchmarking range; room for the benchmark's 1,000 pods).
+pub const SUBNET4: &str = "198.18.64.0/20";
 /// The pods' IPv6 subnet.
 pub const SUBNET6: &str = "fd00:64::/64";
 
@@ -33,6 +33,8 @@ pub struct Run {
     pub stdout: String,
     /// Standard error.
     pub stderr: String,
+    /// From spawn to exit, as the runtime sees it.
+    pub elapsed: Duration,
 }
 
 impl Run {
@@ -202,6 +204,7 @@ impl Chain {
         let output = self
             .node
             .run(|_| {
+                let started = Instant::now();
                 let mut child = Command::new(binary)
                     .env_clear()
                     .env("CNI_COMMAND", command)
@@ -221,15 +224,18 @@ impl Chain {
                     .spawn()
                     .unwrap_or_else(|e| panic!("run {}: {e}", binary.display()));
                 child.stdin.take().unwrap().write_all(stdin).unwrap();
-                child.wait_with_output().unwrap()
+                let output = child.wait_with_output().unwrap();
+                (output, started.elapsed())
             })
             .unwrap();
+        let (output, elapsed) = output;
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         Run {
             exit: output.status.code().unwrap_or(-1),
             out: serde_json::from_str(&stdout).unwrap_or(Value::Null),
             stdout,
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            elapsed,
         }
     }
 
@@ -268,13 +274,22 @@ impl Chain {
     /// bridge's result and netns-cni's run (which must pass it through).
     #[must_use]
     pub fn add(&self, container: &str, pod: &NetNs) -> (Value, Run) {
+        let (prev, run, _) = self.add_timed(container, pod);
+        (prev, run)
+    }
+
+    /// [`Chain::add`], with the whole chain's time (its plugins one after
+    /// another, as a runtime runs them; netns-cni's own is in its [`Run`]).
+    #[must_use]
+    pub fn add_timed(&self, container: &str, pod: &NetNs) -> (Value, Run, Duration) {
         let netns = pod.path().to_str().unwrap();
         let lo = json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
-        self.reference("loopback", "ADD", container, netns, &lo);
+        let lo = self.reference("loopback", "ADD", container, netns, &lo);
         let bridge = self.reference("bridge", "ADD", container, netns, &self.bridge_config(None));
         let prev = bridge.out;
         let run = self.plugin("ADD", container, netns, &self.plugin_config(Some(&prev)));
-        (prev, run)
+        let chain = lo.elapsed + bridge.elapsed + run.elapsed;
+        (prev, run, chain)
     }
 
     /// The chain's DEL, in reverse order (netns-cni first); `netns` may be

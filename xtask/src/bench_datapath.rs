@@ -1,4 +1,4 @@
-//! `./x bench-datapath` and `./x bench-agent`. The data path benchmark (tests/benches/datapath.rs):
+//! `./x bench-datapath`, `./x bench-agent` and `./x bench-cni`. The data path benchmark (tests/benches/datapath.rs):
 //! direct, iptables REDIRECT (Istio's default capture), our default eBPF
 //! programs, and the opt-in sockmap mode on the sidecar-to-sidecar leg.
 
@@ -38,6 +38,39 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     cmd::status(&mut cargo)
 }
 
+/// Builds netns-agent's binaries (the agent and netns-cni) in release mode;
+/// returns their directory.
+fn release_agent() -> anyhow::Result<std::path::PathBuf> {
+    ebpf::build()?;
+    eprintln!("xtask: building netns-agent and netns-cni (release)");
+    cmd::status(&mut cmd::cargo(&[
+        "build",
+        "--quiet",
+        "--release",
+        "--package",
+        "netns-agent",
+        "--bins",
+    ]))?;
+    Ok(cmd::workspace_root().join("target/release"))
+}
+
+/// `./x bench-cni`: the CNI benchmark (tests/benches/cni.rs) against release
+/// builds of netns-agent and netns-cni.
+pub(crate) fn run_cni(pods: u32) -> anyhow::Result<()> {
+    cmd::require_root("./x bench-cni")?;
+    apt::ensure(
+        &["iproute2", "containernetworking-plugins"],
+        "the benchmark runs Debian's bridge, host-local and loopback CNI plugins before netns-cni",
+    )?;
+    let bin = release_agent()?;
+    cmd::status(
+        cmd::cargo(&["bench", "--package", "netns-tests", "--bench", "cni"])
+            .env("NETNS_BENCH_AGENT", bin.join("netns-agent"))
+            .env("NETNS_BENCH_CNI", bin.join("netns-cni"))
+            .env("NETNS_BENCH_PODS", pods.to_string()),
+    )
+}
+
 /// `./x bench-agent`: the agent benchmark (tests/benches/agent.rs) against a
 /// release build of netns-agent.
 pub(crate) fn run_agent(pods: u32) -> anyhow::Result<()> {
@@ -46,16 +79,7 @@ pub(crate) fn run_agent(pods: u32) -> anyhow::Result<()> {
         &["iproute2"],
         "the benchmark configures pod namespaces with ip",
     )?;
-    ebpf::build()?;
-    eprintln!("xtask: building netns-agent (release)");
-    cmd::status(&mut cmd::cargo(&[
-        "build",
-        "--quiet",
-        "--release",
-        "--package",
-        "netns-agent",
-    ]))?;
-    let agent = cmd::workspace_root().join("target/release/netns-agent");
+    let agent = release_agent()?.join("netns-agent");
     cmd::status(
         cmd::cargo(&["bench", "--package", "netns-tests", "--bench", "agent"])
             .env("NETNS_BENCH_AGENT", &agent)

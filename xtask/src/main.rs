@@ -66,6 +66,14 @@ enum Verb {
         #[arg(long, default_value_t = 1000)]
         pods: u32,
     },
+    /// CNI ADD as a container runtime sees it: netns-cni alone and the whole
+    /// chain (loopback, bridge + host-local, netns-cni), p50/p99 over 1,000
+    /// pods (needs root; installs containernetworking-plugins).
+    BenchCni {
+        /// How many pods.
+        #[arg(long, default_value_t = 1000)]
+        pods: u32,
+    },
 }
 
 /// `./x run [ARGS]`: builds the agent and runs it with `ARGS`; with none, or
@@ -106,5 +114,6 @@ fn main() -> anyhow::Result<()> {
         Verb::IntegrationTest(args) => vm::run(&args),
         Verb::BenchDatapath(args) => bench_datapath::run(&args),
         Verb::BenchAgent { pods } => bench_datapath::run_agent(pods),
+        Verb::BenchCni { pods } => bench_datapath::run_cni(pods),
     }
 }
