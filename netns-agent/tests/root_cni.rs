@@ -246,6 +246,13 @@ fn root_cni_bad_input_gets_spec_errors_and_nothing_half_done() {
         "oversized config",
     );
 
+    // A pod of an excluded namespace passes through without the agent.
+    let mut system = chain.plugin_config(Some(&prev));
+    system["excludeNamespaces"] = json!(["default"]);
+    let add = chain.plugin("ADD", "c3", &netns, &system);
+    assert_ok(&add, "ADD in an excluded namespace");
+    assert_eq!(add.out, prev);
+
     assert_eq!(meshed(&chain), Vec::<u64>::new(), "nothing half-done");
     assert_eq!(local_pods(&chain), Vec::new());
     assert!(

@@ -45,6 +45,14 @@ enum Command {
         /// never runs uncaptured) or allow (the pod starts unmeshed).
         #[arg(long, default_value = "fail", value_parser = ["fail", "allow"])]
         agent_unreachable: String,
+        /// A Kubernetes namespace whose pods are never meshed (repeat, or
+        /// comma-separated).
+        #[arg(
+            long = "exclude-namespace",
+            value_delimiter = ',',
+            default_value = "kube-system"
+        )]
+        exclude_namespaces: Vec<String>,
         /// Stay and keep the entry in place; uninstall on SIGTERM/SIGINT.
         #[arg(long)]
         watch: bool,
@@ -100,12 +108,13 @@ fn installer(cli: Cli) -> anyhow::Result<()> {
             bin_dir,
             agent_socket,
             agent_unreachable,
+            exclude_namespaces,
             watch,
         } => {
             let cfg = Install {
                 conf_dir,
                 bin_dir: Some(bin_dir),
-                entry: Install::entry(&agent_socket, &agent_unreachable),
+                entry: Install::entry(&agent_socket, &agent_unreachable, &exclude_namespaces),
             };
             let binary = std::env::current_exe()?;
             if watch {

@@ -37,13 +37,19 @@ pub struct Install {
 
 impl Install {
     /// Our entry for an agent at `agent_socket`, with the ADD policy when it
-    /// is unreachable (`fail` or `allow`).
+    /// is unreachable (`fail` or `allow`) and the Kubernetes namespaces whose
+    /// pods are never meshed.
     #[must_use]
-    pub fn entry(agent_socket: &Path, agent_unreachable: &str) -> Value {
+    pub fn entry(
+        agent_socket: &Path,
+        agent_unreachable: &str,
+        exclude_namespaces: &[String],
+    ) -> Value {
         json!({
             "type": PLUGIN_TYPE,
             "agentSocket": agent_socket,
             "agentUnreachable": agent_unreachable,
+            "excludeNamespaces": exclude_namespaces,
         })
     }
 }

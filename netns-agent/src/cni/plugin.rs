@@ -10,6 +10,7 @@
 //! |---|---|---|
 //! | `agentSocket` | `/run/netns-agent/agent.sock` | the agent's control socket |
 //! | `timeoutMs` | 2000 | how long to wait for the agent |
+//! | `excludeNamespaces` | `["kube-system"]` | Kubernetes namespaces (`K8S_POD_NAMESPACE` in `CNI_ARGS`) whose pods are never meshed: ADD passes `prevResult` through without asking the agent |
 //! | `agentUnreachable` | `"fail"` | ADD while no agent answers: `fail` (error 11, "try again later": the runtime retries, the pod never runs uncaptured) or `allow` (the pod starts unmeshed; a warning on stderr) |
 //!
 //! DEL always succeeds: unknown pod, namespace gone, repeated, agent down
@@ -34,6 +35,8 @@ pub const DEFAULT_AGENT_SOCKET: &str = "/run/netns-agent/agent.sock";
 /// The largest network config read from stdin.
 pub const MAX_CONFIG: usize = 1 << 20;
 const DEFAULT_TIMEOUT_MS: u64 = 2000;
+/// Namespaces whose pods are never meshed unless the config says otherwise.
+pub const DEFAULT_EXCLUDED_NAMESPACES: &[&str] = &["kube-system"];
 
 /// The environment a runtime gives a CNI plugin.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -122,6 +125,8 @@ struct NetConf {
     timeout_ms: Option<u64>,
     #[serde(default)]
     agent_unreachable: Option<String>,
+    #[serde(default)]
+    exclude_namespaces: Option<Vec<String>>,
     #[serde(rename = "cni.dev/valid-attachments", default)]
     valid_attachments: Option<Vec<ValidAttachment>>,
 }
@@ -291,11 +296,22 @@ fn add(
 ) -> Result<String, CniError> {
     let prev = prev_result(conf)?;
     let pod = attachment(env, prev_addrs(prev)?, true)?;
+    let excluded: Vec<&str> = conf.exclude_namespaces.as_ref().map_or_else(
+        || DEFAULT_EXCLUDED_NAMESPACES.to_vec(),
+        |v| v.iter().map(String::as_str).collect(),
+    );
+    let skip = pod
+        .pod_namespace
+        .as_deref()
+        .is_some_and(|ns| excluded.contains(&ns));
     // The result is prevResult, unchanged (in the config's version, which
     // the runtime converted it to).
     let mut result = prev.clone();
     if let Some(obj) = result.as_object_mut() {
         obj.entry("cniVersion").or_insert_with(|| json!(version));
+    }
+    if skip {
+        return Ok(result.to_string());
     }
     match agent.ask(&CniRequest::CniAdd(pod)) {
         Ok(reply) if reply.ok => Ok(result.to_string()),
