@@ -370,10 +370,13 @@ fn root_agent_control_socket_refuses_bad_requests_and_keeps_serving() {
     assert!(reply.contains("\"error\":\"malformed request"), "{reply}");
     let reply = f.ask(b"{\"op\":\"reboot\"}\n");
     assert!(reply.contains("unknown op"), "{reply}");
-    let mut huge = vec![b'x'; 10_000];
+    let mut huge = vec![b'x'; netns_agent::control::MAX_REQUEST + 10];
     huge.push(b'\n');
     let reply = f.ask(&huge);
-    assert!(reply.contains("larger than 4096 bytes"), "{reply}");
+    assert!(reply.contains("larger than 65536 bytes"), "{reply}");
+    // CNI requests to an agent of another pod source are refused, and say why.
+    let reply = f.ask(b"{\"op\":\"cni_add\",\"container_id\":\"c1\",\"netns\":\"/x\"}\n");
+    assert!(reply.contains("--pod-source cni"), "{reply}");
     // A client that connects and goes away mid-request.
     let mut conn = UnixStream::connect(f.socket()).unwrap();
     conn.write_all(b"{\"op\":").unwrap();
