@@ -19,6 +19,16 @@ use serde_json::{Value, json};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_netns-agent");
 const PLUGIN: &str = env!("CARGO_BIN_EXE_netns-cni");
+/// Held by each test for its whole run: each starts agents (program loads)
+/// and the burst loads the machine; one at a time keeps the slow guests'
+/// timings far from the plugin's timeout.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 fn map(chain: &Chain, name: &str) -> Map {
     let pin = chain.bpffs().join("maps").join(name);
@@ -97,6 +107,7 @@ fn assert_error(run: &Run, code: u64, what: &str) {
 /// nothing after; prevResult comes back unchanged.
 #[test]
 fn root_cni_add_check_del_del_behind_bridge_and_host_local() {
+    let _alone = serial();
     let mut chain = Chain::new(AGENT, PLUGIN, "lifecycle");
     chain.start_agent();
     let pod = chain.pod("pod-1");
@@ -131,6 +142,7 @@ fn root_cni_add_check_del_del_behind_bridge_and_host_local() {
 /// both succeed; the agent's restart then drops what was left.
 #[test]
 fn root_cni_del_succeeds_when_the_namespace_or_the_agent_is_gone() {
+    let _alone = serial();
     let mut chain = Chain::new(AGENT, PLUGIN, "gone");
     chain.start_agent();
     let pod1 = chain.pod("pod-1");
@@ -168,6 +180,7 @@ fn root_cni_del_succeeds_when_the_namespace_or_the_agent_is_gone() {
 /// The agent restarts between ADD and DEL: DEL still removes exactly the pod.
 #[test]
 fn root_cni_agent_restarted_between_add_and_del() {
+    let _alone = serial();
     let mut chain = Chain::new(AGENT, PLUGIN, "restart");
     chain.start_agent();
     let pod = chain.pod("pod-1");
@@ -187,6 +200,7 @@ fn root_cni_agent_restarted_between_add_and_del() {
 /// Bad input gets the spec's error and leaves nothing behind.
 #[test]
 fn root_cni_bad_input_gets_spec_errors_and_nothing_half_done() {
+    let _alone = serial();
     let mut chain = Chain::new(AGENT, PLUGIN, "errors");
     let pod = chain.pod("pod-1");
     let netns = pod.path().to_str().unwrap().to_owned();
@@ -265,6 +279,7 @@ fn root_cni_bad_input_gets_spec_errors_and_nothing_half_done() {
 /// pod meshed exactly once, nothing left.
 #[test]
 fn root_cni_200_concurrent_adds() {
+    let _alone = serial();
     let mut chain = Chain::new(AGENT, PLUGIN, "burst");
     chain.start_agent();
     let pods: Vec<NetNs> = (0..200).map(|i| chain.pod(&format!("pod-{i}"))).collect();
@@ -278,12 +293,11 @@ fn root_cni_200_concurrent_adds() {
                     let netns = pod.path().to_str().unwrap();
                     let addr = format!("198.18.65.{}/24", i + 1);
                     let prev = json!({"cniVersion": "1.0.0", "ips": [{"address": addr}]});
-                    chain.plugin(
-                        "ADD",
-                        &format!("c{i}"),
-                        netns,
-                        &chain.plugin_config(Some(&prev)),
-                    )
+                    let mut conf = chain.plugin_config(Some(&prev));
+                    // 200 at once queue behind each other in the agent: the
+                    // last waits for all the others (seconds in the guests).
+                    conf["timeoutMs"] = json!(60_000);
+                    chain.plugin("ADD", &format!("c{i}"), netns, &conf)
                 })
             })
             .collect();

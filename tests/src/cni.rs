@@ -123,7 +123,7 @@ impl Chain {
         .spawn()
         .unwrap();
         self.agent = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while !crate::agent::ready(self.metrics) {
             assert!(
                 Instant::now() < deadline,

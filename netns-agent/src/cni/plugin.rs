@@ -9,7 +9,7 @@
 //! | field | default | meaning |
 //! |---|---|---|
 //! | `agentSocket` | `/run/netns-agent/agent.sock` | the agent's control socket |
-//! | `timeoutMs` | 2000 | how long to wait for the agent |
+//! | `timeoutMs` | 5000 | how long to wait for the agent (error 11 after it) |
 //! | `excludeNamespaces` | `["kube-system"]` | Kubernetes namespaces (`K8S_POD_NAMESPACE` in `CNI_ARGS`) whose pods are never meshed: ADD passes `prevResult` through without asking the agent |
 //! | `agentUnreachable` | `"fail"` | ADD while no agent answers: `fail` (error 11, "try again later": the runtime retries, the pod never runs uncaptured) or `allow` (the pod starts unmeshed; a warning on stderr) |
 //!
@@ -34,7 +34,7 @@ pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "
 pub const DEFAULT_AGENT_SOCKET: &str = "/run/netns-agent/agent.sock";
 /// The largest network config read from stdin.
 pub const MAX_CONFIG: usize = 1 << 20;
-const DEFAULT_TIMEOUT_MS: u64 = 2000;
+const DEFAULT_TIMEOUT_MS: u64 = 5000;
 /// Namespaces whose pods are never meshed unless the config says otherwise.
 pub const DEFAULT_EXCLUDED_NAMESPACES: &[&str] = &["kube-system"];
 
@@ -434,10 +434,18 @@ impl Agent {
     /// Sends one line, reads one line back.
     fn exchange(&self, body: &[u8]) -> Result<String, CniError> {
         let unreachable = |e: std::io::Error| {
+            let msg = if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) {
+                "the netns agent did not answer in time"
+            } else {
+                "the netns agent is unreachable"
+            };
             CniError::new(
                 code::TRY_AGAIN_LATER,
-                "the netns agent is unreachable",
-                format!("{}: {e}", self.socket.display()),
+                msg,
+                format!("{} ({:?}): {e}", self.socket.display(), self.timeout),
             )
         };
         let mut conn = UnixStream::connect(&self.socket).map_err(unreachable)?;
