@@ -8,7 +8,7 @@
 //! `cleanup`). Needs root and iproute2.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -41,22 +41,11 @@ struct Fixture {
 
 impl Fixture {
     fn new(tag: &str) -> Fixture {
-        require_root();
-        let dir = PathBuf::from(format!(
-            "/tmp/netns-agent-test-{}-{tag}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(dir.join("netns")).unwrap();
-        let cgroup = ChildCgroup::create(
-            &cgroup2_mount().unwrap(),
-            &format!("netns-agent-test-{}-{tag}", std::process::id()),
-        )
-        .unwrap();
-        // A free loopback port for the metrics listener.
-        let metrics = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let netns_tests::agent::Private {
+            dir,
+            cgroup,
+            metrics,
+        } = netns_tests::agent::private(&format!("agent-test-{tag}"));
         Fixture {
             probe: None,
             dir,

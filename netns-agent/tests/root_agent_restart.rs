@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap, Map, MapData};
-use netns_agent::cgroup::{ChildCgroup, cgroup2_mount};
 use netns_agent::datapath::{CookieProbe, attached_inbound_ids, attached_program_ids};
 use netns_core::NetNs;
 use netns_ebpf::{PodFlags, names};
@@ -244,21 +243,11 @@ fn pod_and_outside_client(dir: &Path) -> (NetNs, NetNs) {
 
 #[test]
 fn root_agent_restarts_ten_times_without_a_connection_failing_or_going_around_the_sidecar() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "needs root: run ./x test"
-    );
-    let dir = PathBuf::from(format!("/tmp/netns-agent-restart-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("netns")).unwrap();
-    let cgroup = ChildCgroup::create(
-        &cgroup2_mount().unwrap(),
-        &format!("netns-agent-restart-{}", std::process::id()),
-    )
-    .unwrap();
-    let metrics = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let netns_tests::agent::Private {
+        dir,
+        cgroup,
+        metrics,
+    } = netns_tests::agent::private("agent-restart");
     let mut agent = Agent {
         child: None,
         dir: dir.clone(),

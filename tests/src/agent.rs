@@ -3,10 +3,12 @@
 //! control socket), never the machine's defaults.
 
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+
+use netns_agent::cgroup::{ChildCgroup, cgroup2_mount};
 
 /// The command line of an agent whose state lives under `dir` (`dir/bpf`,
 /// `dir/netns`, `dir/agent.sock`), capturing `cgroup`, serving HTTP on
@@ -41,4 +43,36 @@ pub fn ready(metrics: SocketAddr) -> bool {
     let mut first = String::new();
     let _ = BufReader::new(conn).read_line(&mut first);
     first.starts_with("HTTP/1.1 200")
+}
+
+/// The private places of one agent under test.
+#[derive(Debug)]
+pub struct Private {
+    /// `/tmp/netns-<tag>-<pid>`, with an empty `netns/` in it.
+    pub dir: PathBuf,
+    /// A child cgroup of the same name (removed on drop).
+    pub cgroup: ChildCgroup,
+    /// A free loopback port for the agent's HTTP listener.
+    pub metrics: SocketAddr,
+}
+
+/// Makes [`Private`] places for `tag` (a leftover directory of the same name
+/// is removed first).
+#[must_use]
+pub fn private(tag: &str) -> Private {
+    crate::require_root();
+    let name = format!("netns-{tag}-{}", std::process::id());
+    let dir = PathBuf::from("/tmp").join(&name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("netns")).unwrap();
+    let cgroup = ChildCgroup::create(&cgroup2_mount().unwrap(), &name).unwrap();
+    let metrics = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    Private {
+        dir,
+        cgroup,
+        metrics,
+    }
 }

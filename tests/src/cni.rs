@@ -6,12 +6,12 @@
 //! Everything is removed on drop.
 
 use std::io::Write as _;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use netns_agent::cgroup::{ChildCgroup, cgroup2_mount};
+use netns_agent::cgroup::ChildCgroup;
 use netns_core::NetNs;
 use serde_json::{Value, json};
 
@@ -64,21 +64,14 @@ impl Chain {
     /// A node namespace and private paths; the agent is not started.
     #[must_use]
     pub fn new(agent_bin: &str, plugin_bin: &str, tag: &str) -> Chain {
-        crate::require_root();
-        let dir = PathBuf::from(format!("/tmp/netns-cni-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let crate::agent::Private {
+            dir,
+            cgroup,
+            metrics,
+        } = crate::agent::private(&format!("cni-{tag}"));
         std::fs::create_dir_all(dir.join("pods")).unwrap();
         let node = NetNs::create_at(&dir.join("node")).unwrap();
         node.set_loopback_up().unwrap();
-        let cgroup = ChildCgroup::create(
-            &cgroup2_mount().unwrap(),
-            &format!("netns-cni-{tag}-{}", std::process::id()),
-        )
-        .unwrap();
-        let metrics = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .unwrap()
-            .local_addr()
-            .unwrap();
         Chain {
             dir,
             node,
