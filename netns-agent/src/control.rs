@@ -26,6 +26,9 @@ use crate::status::Status;
 /// The longest request line accepted, in bytes (a CNI GC lists every
 /// container id of the node).
 pub const MAX_REQUEST: usize = 64 * 1024;
+/// How many requests are served at once; more are answered "busy" (CNI
+/// error 11, try again later) without being read.
+pub const MAX_IN_FLIGHT: usize = 256;
 /// How long a CNI request may take the agent before the client is told to
 /// try again later (the pod's setup is rolled back if it fails).
 pub const CNI_TIMEOUT: Duration = Duration::from_secs(10);
@@ -71,16 +74,32 @@ pub fn listen(path: &Path) -> anyhow::Result<UnixListener> {
 
 /// Answers clients until the listener fails. A bad client never stops it.
 pub async fn serve(listener: UnixListener, agent: Arc<Agent>) -> anyhow::Result<()> {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     loop {
-        let (conn, _) = listener
+        let (mut conn, _) = listener
             .accept()
             .await
             .context("accept on the control socket")?;
+        let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
+            // Over the limit: told at once, never queued (a plugin then
+            // reports "try again later" to its runtime).
+            tokio::spawn(async move {
+                let busy = CniReply::failed(
+                    code::TRY_AGAIN_LATER,
+                    format!("busy: {MAX_IN_FLIGHT} requests in flight"),
+                );
+                let line = serde_json::to_string(&busy).unwrap_or_default();
+                let _ = conn.write_all(line.as_bytes()).await;
+                let _ = conn.write_all(b"\n").await;
+            });
+            continue;
+        };
         let agent = Arc::clone(&agent);
         tokio::spawn(async move {
             if let Err(e) = answer(conn, agent).await {
                 tracing::debug!(error = %e, "control client");
             }
+            drop(permit);
         });
     }
 }

@@ -123,7 +123,8 @@ impl Fixture {
     fn ask(&self, request: &[u8]) -> String {
         let mut conn = UnixStream::connect(self.socket()).expect("connect to the control socket");
         conn.set_read_timeout(Some(WAIT)).unwrap();
-        conn.write_all(request).unwrap();
+        // A busy agent may answer and close before the request is written.
+        let _ = conn.write_all(request);
         let mut reply = String::new();
         let _ = conn.read_to_string(&mut reply);
         reply
@@ -363,6 +364,18 @@ fn root_agent_control_socket_refuses_bad_requests_and_keeps_serving() {
     huge.push(b'\n');
     let reply = f.ask(&huge);
     assert!(reply.contains("larger than 65536 bytes"), "{reply}");
+    // At most MAX_IN_FLIGHT requests at once: idle clients fill the slots,
+    // the next one is told "busy" at once; when they go, service resumes.
+    let idle: Vec<UnixStream> = (0..netns_agent::control::MAX_IN_FLIGHT)
+        .map(|_| UnixStream::connect(f.socket()).unwrap())
+        .collect();
+    wait_for("a busy answer", || {
+        f.ask(b"{\"op\":\"status\"}\n").contains("busy")
+    });
+    drop(idle);
+    wait_for("service after the idle clients left", || {
+        f.ask(b"{\"op\":\"status\"}\n").contains("\"ready\"")
+    });
     // CNI requests to an agent of another pod source are refused, and say why.
     let reply = f.ask(b"{\"op\":\"cni_add\",\"container_id\":\"c1\",\"netns\":\"/x\"}\n");
     assert!(reply.contains("--pod-source cni"), "{reply}");

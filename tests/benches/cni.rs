@@ -6,7 +6,8 @@
 //! benchmark, inside a throw-away node namespace (see `netns_tests::cni`).
 //!
 //! Prints `cni_add_p50_ms`, `cni_add_p99_ms`, `chain_add_p50_ms`,
-//! `chain_add_p99_ms`, and the same for DEL. Environment:
+//! `chain_add_p99_ms`, the same for DEL, and `cni_version_floor_*`: the same
+//! spawn of the plugin doing nothing (VERSION), what any plugin pays here. Environment:
 //! `NETNS_BENCH_AGENT`, `NETNS_BENCH_CNI` (the binaries; `./x bench-cni`
 //! builds them in release mode), `NETNS_BENCH_PODS` (default 1000).
 
@@ -64,4 +65,18 @@ fn main() {
         plugin_del.push(ms(run.elapsed));
     }
     print("cni_del", plugin_del);
+    // The floor: the same spawn of the same binary, doing nothing (VERSION).
+    let floor: Vec<f64> = (0..200)
+        .map(|_| {
+            let run = chain.plugin(
+                "VERSION",
+                "",
+                "",
+                &serde_json::json!({"cniVersion": "1.0.0"}),
+            );
+            assert_eq!(run.exit, 0, "VERSION: {run:?}");
+            ms(run.elapsed)
+        })
+        .collect();
+    print("cni_version_floor", floor);
 }
