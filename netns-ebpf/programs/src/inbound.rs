@@ -9,7 +9,7 @@
 //! The listener is found in [`INBOUND_LISTENERS`], filed by sock_ops when the
 //! sidecar calls `listen()` on the inbound port (see [`file_listener`]). The
 //! pod is known by the destination address (a pod's address is unique on the
-//! node): sk_lookup programs have no netns cookie on any kernel.
+//! node): `sk_lookup` programs have no netns cookie on any kernel.
 //!
 //! Left alone (`SK_PASS`, the normal socket lookup): anything not TCP, not
 //! to a meshed pod's address, from the pod itself (loopback sources such as

@@ -103,7 +103,7 @@ fn answer(so: *mut bpf_sockopt) -> bool {
 }
 
 /// A connection inbound capture handed to the sidecar: its original
-/// destination is the socket's own local address (sk_lookup rewrites
+/// destination is the socket's own local address (`sk_lookup` rewrites
 /// nothing). Answered only when the kernel had no answer (no conntrack NAT
 /// entry) and the socket is one inbound capture would have taken: TCP, to a
 /// meshed pod's address, not from the pod itself, not on a port the pod
