@@ -11,7 +11,6 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use aya::maps::{HashMap, Map, MapData};
-use netns_agent::datapath::CookieProbe;
 use netns_core::NetNs;
 use netns_ebpf::{LocalPod, PodFlags, names};
 use netns_tests::cni::{Chain, Run};
@@ -84,11 +83,6 @@ fn result_addrs(result: &Value) -> Vec<IpAddr> {
     addrs
 }
 
-fn cookie(chain: &Chain, pod: &NetNs) -> u64 {
-    let mut probe = CookieProbe::start(netns_agent::EBPF_OBJECT, chain.cgroup.path()).unwrap();
-    probe.cookie(pod).unwrap()
-}
-
 fn assert_ok(run: &Run, what: &str) {
     assert_eq!(run.exit, 0, "{what}: {run:?}");
 }
@@ -118,7 +112,7 @@ fn root_cni_add_check_del_del_behind_bridge_and_host_local() {
     assert_eq!(add.out, prev, "prevResult passed through unchanged");
     let addrs = result_addrs(&prev);
     assert_eq!(addrs.len(), 2, "dual-stack result: {prev}");
-    let cookie = cookie(&chain, &pod);
+    let cookie = chain.cookie(&pod);
     assert_eq!(meshed(&chain), [cookie]);
     let want: Vec<(IpAddr, u64)> = addrs.iter().map(|a| (*a, cookie)).collect();
     assert_eq!(local_pods(&chain), want);
@@ -189,7 +183,7 @@ fn root_cni_agent_restarted_between_add_and_del() {
     assert_ok(&add, "ADD");
     chain.stop_agent();
     chain.start_agent();
-    let cookie = cookie(&chain, &pod);
+    let cookie = chain.cookie(&pod);
     assert_eq!(meshed(&chain), [cookie], "re-taken after the restart");
     let check = chain.plugin("CHECK", "c1", &netns, &chain.plugin_config(Some(&prev)));
     assert_ok(&check, "CHECK after restart");

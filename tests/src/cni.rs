@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use netns_agent::cgroup::ChildCgroup;
+use netns_agent::datapath::CookieProbe;
 use netns_core::NetNs;
 use serde_json::{Value, json};
 
@@ -52,6 +53,12 @@ pub struct Chain {
     pub dir: PathBuf,
     /// The node namespace the plugins run in.
     pub node: NetNs,
+    /// Learns pods' cookies on its own. Kept for the chain's whole life: a
+    /// `cgroup/sock_create` program that stays attached means the agents'
+    /// probes attaching and detaching never switch `inet_create`'s static
+    /// branch (text patching that locked up QEMU's emulated guests under
+    /// load). Dropped before the cgroup it lives under.
+    probe: std::sync::Mutex<CookieProbe>,
     /// The captured cgroup of the agent.
     pub cgroup: ChildCgroup,
     agent_bin: PathBuf,
@@ -72,9 +79,13 @@ impl Chain {
         std::fs::create_dir_all(dir.join("pods")).unwrap();
         let node = NetNs::create_at(&dir.join("node")).unwrap();
         node.set_loopback_up().unwrap();
+        let probe = std::sync::Mutex::new(
+            CookieProbe::start(netns_agent::EBPF_OBJECT, cgroup.path()).unwrap(),
+        );
         Chain {
             dir,
             node,
+            probe,
             cgroup,
             agent_bin: agent_bin.into(),
             plugin_bin: plugin_bin.into(),
@@ -134,6 +145,17 @@ impl Chain {
             nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
             child.wait().unwrap();
         }
+    }
+
+    /// `pod`'s netns cookie, as the kernel's programs see it (learned
+    /// independently of the agent under test).
+    #[must_use]
+    pub fn cookie(&self, pod: &NetNs) -> u64 {
+        self.probe
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .cookie(pod)
+            .unwrap()
     }
 
     /// The agent's log so far.
