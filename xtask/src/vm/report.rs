@@ -153,6 +153,12 @@ impl Guest {
         }
     }
 
+    /// Whether the kernel panicked before our init reported in: before any code
+    /// of the project ran (an emulation fault, worth another boot).
+    pub(crate) fn panicked_while_booting(&self, run: &Run) -> bool {
+        self.release.is_none() && self.verdict(run) == Verdict::Panicked
+    }
+
     pub(crate) fn passed(&self) -> u32 {
         let passed: u32 = self.binaries.iter().map(|b| b.passed).sum();
         passed.saturating_sub(u32::try_from(self.skips.len()).unwrap_or(u32::MAX))
@@ -277,7 +283,41 @@ pub(crate) fn secs(d: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::{Event, Guest};
+    use crate::vm::qemu::{End, Run};
+
+    fn panicked(lines: &[&str]) -> Run {
+        Run {
+            lines: lines.iter().map(|l| (*l).to_owned()).collect(),
+            end: End::TimedOut,
+            elapsed: Duration::ZERO,
+            qemu_stderr: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_panic_before_init_reports_is_a_boot_panic() {
+        let boot = ["[    4.09] Oops: int3", "Kernel panic - not syncing: Fatal exception"];
+        let mut run = panicked(&boot);
+        run.end = End::Exited(std::process::ExitStatus::default());
+        let mut guest = Guest::default();
+        for line in boot {
+            guest.line(line);
+        }
+        assert!(guest.panicked_while_booting(&run));
+
+        // Once our init has said which kernel it runs on, a panic is the suite's.
+        let suite = ["@@netns-vm@@ kernel 6.12.117", "Kernel panic - not syncing: x"];
+        let mut run = panicked(&suite);
+        run.end = End::Exited(std::process::ExitStatus::default());
+        let mut guest = Guest::default();
+        for line in suite {
+            guest.line(line);
+        }
+        assert!(!guest.panicked_while_booting(&run));
+    }
 
     #[test]
     fn reads_markers_and_libtest_lines() {
