@@ -22,8 +22,9 @@ use self::pending::Pending;
 use crate::addr_watch::Watcher;
 use crate::datapath::{DataPath, DataPathConfig};
 use crate::pod::{self, Pod, PodError};
+use crate::settings::PodSettings;
 use crate::source::cni::CniState;
-use crate::source::{PodEvent, PodSource};
+use crate::source::{DescribedPod, PodEvent, PodSource};
 use crate::status::{MapStatus, PodStatus, ProgramStatus, Status};
 
 /// How the agent runs.
@@ -169,25 +170,43 @@ impl Agent {
     /// `settle` ago) is [`Taken::NotYet`]: the worker tries it again soon,
     /// serving other pods meanwhile.
     fn appeared(&self, path: &Path, first_seen: Instant, settle: Duration) -> Taken {
-        self.take_on(path, first_seen, settle, &[])
+        self.take_on(path, first_seen, settle, &[], None)
+    }
+
+    /// A source described a pod (name and settings): take it on, or apply
+    /// its settings when they changed.
+    fn described(&self, pod: &DescribedPod) -> Taken {
+        self.take_on(
+            &pod.path,
+            Instant::now(),
+            Duration::ZERO,
+            &[],
+            Some((&pod.name, &pod.settings)),
+        )
     }
 
     /// [`Agent::appeared`], with addresses the pod is known to have besides
-    /// those read inside it (a CNI request's `prevResult`).
+    /// those read inside it (a CNI request's `prevResult`), and the pod's
+    /// name and settings when its source knows them (`None`: a pod already
+    /// known keeps its own, a new one gets the defaults).
     fn take_on(
         &self,
         path: &Path,
         first_seen: Instant,
         settle: Duration,
         given: &[IpAddr],
+        described: Option<(&str, &PodSettings)>,
     ) -> Taken {
         let known = Self::lock(&self.pods).get(path).map(Pod::id);
         if let Some(id) = known {
-            // Same file, same namespace (a stat, no open): nothing to do.
-            // Replaced by another namespace: redo it.
+            // Same file, same namespace (a stat, no open): nothing to do but
+            // new settings. Replaced by another namespace: redo it.
             let now = std::fs::metadata(path).map(|m| (m.dev(), m.ino()));
             if now.is_err() || now.is_ok_and(|(dev, ino)| dev == id.dev && ino == id.ino) {
-                return Taken::Done;
+                return match described {
+                    Some((_, settings)) => self.settings_changed(path, settings),
+                    None => Taken::Done,
+                };
             }
             self.gone(path);
         }
@@ -209,10 +228,16 @@ impl Agent {
             }
         };
         Self::lock(&self.skipped).remove(path);
-        let name = path.file_name().map_or_else(
-            || path.display().to_string(),
-            |n| n.to_string_lossy().into_owned(),
+        let name = described.map_or_else(
+            || {
+                path.file_name().map_or_else(
+                    || path.display().to_string(),
+                    |n| n.to_string_lossy().into_owned(),
+                )
+            },
+            |(name, _)| name.to_owned(),
         );
+        let settings = described.map(|(_, s)| s.clone()).unwrap_or_default();
         let (watch, facts) = match self.learn(path, &ns, given) {
             Ok(done) => done,
             Err(e) => {
@@ -220,11 +245,14 @@ impl Agent {
                 return Taken::Failed(crate::error_chain(&e));
             }
         };
-        let inbound = self.config.inbound_pass_ports.as_deref();
+        let inbound = self.inbound_pass_ports(&settings);
         let written = self
             .with_datapath(|dp| {
+                // The pod's own settings first: connect reads them as soon
+                // as the pod is in the mesh.
+                dp.set_pod_settings(facts.cookie, &PodSettings::default(), &settings)?;
                 dp.add_pod(facts.cookie, &facts.addrs)?;
-                if let Some(pass_ports) = inbound {
+                if let Some(pass_ports) = &inbound {
                     dp.capture_inbound(&ns, facts.cookie, pass_ports)?;
                 }
                 Ok(())
@@ -238,10 +266,11 @@ impl Agent {
         if let Err(e) = written {
             // Undo whatever part of it was written.
             let _ = self.with_datapath(|dp| {
-                if let Some(pass_ports) = inbound {
+                if let Some(pass_ports) = &inbound {
                     dp.release_inbound(facts.cookie, pass_ports)?;
                 }
-                dp.remove_pod(facts.cookie, &facts.addrs)
+                dp.remove_pod(facts.cookie, &facts.addrs)?;
+                dp.clear_pod_settings(facts.cookie, &settings)
             });
             tracing::error!(pod = %path.display(), error = %format!("{e:#}"), "pod setup failed, rolled back");
             self.count_error("datapath");
@@ -249,8 +278,8 @@ impl Agent {
         }
         let inode = ns.id().ino;
         tracing::info!(
-            pod = %path.display(), netns_inode = inode, cookie = facts.cookie,
-            addrs = ?facts.addrs, "pod meshed"
+            pod = %path.display(), name, netns_inode = inode, cookie = facts.cookie,
+            addrs = ?facts.addrs, ?settings, "pod meshed"
         );
         Self::lock(&self.setup_seconds).push(first_seen.elapsed().as_secs_f64());
         Self::lock(&self.pods).insert(
@@ -261,6 +290,7 @@ impl Agent {
                 ns,
                 facts,
                 meshed: true,
+                settings,
                 addr_watch: watch,
                 since: SystemTime::now(),
             },
@@ -302,6 +332,60 @@ impl Agent {
         Ok((watch, pod::PodFacts { cookie, addrs }))
     }
 
+    /// The ports inbound capture leaves alone for a pod with `settings`;
+    /// `None`: no inbound capture for it (off on the node, or for the pod).
+    fn inbound_pass_ports(&self, settings: &PodSettings) -> Option<Vec<u16>> {
+        let node = self.config.inbound_pass_ports.as_deref()?;
+        settings.inbound.then(|| settings.inbound_pass_ports(node))
+    }
+
+    /// A known pod's settings changed: write the new ones and take out
+    /// exactly what the old ones had and the new lack.
+    fn settings_changed(&self, path: &Path, settings: &PodSettings) -> Taken {
+        let mut pods = Self::lock(&self.pods);
+        let Some(pod) = pods.get_mut(path) else {
+            return Taken::Done;
+        };
+        if pod.settings == *settings {
+            return Taken::Done;
+        }
+        let (before, after) = (
+            self.inbound_pass_ports(&pod.settings),
+            self.inbound_pass_ports(settings),
+        );
+        let cookie = pod.facts.cookie;
+        let result = self.with_datapath(|dp| {
+            dp.set_pod_settings(cookie, &pod.settings, settings)?;
+            match (&before, &after) {
+                (None, None) => {}
+                (Some(old), None) => dp.release_inbound(cookie, old)?,
+                (None, Some(new)) => {
+                    dp.capture_inbound(&pod.ns, cookie, new)?;
+                }
+                (Some(old), Some(new)) => {
+                    // Still attached: the link is kept, only ports change.
+                    dp.capture_inbound(&pod.ns, cookie, new)?;
+                    let gone: Vec<u16> = old.iter().filter(|p| !new.contains(p)).copied().collect();
+                    dp.remove_pass_ports(cookie, &gone)?;
+                }
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => {
+                tracing::info!(pod = %path.display(), name = pod.name, before = ?pod.settings, after = ?settings, "pod settings changed");
+                pod.settings = settings.clone();
+                Taken::Done
+            }
+            Err(e) => {
+                let reason = crate::error_chain(&e);
+                tracing::error!(pod = %path.display(), error = %reason, "pod settings update failed");
+                self.count_error("datapath");
+                Taken::Failed(reason)
+            }
+        }
+    }
+
     fn pod_failed(&self, path: &Path, e: &PodError) {
         tracing::warn!(pod = %path.display(), error = %crate::error_chain(e), "pod setup failed");
         self.count_error("pod_setup");
@@ -313,13 +397,14 @@ impl Agent {
         let Some(pod) = Self::lock(&self.pods).remove(path) else {
             return;
         };
-        let inbound = self.config.inbound_pass_ports.as_deref();
+        let inbound = self.inbound_pass_ports(&pod.settings);
         let removed = self.with_datapath(|dp| {
             // The pod's link first, then the entries it reads.
-            if let Some(pass_ports) = inbound {
+            if let Some(pass_ports) = &inbound {
                 dp.release_inbound(pod.facts.cookie, pass_ports)?;
             }
-            dp.remove_pod(pod.facts.cookie, &pod.facts.addrs)
+            dp.remove_pod(pod.facts.cookie, &pod.facts.addrs)?;
+            dp.clear_pod_settings(pod.facts.cookie, &pod.settings)
         });
         match removed {
             Ok(()) => {
@@ -602,6 +687,11 @@ fn pod_worker(agent: &Agent, queue: &std::sync::mpsc::Receiver<PodEvent>, settle
                     Taken::NotYet => pending.wait(path, first_seen),
                     _ => pending.done(&path),
                 }
+            }
+            Ok(PodEvent::Described(pod)) => {
+                pending.done(&pod.path);
+                let _turn = Agent::lock(&agent.pod_work);
+                agent.described(&pod);
             }
             Ok(PodEvent::Gone(path)) => {
                 pending.done(&path);

@@ -33,6 +33,7 @@
 
 mod error;
 mod inbound;
+mod pod_settings;
 mod probe;
 mod programs;
 
@@ -51,6 +52,7 @@ use netns_ebpf::{LocalPod, MeshSettings, PodFlags, SockPair, counter, names};
 
 pub use error::DataPathError;
 pub use inbound::{InboundCapture, attached_inbound_ids};
+pub use pod_settings::{PodEntries, flags as pod_flags};
 pub use probe::CookieProbe;
 use programs::{Hook, PROGRAMS, ProgramSpec, When};
 
@@ -375,7 +377,11 @@ impl DataPath {
                 }
             }
         }
+        // A pod already meshed keeps its flags (see `DataPath::set_pod_settings`).
         let mut meshed: HashMap<_, u64, PodFlags> = self.hash(names::MESHED_NETNS)?;
+        if meshed.get(&netns_cookie, 0).is_ok() {
+            return Ok(());
+        }
         meshed
             .insert(&netns_cookie, &PodFlags::default(), 0)
             .map_err(|e| map_error(names::MESHED_NETNS, &op, e))
@@ -475,7 +481,7 @@ impl DataPath {
             remove_present(v6.remove(&key), names::LOCAL_POD_IPS6, op)?;
             removed += 1;
         }
-        Ok(removed + self.retain_inbound(&cookies)?)
+        Ok(removed + self.retain_inbound(&cookies)? + self.retain_pod_settings(&cookies)?)
     }
 
     /// Removes local-pod address entries (an address a pod no longer has).
@@ -869,7 +875,7 @@ impl Drop for DataPath {
 
 /// The directory whose presence says the pinned maps have this build's
 /// layout: bump the number when a map's key, value or meaning changes.
-const LAYOUT_MARKER: &str = "layout-v4";
+const LAYOUT_MARKER: &str = "layout-v5";
 
 /// Does `flags` call for `spec`?
 fn wanted(spec: &ProgramSpec, flags: u16) -> bool {

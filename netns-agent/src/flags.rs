@@ -122,7 +122,7 @@ pub(crate) struct RunArgs {
     )]
     exclude_ports: Vec<u16>,
     /// Destination CIDR never redirected, e.g. 192.0.2.0/24 (repeatable).
-    #[arg(long = "exclude-cidr", env = "NETNS_AGENT_EXCLUDE_CIDRS", value_delimiter = ',', value_parser = parse_cidr)]
+    #[arg(long = "exclude-cidr", env = "NETNS_AGENT_EXCLUDE_CIDRS", value_delimiter = ',', value_parser = netns_agent::settings::parse_cidr)]
     exclude_cidrs: Vec<(IpAddr, u8)>,
     /// Redirect the pods' DNS (UDP port 53) to the sidecar's --dns-port.
     #[arg(long, env = "NETNS_AGENT_DNS_REDIRECT")]
@@ -260,20 +260,6 @@ pub(crate) fn exec(args: &ExecArgs) -> anyhow::Result<()> {
         std::process::Command::new(&args.command[0]).args(&args.command[1..]),
     );
     Err(anyhow::anyhow!("exec {:?}: {err}", args.command))
-}
-
-fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
-    let (addr, len) = text
-        .split_once('/')
-        .ok_or_else(|| format!("{text:?} is not ADDRESS/PREFIX"))?;
-    let addr: IpAddr = addr.parse().map_err(|e| format!("{addr:?}: {e}"))?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    let len: u8 = len
-        .parse()
-        .ok()
-        .filter(|l| *l <= max)
-        .ok_or_else(|| format!("prefix {len:?} must be 0..={max}"))?;
-    Ok((addr, len))
 }
 
 fn init_logs(format: LogFormat, filter: &str) -> anyhow::Result<()> {

@@ -25,6 +25,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod http;
 pub mod pod;
+pub mod settings;
 pub mod source;
 pub mod status;
 mod sys;

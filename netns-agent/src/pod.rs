@@ -75,6 +75,8 @@ pub struct Pod {
     pub facts: PodFacts,
     /// Whether the pod is in the mesh (its entries are in the data path).
     pub meshed: bool,
+    /// The pod's own settings, as written into the data path.
+    pub settings: crate::settings::PodSettings,
     /// The watch on its address changes (closed with the pod).
     pub addr_watch: crate::addr_watch::Subscription,
     /// When the agent took it on.

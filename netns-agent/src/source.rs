@@ -25,6 +25,20 @@ pub enum PodEvent {
     /// Every namespace file that exists now: sent at start, after the
     /// watch lost events (queue overflow), and periodically.
     Present(Vec<PathBuf>),
+    /// A pod its source knows more of than its namespace (Kubernetes): taken
+    /// on if new, its settings applied if they changed.
+    Described(DescribedPod),
+}
+
+/// A pod as a source that knows its name and settings describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DescribedPod {
+    /// Its network namespace.
+    pub path: PathBuf,
+    /// Its name (`namespace/name` for Kubernetes).
+    pub name: String,
+    /// Its settings.
+    pub settings: crate::settings::PodSettings,
 }
 
 /// A boxed future a source runs as.

@@ -113,13 +113,35 @@ pub struct SockPair {
     pub pad: u16,
 }
 
-/// Per-pod flags, the value of [`names::MESHED_NETNS`] (keyed by netns cookie).
+/// Per-pod settings, the value of [`names::MESHED_NETNS`] (keyed by netns
+/// cookie). The pod's excluded outbound ports and CIDRs are in
+/// [`names::POD_EXCLUDED_PORTS`] and [`names::POD_EXCLUDED_CIDRS`].
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PodFlags {
-    /// Reserved bits; zero today.
+    /// `FLAG_*` bits.
     pub bits: u32,
+    /// The pod's own sidecar uid, with [`PodFlags::FLAG_OWN_SIDECAR_UID`]
+    /// (otherwise [`MeshSettings::sidecar_uid`] holds).
+    pub sidecar_uid: u32,
 }
+
+impl PodFlags {
+    /// Only destinations in the pod's [`names::POD_INCLUDED_CIDRS`] are
+    /// captured (Istio's `includeOutboundIPRanges` other than `*`).
+    pub const FLAG_INCLUDE_ONLY: u32 = 1 << 0;
+    /// [`PodFlags::sidecar_uid`] is the pod's sidecar uid.
+    pub const FLAG_OWN_SIDECAR_UID: u32 = 1 << 1;
+}
+
+/// The data of a key of [`names::POD_EXCLUDED_CIDRS`] and
+/// [`names::POD_INCLUDED_CIDRS`] (LPM tries): the pod's netns cookie (native
+/// order, always matched whole) then the address, IPv4 as `::ffff:a.b.c.d`.
+/// The prefix length counts the cookie's 64 bits, plus 96 for an IPv4 CIDR.
+pub type PodCidr = [u8; 24];
+
+/// Bits of a [`PodCidr`] key's prefix length before the address.
+pub const POD_CIDR_COOKIE_BITS: u32 = 64;
 
 /// A meshed pod on this node, the value of the local pod address maps
 /// ([`names::LOCAL_POD_IPS4`], [`names::LOCAL_POD_IPS6`]).
@@ -260,6 +282,8 @@ mod tests {
         assert_eq!(size_of::<LocalPod>(), 16);
         assert_eq!(offset_of!(LocalPod, bits), 8);
 
+        assert_eq!(size_of::<PodFlags>(), 8);
+        assert_eq!(offset_of!(PodFlags, sidecar_uid), 4);
         assert_eq!(size_of::<PodListener>(), 16);
         assert_eq!(offset_of!(PodListener, family), 8);
         assert_eq!(size_of::<PodPort>(), 16);

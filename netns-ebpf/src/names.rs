@@ -15,6 +15,13 @@ pub const EXCLUDED_PORTS: &str = "EXCLUDED_PORTS";
 pub const EXCLUDED_CIDRS4: &str = "EXCLUDED_CIDRS4";
 /// `LpmTrie<[u8; 16], u8>`: IPv6 destination CIDRs never redirected.
 pub const EXCLUDED_CIDRS6: &str = "EXCLUDED_CIDRS6";
+/// `HashMap<PodPort, u8>`: destination ports one pod never redirects.
+pub const POD_EXCLUDED_PORTS: &str = "POD_EXCLUDED_PORTS";
+/// `LpmTrie<PodCidr, u8>`: destination CIDRs one pod never redirects.
+pub const POD_EXCLUDED_CIDRS: &str = "POD_EXCLUDED_CIDRS";
+/// `LpmTrie<PodCidr, u8>`: with `PodFlags::FLAG_INCLUDE_ONLY`, the only
+/// destination CIDRs the pod redirects.
+pub const POD_INCLUDED_CIDRS: &str = "POD_INCLUDED_CIDRS";
 /// `LruHashMap<u64 socket cookie, OriginalDst>`: written at connect.
 pub const COOKIE_ORIG_DST: &str = "COOKIE_ORIG_DST";
 /// `SkStorage<OriginalDst>`: socket-local storage of the sidecar's accepted
@@ -41,7 +48,7 @@ pub const BOUND_INBOUND: &str = "BOUND_INBOUND";
 pub const COUNTERS: &str = "COUNTERS";
 
 /// Every map, in the order the agent pins them.
-pub const ALL_MAPS: [&str; 16] = [
+pub const ALL_MAPS: [&str; 19] = [
     SETTINGS,
     MESHED_NETNS,
     LOCAL_POD_IPS4,
@@ -49,6 +56,9 @@ pub const ALL_MAPS: [&str; 16] = [
     EXCLUDED_PORTS,
     EXCLUDED_CIDRS4,
     EXCLUDED_CIDRS6,
+    POD_EXCLUDED_PORTS,
+    POD_EXCLUDED_CIDRS,
+    POD_INCLUDED_CIDRS,
     COOKIE_ORIG_DST,
     SOCK_ORIG_DST,
     SIDECAR_COOKIES,

@@ -321,9 +321,22 @@ impl Mesh {
         args: &[&str],
         wait: Duration,
     ) -> (String, Option<String>) {
+        self.dial_as(Place::PodA, None, sidecar, target, args, wait)
+    }
+
+    /// [`Mesh::dial`] from `place`, as `uid` (`None`: root).
+    pub fn dial_as(
+        &self,
+        place: Place,
+        uid: Option<u32>,
+        sidecar: &mut Proc,
+        target: &str,
+        args: &[&str],
+        wait: Duration,
+    ) -> (String, Option<String>) {
         let mut role = vec!["client", "--connect", target];
         role.extend_from_slice(args);
-        let out = self.run(Place::PodA, None, &role);
+        let out = self.run(place, uid, &role);
         let done = out
             .into_iter()
             .find(|l| l.starts_with("done"))

@@ -39,7 +39,7 @@ impl Agent {
                 format!("CNI_NETNS {} is not an absolute path", pod.netns.display()),
             );
         }
-        match self.take_on(&pod.netns, Instant::now(), Duration::ZERO, &pod.addrs) {
+        match self.take_on(&pod.netns, Instant::now(), Duration::ZERO, &pod.addrs, None) {
             Taken::Done => {}
             Taken::NotNamespace(reason) => {
                 return CniReply::failed(

@@ -121,6 +121,16 @@ impl DataPath {
     ) -> Result<(), DataPathError> {
         let pin = self.inbound_pin(netns_cookie);
         let unpinned = unpin_inbound_link(&pin);
+        self.remove_pass_ports(netns_cookie, pass_ports)?;
+        unpinned
+    }
+
+    /// Removes some of a pod's pass ports (its capture stays attached).
+    pub fn remove_pass_ports(
+        &mut self,
+        netns_cookie: u64,
+        pass_ports: &[u16],
+    ) -> Result<(), DataPathError> {
         let op = format!("remove the pass ports of pod (netns cookie {netns_cookie}) from");
         let mut map: HashMap<_, PodPort, u8> = self.hash(names::INBOUND_PASS_PORTS)?;
         for port in pass_ports {
@@ -130,7 +140,7 @@ impl DataPath {
                 &op,
             )?;
         }
-        unpinned
+        Ok(())
     }
 
     /// Removes inbound links and pass ports of pods not in `cookies` (gone

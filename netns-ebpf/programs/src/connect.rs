@@ -14,12 +14,15 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::SockAddrContext,
 };
-use netns_ebpf::{AF_INET, AF_INET6, MeshSettings, OriginalDst, counter};
+use netns_ebpf::{
+    AF_INET, AF_INET6, MeshSettings, OriginalDst, POD_CIDR_COOKIE_BITS, PodCidr, PodFlags,
+    PodPort, counter,
+};
 
 use crate::addr::{self, LOOPBACK4, LOOPBACK6, LOOPBACK6_MAPPED};
 use crate::maps::{
     COOKIE_ORIG_DST, EXCLUDED_CIDRS4, EXCLUDED_CIDRS6, EXCLUDED_PORTS, MESHED_NETNS,
-    SIDECAR_COOKIES, count, settings,
+    POD_EXCLUDED_CIDRS, POD_EXCLUDED_PORTS, POD_INCLUDED_CIDRS, SIDECAR_COOKIES, count, settings,
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -149,12 +152,61 @@ fn remember(sa: *mut bpf_sock_addr, d: &Dest) -> u64 {
     cookie
 }
 
+/// The calling socket's namespace cookie and, when that namespace is a
+/// meshed pod, the pod's settings.
 #[inline(always)]
-fn in_mesh(sa: *mut bpf_sock_addr) -> bool {
+fn pod_of(sa: *mut bpf_sock_addr) -> (u64, Option<PodFlags>) {
     // SAFETY: bpf_get_netns_cookie takes the sock_addr context (Linux 5.7+).
     let netns = unsafe { bpf_get_netns_cookie(sa.cast::<c_void>()) };
-    // SAFETY: the value is only read, within this program run.
-    unsafe { MESHED_NETNS.get(&netns) }.is_some()
+    // SAFETY: the value is copied out, within this program run.
+    (netns, unsafe { MESHED_NETNS.get(&netns) }.copied())
+}
+
+/// The uid whose connections are the sidecar's: the pod's own, else the node's.
+#[inline(always)]
+fn sidecar_uid(s: &MeshSettings, pod: Option<&PodFlags>) -> u32 {
+    match pod {
+        Some(p) if p.bits & PodFlags::FLAG_OWN_SIDECAR_UID != 0 => p.sidecar_uid,
+        _ => s.sidecar_uid,
+    }
+}
+
+/// Whether the pod's own settings leave `d` alone: one of its excluded ports
+/// or CIDRs, or (with an include list) outside every CIDR it includes.
+/// Exclusion wins over inclusion, as in Istio's iptables rules.
+#[inline(always)]
+fn pod_excluded(netns: u64, pod: &PodFlags, d: &Dest) -> bool {
+    let port = PodPort {
+        netns_cookie: netns,
+        port: d.port,
+        pad: [0; 3],
+    };
+    // SAFETY: values are only read, within this program run.
+    if unsafe { POD_EXCLUDED_PORTS.get(&port) }.is_some() {
+        return true;
+    }
+    let key = Key::new(POD_CIDR_COOKIE_BITS + 128, pod_cidr(netns, d));
+    if POD_EXCLUDED_CIDRS.get(&key).is_some() {
+        return true;
+    }
+    pod.bits & PodFlags::FLAG_INCLUDE_ONLY != 0 && POD_INCLUDED_CIDRS.get(&key).is_none()
+}
+
+/// The per-pod CIDR tries' key data for `d` (see [`PodCidr`]).
+#[inline(always)]
+fn pod_cidr(netns: u64, d: &Dest) -> PodCidr {
+    let mut key: PodCidr = [0; 24];
+    key[..8].copy_from_slice(&netns.to_ne_bytes());
+    if d.family == AF_INET {
+        key[18] = 0xff;
+        key[19] = 0xff;
+        key[20..24].copy_from_slice(&d.addr[0].to_ne_bytes());
+    } else {
+        for (i, word) in d.addr.iter().enumerate() {
+            key[8 + i * 4..12 + i * 4].copy_from_slice(&word.to_ne_bytes());
+        }
+    }
+    key
 }
 
 #[inline(always)]
@@ -231,14 +283,19 @@ fn on_connect<const V6: bool>(ctx: &SockAddrContext) {
     if sock_type != SOCK_STREAM {
         return;
     }
-    if uid() == s.sidecar_uid {
+    let (netns, pod) = pod_of(sa);
+    if uid() == sidecar_uid(&s, pod.as_ref()) {
         // Sidecars dial IPv4 with IPv4 sockets; a mapped dial is left alone.
         if !mapped {
             sidecar_to_local_pod::<V6>(sa, &s, &d);
         }
         return;
     }
-    if !in_mesh(sa) || addr::is_loopback(judged.family, &judged.addr) || excluded(&judged) {
+    let Some(pod) = pod else { return };
+    if addr::is_loopback(judged.family, &judged.addr)
+        || excluded(&judged)
+        || pod_excluded(netns, &pod, &judged)
+    {
         return;
     }
     if !sidecar_listening::<V6>(sa, &s, mapped, s.outbound_port, SOCK_STREAM) {
@@ -348,11 +405,11 @@ fn on_sendmsg<const V6: bool>(ctx: &SockAddrContext) {
 
 #[inline(always)]
 fn redirect_dns<const V6: bool>(sa: *mut bpf_sock_addr, s: &MeshSettings, d: &Dest) {
-    if s.flags & MeshSettings::FLAG_DNS_REDIRECT == 0
-        || d.port != DNS_PORT
-        || uid() == s.sidecar_uid
-        || !in_mesh(sa)
-    {
+    if s.flags & MeshSettings::FLAG_DNS_REDIRECT == 0 || d.port != DNS_PORT {
+        return;
+    }
+    let (_, pod) = pod_of(sa);
+    if pod.is_none() || uid() == sidecar_uid(s, pod.as_ref()) {
         return;
     }
     if !sidecar_listening::<V6>(sa, s, false, s.dns_port, SOCK_DGRAM) {

@@ -7,7 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
 };
 use netns_ebpf::{
-    LocalPod, MeshSettings, OriginalDst, PodFlags, PodListener, PodPort, SockPair, counter,
+    LocalPod, MeshSettings, OriginalDst, PodCidr, PodFlags, PodListener, PodPort, SockPair,
+    counter,
     defaults::CONNECTION_MAP_ENTRIES,
 };
 
@@ -27,6 +28,14 @@ pub static EXCLUDED_CIDRS4: LpmTrie<[u8; 4], u8> =
 #[map]
 pub static EXCLUDED_CIDRS6: LpmTrie<[u8; 16], u8> =
     LpmTrie::with_max_entries(1024, BPF_F_NO_PREALLOC);
+#[map]
+pub static POD_EXCLUDED_PORTS: HashMap<PodPort, u8> = HashMap::with_max_entries(65_536, 0);
+#[map]
+pub static POD_EXCLUDED_CIDRS: LpmTrie<PodCidr, u8> =
+    LpmTrie::with_max_entries(16_384, BPF_F_NO_PREALLOC);
+#[map]
+pub static POD_INCLUDED_CIDRS: LpmTrie<PodCidr, u8> =
+    LpmTrie::with_max_entries(16_384, BPF_F_NO_PREALLOC);
 #[map]
 pub static COOKIE_ORIG_DST: LruHashMap<u64, OriginalDst> =
     LruHashMap::with_max_entries(CONNECTION_MAP_ENTRIES, 0);

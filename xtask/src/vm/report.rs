@@ -299,7 +299,10 @@ mod tests {
 
     #[test]
     fn a_panic_before_init_reports_is_a_boot_panic() {
-        let boot = ["[    4.09] Oops: int3", "Kernel panic - not syncing: Fatal exception"];
+        let boot = [
+            "[    4.09] Oops: int3",
+            "Kernel panic - not syncing: Fatal exception",
+        ];
         let mut run = panicked(&boot);
         run.end = End::Exited(std::process::ExitStatus::default());
         let mut guest = Guest::default();
@@ -309,7 +312,10 @@ mod tests {
         assert!(guest.panicked_while_booting(&run));
 
         // Once our init has said which kernel it runs on, a panic is the suite's.
-        let suite = ["@@netns-vm@@ kernel 6.12.117", "Kernel panic - not syncing: x"];
+        let suite = [
+            "@@netns-vm@@ kernel 6.12.117",
+            "Kernel panic - not syncing: x",
+        ];
         let mut run = panicked(&suite);
         run.end = End::Exited(std::process::ExitStatus::default());
         let mut guest = Guest::default();
