@@ -14,7 +14,7 @@ use netns_agent::cgroup::cgroup2_mount;
 use netns_agent::daemon::AgentConfig;
 use netns_agent::datapath::DataPathConfig;
 use netns_agent::source::cni::CniState;
-use netns_agent::source::{Cni, NetnsDir, PodSource};
+use netns_agent::source::{Cni, Kubernetes, NetnsDir, PodSource};
 use netns_ebpf::{MeshSettings, defaults};
 
 const DEFAULT_BPFFS: &str = "/run/netns-agent/bpf";
@@ -30,6 +30,11 @@ pub(crate) enum SourceKind {
     /// Pods come from the netns-cni chained plugin (ADD, DEL, CHECK, GC on
     /// the control socket); attachments are recorded in --cni-state-dir.
     Cni,
+    /// Pods of --node-name from the API server (KUBECONFIG or in-cluster):
+    /// those with --mesh-annotation are meshed with the settings of their
+    /// traffic.sidecar.istio.io annotations; each pod's namespace is found
+    /// by its UID in the node's process cgroups.
+    Kubernetes,
 }
 
 /// What an app's connection does while its pod's sidecar is not listening.
@@ -87,6 +92,14 @@ pub(crate) struct RunArgs {
     /// container), so that DEL finds a pod after an agent restart.
     #[arg(long, env = "NETNS_AGENT_CNI_STATE_DIR", default_value = DEFAULT_CNI_STATE)]
     cni_state_dir: PathBuf,
+    /// kubernetes source: this node's name (spec.nodeName of its pods; in a
+    /// DaemonSet, from the downward API).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// kubernetes source: the annotation that marks a pod as having a
+    /// sidecar (Istio's injector writes sidecar.istio.io/status).
+    #[arg(long, env = "NETNS_AGENT_MESH_ANNOTATION", default_value = netns_agent::settings::annotation::SIDECAR_STATUS)]
+    mesh_annotation: String,
     /// The root-only control socket (status, and the netns-cni plugin).
     #[arg(long, env = "NETNS_AGENT_CONTROL_SOCKET", default_value = DEFAULT_SOCKET)]
     control_socket: PathBuf,
@@ -340,6 +353,14 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<()> {
             Duration::from_secs(args.resync_secs),
         )),
         SourceKind::Cni => Box::new(Cni::new(args.cni_state_dir.clone())),
+        SourceKind::Kubernetes => {
+            let node = args.node_name.clone().filter(|n| !n.is_empty()).context(
+                "--pod-source kubernetes needs --node-name (or NODE_NAME): the node whose pods to watch",
+            )?;
+            let mut source = Kubernetes::new(node);
+            source.mesh_annotation.clone_from(&args.mesh_annotation);
+            Box::new(source)
+        }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -2,9 +2,11 @@
 //! appeared or went away; the agent does the rest (see [`crate::daemon`]).
 //! Sources: a watched directory of namespace files ([`NetnsDir`],
 //! `/run/netns` by default, where `ip netns add` puts them), and the
-//! `netns-cni` plugin's requests ([`Cni`]); a Kubernetes source fits beside them.
+//! `netns-cni` plugin's requests ([`Cni`]), and the API server's pods of this
+//! node ([`Kubernetes`]).
 
 pub mod cni;
+pub mod kubernetes;
 mod netns_dir;
 
 use std::future::Future;
@@ -12,6 +14,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 
 pub use cni::Cni;
+pub use kubernetes::Kubernetes;
 pub use netns_dir::NetnsDir;
 
 /// What a source reports.

@@ -76,6 +76,7 @@ pub mod agent;
 pub mod bench;
 pub mod cni;
 pub mod kernel;
+pub mod kube_api;
 pub mod mesh;
 
 /// True inside the guests of `./x integration-test vm`.
