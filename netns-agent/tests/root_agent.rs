@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap, Map, MapData};
@@ -21,7 +21,7 @@ use netns_agent::status::Status;
 use netns_core::NetNs;
 use netns_ebpf::{LocalPod, PodFlags, names};
 
-use netns_tests::agent::run_command;
+use netns_tests::agent::{Running, run_command};
 use netns_tests::kernel::cgroup_program_ids;
 use netns_tests::require_root;
 
@@ -36,7 +36,7 @@ struct Fixture {
     dir: PathBuf,
     cgroup: ChildCgroup,
     metrics: SocketAddr,
-    agent: Option<Child>,
+    agent: Option<Running>,
 }
 
 impl Fixture {
@@ -86,22 +86,17 @@ impl Fixture {
         } else {
             &["--resync-secs", "1"]
         };
-        let child = run_command(AGENT, &self.dir, self.cgroup.path(), self.metrics)
-            .args(resync)
+        let mut cmd = run_command(AGENT, &self.dir, self.cgroup.path(), self.metrics);
+        cmd.args(resync)
             .args(extra)
             // A file, not a pipe: a full pipe would stall the agent's logging.
             .stdout(Stdio::from(
                 std::fs::File::create(self.dir.join("agent.out")).unwrap(),
-            ))
-            .stderr(Stdio::from(
-                std::fs::File::create(self.dir.join("agent.log")).unwrap(),
-            ))
-            .spawn()
-            .expect("start netns-agent");
-        self.agent = Some(child);
-        wait_for("the agent to be ready", || {
-            self.http("/readyz").starts_with("HTTP/1.1 200")
-        });
+            ));
+        // Each start's log on its own.
+        let log = self.dir.join("agent.log");
+        let _ = std::fs::remove_file(&log);
+        self.agent = Some(Running::start(cmd, &log, self.metrics, WAIT));
     }
 
     /// A GET on the agent's HTTP port: the whole response, or "" if none.
@@ -163,15 +158,7 @@ impl Fixture {
         &mut self,
         signal: nix::sys::signal::Signal,
     ) -> (std::process::ExitStatus, Duration, String) {
-        let mut child = self.agent.take().expect("agent running");
-        let started = Instant::now();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
-            signal,
-        )
-        .unwrap();
-        let status = child.wait().unwrap();
-        let took = started.elapsed();
+        let (status, took) = self.agent.take().expect("agent running").signal(signal);
         let logs = std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default();
         (status, took, logs)
     }
@@ -179,11 +166,8 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        if let Some(mut child) = self.agent.take() {
-            // Only the process this fixture started, by its PID.
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        // Only the process this fixture started, by its PID.
+        drop(self.agent.take());
         let _ = netns_agent::datapath::cleanup(&self.bpffs());
         if let Ok(entries) = std::fs::read_dir(self.netns_dir()) {
             for entry in entries.flatten() {

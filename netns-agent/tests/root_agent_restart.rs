@@ -12,7 +12,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ use aya::maps::{HashMap, Map, MapData};
 use netns_agent::datapath::{CookieProbe, attached_inbound_ids, attached_program_ids};
 use netns_core::NetNs;
 use netns_ebpf::{PodFlags, names};
-use netns_tests::agent::run_command;
+use netns_tests::agent::{Running, run_command};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_netns-agent");
 /// Routed nowhere: reachable only through the sidecar.
@@ -32,7 +32,7 @@ const POD_APP: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(198, 18, 97, 1)), 8080);
 
 struct Agent {
-    child: Option<Child>,
+    running: Option<Running>,
     dir: PathBuf,
     cgroup: PathBuf,
     metrics: SocketAddr,
@@ -40,31 +40,15 @@ struct Agent {
 
 impl Agent {
     fn start(&mut self) {
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("agent.log"))
-            .unwrap();
-        let child = run_command(AGENT, &self.dir, &self.cgroup, self.metrics)
-            .args(["--keep-state", "--resync-secs", "1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.ready() {
-            assert!(
-                Instant::now() < deadline,
-                "agent not ready: {}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn ready(&self) -> bool {
-        netns_tests::agent::ready(self.metrics)
+        let mut cmd = run_command(AGENT, &self.dir, &self.cgroup, self.metrics);
+        cmd.args(["--keep-state", "--resync-secs", "1"])
+            .stdout(Stdio::null());
+        self.running = Some(Running::start(
+            cmd,
+            &self.dir.join("agent.log"),
+            self.metrics,
+            Duration::from_secs(10),
+        ));
     }
 
     fn logs(&self) -> String {
@@ -73,19 +57,13 @@ impl Agent {
 
     /// Stops the agent with `signal` (only the process this test started).
     fn stop(&mut self, signal: nix::sys::signal::Signal) {
-        let mut child = self.child.take().expect("running");
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
-        nix::sys::signal::kill(pid, signal).unwrap();
-        child.wait().unwrap();
+        self.running.take().expect("running").signal(signal);
     }
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        drop(self.running.take());
         let _ = netns_agent::datapath::cleanup(&self.dir.join("bpf"));
         for sub in ["netns", "outside"] {
             if let Ok(entries) = std::fs::read_dir(self.dir.join(sub)) {
@@ -249,7 +227,7 @@ fn root_agent_restarts_ten_times_without_a_connection_failing_or_going_around_th
         metrics,
     } = netns_tests::agent::private("agent-restart");
     let mut agent = Agent {
-        child: None,
+        running: None,
         dir: dir.clone(),
         cgroup: cgroup.path().to_owned(),
         metrics,

@@ -76,3 +76,82 @@ pub fn private(tag: &str) -> Private {
         metrics,
     }
 }
+
+/// A started agent: its process (only this one is ever signalled, by its
+/// PID) and the file its log is appended to. Killed on drop if still running.
+#[derive(Debug)]
+pub struct Running {
+    child: Option<std::process::Child>,
+    log: PathBuf,
+}
+
+impl Running {
+    /// Starts `cmd` (stdout as the caller set it, stderr appended to `log`)
+    /// and waits until the agent answers `/readyz` with 200 on `metrics`;
+    /// panics with the log if it has not within `within`.
+    #[must_use]
+    pub fn start(mut cmd: Command, log: &Path, metrics: SocketAddr, within: Duration) -> Running {
+        let file = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = cmd
+            .stderr(std::process::Stdio::from(file))
+            .spawn()
+            .expect("start netns-agent");
+        let running = Running {
+            child: Some(child),
+            log: log.to_owned(),
+        };
+        let deadline = std::time::Instant::now() + within;
+        while !ready(metrics) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "agent not ready within {within:?}: {}",
+                running.logs()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        running
+    }
+
+    /// The log so far.
+    #[must_use]
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The agent's PID.
+    #[must_use]
+    pub fn id(&self) -> u32 {
+        self.child.as_ref().expect("the agent is running").id()
+    }
+
+    /// Sends `signal` and waits for the exit: its status and how long it took.
+    pub fn signal(
+        &mut self,
+        signal: nix::sys::signal::Signal,
+    ) -> (std::process::ExitStatus, Duration) {
+        let mut child = self.child.take().expect("the agent is running");
+        let started = std::time::Instant::now();
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+        nix::sys::signal::kill(pid, signal).unwrap();
+        let status = child.wait().unwrap();
+        (status, started.elapsed())
+    }
+
+    /// SIGTERM, and its exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM).0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -8,7 +8,7 @@
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use netns_agent::cgroup::ChildCgroup;
@@ -63,7 +63,7 @@ pub struct Chain {
     pub cgroup: ChildCgroup,
     agent_bin: PathBuf,
     plugin_bin: PathBuf,
-    agent: Option<Child>,
+    agent: Option<crate::agent::Running>,
     metrics: SocketAddr,
 }
 
@@ -109,41 +109,27 @@ impl Chain {
     /// Starts the agent (`--pod-source cni`, `--keep-state` so a restart
     /// keeps the data path) and waits until it is ready.
     pub fn start_agent(&mut self) {
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("agent.log"))
-            .unwrap();
-        let child = crate::agent::run_command(
+        let mut cmd = crate::agent::run_command(
             self.agent_bin.to_str().unwrap(),
             &self.dir,
             self.cgroup.path(),
             self.metrics,
-        )
-        .args(["--pod-source", "cni", "--keep-state", "--cni-state-dir"])
-        .arg(self.dir.join("cni"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
-        self.agent = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !crate::agent::ready(self.metrics) {
-            assert!(
-                Instant::now() < deadline,
-                "agent not ready: {}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        );
+        cmd.args(["--pod-source", "cni", "--keep-state", "--cni-state-dir"])
+            .arg(self.dir.join("cni"))
+            .stdout(Stdio::null());
+        self.agent = Some(crate::agent::Running::start(
+            cmd,
+            &self.dir.join("agent.log"),
+            self.metrics,
+            Duration::from_secs(60),
+        ));
     }
 
     /// Stops the agent (SIGTERM; with `--keep-state` its data path stays).
     pub fn stop_agent(&mut self) {
-        if let Some(mut child) = self.agent.take() {
-            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
-            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-            child.wait().unwrap();
+        if let Some(mut agent) = self.agent.take() {
+            agent.stop();
         }
     }
 
@@ -325,10 +311,8 @@ impl Chain {
 
 impl Drop for Chain {
     fn drop(&mut self) {
-        if let Some(mut child) = self.agent.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        // Killed first (its drop), then its pins go.
+        drop(self.agent.take());
         let _ = netns_agent::datapath::cleanup(&self.bpffs());
         for dir in [self.dir.join("pods"), self.dir.clone()] {
             if let Ok(entries) = std::fs::read_dir(&dir) {
