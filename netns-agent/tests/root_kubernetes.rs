@@ -1,0 +1,233 @@
+//! The agent with `--pod-source kubernetes` against the replaying API server
+//! (`netns_tests::kube_api`), with a real pod: a network namespace and a
+//! process in a cgroup named after the pod's UID, as the kubelet's systemd
+//! cgroup driver names it. What is asserted comes from the kernel: the
+//! agent's pinned maps hold the pod (by the netns cookie a probe of the
+//! test's own learned) with its annotations' settings in its own entries,
+//! follow an annotation change, and drop the pod when a relist after 410
+//! Gone no longer lists it. Needs root.
+
+use std::net::IpAddr;
+use std::os::fd::AsRawFd as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aya::maps::lpm_trie::LpmTrie;
+use aya::maps::{HashMap, Map, MapData};
+use netns_agent::datapath::CookieProbe;
+use netns_core::NetNs;
+use netns_ebpf::{POD_CIDR_COOKIE_BITS, PodCidr, PodFlags, PodPort, names};
+use netns_tests::agent::{Running, private, run_command};
+use netns_tests::kube_api::{ApiServer, pod};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_netns-agent");
+const NODE: &str = "node-a";
+const UID: &str = "6a0d2c4e-8f1b-4d3a-9c5e-7b2f4a6c8e01";
+const STATUS: (&str, &str) = (
+    "sidecar.istio.io/status",
+    "{\"containers\":[\"istio-proxy\"]}",
+);
+const PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
+const RANGES: &str = "traffic.sidecar.istio.io/excludeOutboundIPRanges";
+const PROXY_UID: &str = "sidecar.istio.io/proxyUID";
+
+/// A process of the pod: in its namespace and in a cgroup named after its
+/// UID. Killed (by its PID) and its cgroup removed on drop.
+struct PodProcess {
+    child: Child,
+    cgroup: PathBuf,
+}
+
+impl PodProcess {
+    fn start(parent: &Path, ns: &NetNs) -> PodProcess {
+        let cgroup = parent.join(format!(
+            "kubepods-besteffort-pod{}.slice",
+            UID.replace('-', "_")
+        ));
+        std::fs::create_dir(&cgroup).unwrap();
+        let procs = cgroup.join("cgroup.procs");
+        let netns = std::fs::File::open(ns.path()).unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("echo $$ > {} && exec sleep 600", procs.display()))
+            .stdin(Stdio::null());
+        let fd = netns.as_raw_fd();
+        // SAFETY: setns is async-signal-safe; the fd stays open in the
+        // parent until after the spawn.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        drop(netns);
+        // Until the shell has moved itself.
+        let pid = child.id().to_string();
+        wait_until("the pod process in its cgroup", || {
+            std::fs::read_to_string(&procs).is_ok_and(|p| p.lines().any(|l| l == pid))
+        });
+        PodProcess { child, cgroup }
+    }
+}
+
+impl Drop for PodProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir(&self.cgroup);
+    }
+}
+
+/// Removes the agent's pins, the pod's namespace mount and the directory,
+/// also when the test fails.
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = netns_agent::datapath::cleanup(&self.0.join("bpf"));
+        let _ = nix::mount::umount2(&self.0.join("pod"), nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One pod's entries, read from the agent's pinned maps.
+#[derive(Debug, PartialEq, Eq)]
+struct Entries {
+    flags: Option<PodFlags>,
+    ports: Vec<u16>,
+    ranges: Vec<(IpAddr, u32)>,
+}
+
+fn entries(bpffs: &Path, cookie: u64) -> Entries {
+    let pin = |name: &str| MapData::from_pin(bpffs.join("maps").join(name)).unwrap();
+    let meshed: HashMap<_, u64, PodFlags> =
+        HashMap::try_from(Map::HashMap(pin(names::MESHED_NETNS))).unwrap();
+    let ports: HashMap<_, PodPort, u8> =
+        HashMap::try_from(Map::HashMap(pin(names::POD_EXCLUDED_PORTS))).unwrap();
+    let ranges: LpmTrie<_, PodCidr, u8> =
+        LpmTrie::try_from(Map::LpmTrie(pin(names::POD_EXCLUDED_CIDRS))).unwrap();
+    let mut ports: Vec<u16> = ports
+        .keys()
+        .map(Result::unwrap)
+        .filter(|k| k.netns_cookie == cookie)
+        .map(|k| k.port)
+        .collect();
+    ports.sort_unstable();
+    let ranges = ranges
+        .keys()
+        .map(Result::unwrap)
+        .filter(|k| k.data()[..8] == cookie.to_ne_bytes())
+        .map(|k| {
+            let mut octets = [0u8; 16];
+            octets.copy_from_slice(&k.data()[8..]);
+            let v6 = std::net::Ipv6Addr::from(octets);
+            let bits = k.prefix_len() - POD_CIDR_COOKIE_BITS;
+            match v6.to_ipv4_mapped() {
+                Some(v4) => (IpAddr::V4(v4), bits - 96),
+                None => (IpAddr::V6(v6), bits),
+            }
+        })
+        .collect();
+    Entries {
+        flags: meshed.get(&cookie, 0).ok(),
+        ports,
+        ranges,
+    }
+}
+
+#[test]
+fn root_agent_meshes_api_server_pods_with_their_settings() {
+    let p = private("kube");
+    let _cleanup = Cleanup(p.dir.clone());
+    let server = ApiServer::start();
+    let kubeconfig = p.dir.join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig);
+    let bpffs = p.dir.join("bpf");
+    let pod_ns = NetNs::create_at(&p.dir.join("pod")).unwrap();
+    // The cookie as the kernel's programs see it, learned on our own; the
+    // probe stays attached so the agent's never switches inet_create's
+    // static branch (see netns_tests::cni::Chain).
+    let mut probe = CookieProbe::start(netns_agent::EBPF_OBJECT, p.cgroup.path()).unwrap();
+    let cookie = probe.cookie(&pod_ns).unwrap();
+    let process = PodProcess::start(p.cgroup.path(), &pod_ns);
+    server.put(pod(
+        "reviews",
+        UID,
+        NODE,
+        &[
+            STATUS,
+            (PORTS, "5432"),
+            (RANGES, "198.18.9.0/24"),
+            (PROXY_UID, "1500"),
+        ],
+    ));
+
+    let mut cmd = run_command(AGENT, &p.dir, p.cgroup.path(), p.metrics);
+    cmd.args(["--pod-source", "kubernetes", "--node-name", NODE])
+        .env("KUBECONFIG", &kubeconfig)
+        .stdout(Stdio::null());
+    let mut agent = Running::start(
+        cmd,
+        &p.dir.join("agent.log"),
+        p.metrics,
+        Duration::from_secs(60),
+    );
+
+    // Ready means listed: the pod is in, with its settings.
+    let own_uid = PodFlags {
+        bits: PodFlags::FLAG_OWN_SIDECAR_UID,
+        sidecar_uid: 1500,
+    };
+    assert_eq!(
+        entries(&bpffs, cookie),
+        Entries {
+            flags: Some(own_uid),
+            ports: vec![5432],
+            ranges: vec![("198.18.9.0".parse().unwrap(), 24)],
+        },
+        "{}",
+        agent.logs()
+    );
+
+    // The annotations change: exactly the new settings are held.
+    server.put(pod("reviews", UID, NODE, &[STATUS, (PORTS, "6379,8125")]));
+    let changed = Entries {
+        flags: Some(PodFlags::default()),
+        ports: vec![6379, 8125],
+        ranges: vec![],
+    };
+    wait_until("the changed settings", || {
+        entries(&bpffs, cookie) == changed
+    });
+
+    // The pod goes while the watch is away and its resourceVersion expires:
+    // the relist drops it, and nothing of it stays.
+    server.put_silently(vec![]);
+    server.expire();
+    let none = Entries {
+        flags: None,
+        ports: vec![],
+        ranges: vec![],
+    };
+    wait_until("the pod's entries to go", || {
+        entries(&bpffs, cookie) == none
+    });
+
+    assert!(agent.stop().success(), "{}", agent.logs());
+    drop(process);
+    drop(probe);
+}
