@@ -258,6 +258,20 @@ fn the_configmap_sets_only_variables_the_agent_reads() {
     let ds = kind(&docs, "DaemonSet");
     let env_from = &container(ds, "agent")["envFrom"][0]["configMapRef"]["name"];
     assert_eq!(env_from.as_str(), config["metadata"]["name"].as_str());
+    // The kubernetes source's node name, from the downward API.
+    let env = container(ds, "agent")["env"].as_vec().unwrap();
+    let node = env
+        .iter()
+        .find(|e| e["name"].as_str() == Some("NODE_NAME"))
+        .expect("NODE_NAME in the agent's env");
+    assert_eq!(
+        node["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+        Some("spec.nodeName")
+    );
+    assert!(
+        run_help.contains("env: NODE_NAME="),
+        "netns-agent run reads no NODE_NAME"
+    );
 }
 
 #[test]
