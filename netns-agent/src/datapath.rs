@@ -286,11 +286,8 @@ impl DataPath {
     /// The first half of [`DataPath::netns_cookie`]: the probe starts on
     /// `ns` while the caller does other work.
     pub(crate) fn ask_netns_cookie(&mut self, ns: &netns_core::NetNs) -> Result<(), DataPathError> {
-        let probe = match &mut self.probe {
-            Some(probe) => probe,
-            none => none.insert(probe::NetnsProbe::start(&mut self.ebpf, &self.cgroup)?),
-        };
-        let asked = probe.ask(ns);
+        self.start_cookie_probe()?;
+        let asked = self.probe.as_mut().expect("started above").ask(ns);
         if asked.is_err() {
             // A broken helper is replaced at the next question.
             self.probe = None;

@@ -83,20 +83,13 @@ impl DataPath {
         let dir = self.pin_dir.join("inbound");
         super::make_dir(&dir)?;
         let program = self.inbound_program()?;
-        let link_id = program
-            .attach(ns.as_fd())
-            .map_err(|source| DataPathError::Attach {
-                program: PROGRAM,
-                target: ns.path().to_owned(),
-                source,
-            })?;
-        let link = program
-            .take_link(link_id)
-            .map_err(|source| DataPathError::Attach {
-                program: PROGRAM,
-                target: ns.path().to_owned(),
-                source,
-            })?;
+        let attach_error = |source| DataPathError::Attach {
+            program: PROGRAM,
+            target: ns.path().to_owned(),
+            source,
+        };
+        let link_id = program.attach(ns.as_fd()).map_err(attach_error)?;
+        let link = program.take_link(link_id).map_err(attach_error)?;
         FdLink::from(link)
             .pin(&pin)
             .map_err(|e| pin_error(PROGRAM, &pin, e))?;
@@ -157,18 +150,7 @@ impl DataPath {
                 removed += 1;
             }
         }
-        let op = "drop stale pass ports from";
-        let mut map: HashMap<_, PodPort, u8> = self.hash(names::INBOUND_PASS_PORTS)?;
-        let stale: Vec<PodPort> = map
-            .keys()
-            .flatten()
-            .filter(|k| !cookies.contains(&k.netns_cookie))
-            .collect();
-        for key in stale {
-            remove_present(map.remove(&key), names::INBOUND_PASS_PORTS, op)?;
-            removed += 1;
-        }
-        Ok(removed)
+        Ok(removed + self.retain_pod_ports(names::INBOUND_PASS_PORTS, cookies)?)
     }
 
     /// After an adopt: every inbound link an earlier run pinned gets this

@@ -155,17 +155,7 @@ impl DataPath {
     /// Removes the per-pod settings entries of pods not in `cookies`.
     pub(crate) fn retain_pod_settings(&mut self, cookies: &[u64]) -> Result<usize, DataPathError> {
         let op = "drop stale pod settings from";
-        let mut removed = 0;
-        let mut ports: HashMap<_, PodPort, u8> = self.hash(names::POD_EXCLUDED_PORTS)?;
-        let stale: Vec<PodPort> = ports
-            .keys()
-            .flatten()
-            .filter(|k| !cookies.contains(&k.netns_cookie))
-            .collect();
-        for key in stale {
-            remove_present(ports.remove(&key), names::POD_EXCLUDED_PORTS, op)?;
-            removed += 1;
-        }
+        let mut removed = self.retain_pod_ports(names::POD_EXCLUDED_PORTS, cookies)?;
         for name in [names::POD_EXCLUDED_CIDRS, names::POD_INCLUDED_CIDRS] {
             let mut trie = self.trie(name)?;
             let stale: Vec<Key<PodCidr>> = trie
@@ -179,6 +169,25 @@ impl DataPath {
             }
         }
         Ok(removed)
+    }
+
+    /// Removes the entries of a map keyed by [`PodPort`] whose pod is not in
+    /// `cookies`; returns how many.
+    pub(super) fn retain_pod_ports(
+        &mut self,
+        name: &'static str,
+        cookies: &[u64],
+    ) -> Result<usize, DataPathError> {
+        let mut map: HashMap<_, PodPort, u8> = self.hash(name)?;
+        let stale: Vec<PodPort> = map
+            .keys()
+            .flatten()
+            .filter(|k| !cookies.contains(&k.netns_cookie))
+            .collect();
+        for key in &stale {
+            remove_present(map.remove(key), name, "drop stale entries from")?;
+        }
+        Ok(stale.len())
     }
 
     fn trie(
