@@ -51,6 +51,9 @@ pub struct AgentConfig {
     /// With the CNI pod source: where its attachments are recorded (CNI
     /// requests on the control socket are refused without it).
     pub cni_state: Option<CniState>,
+    /// With the Kubernetes pod source: what it knows of each pod, so that
+    /// a CNI ADD meshes exactly the pods with a sidecar, with their settings.
+    pub kube_directory: Option<crate::source::kubernetes::Directory>,
 }
 
 /// The agent's state, shared by the pod loop, the control socket and HTTP.
@@ -228,6 +231,9 @@ impl Agent {
             }
         };
         Self::lock(&self.skipped).remove(path);
+        if let Some(taken) = self.meshed_elsewhere(path, ns.id(), described) {
+            return taken;
+        }
         let name = described.map_or_else(
             || {
                 path.file_name().map_or_else(
@@ -330,6 +336,26 @@ impl Agent {
         addrs.sort_unstable();
         addrs.dedup();
         Ok((watch, pod::PodFacts { cookie, addrs }))
+    }
+
+    /// The same namespace under another name (a runtime's `CNI_NETNS` and a
+    /// process's `/proc/<pid>/ns/net`) is one pod, meshed once: when `id` is
+    /// a known pod's, what became of it (its settings applied if described).
+    fn meshed_elsewhere(
+        &self,
+        path: &Path,
+        id: netns_core::NsId,
+        described: Option<(&str, &PodSettings)>,
+    ) -> Option<Taken> {
+        let known = Self::lock(&self.pods)
+            .iter()
+            .find(|(_, pod)| pod.id() == id)
+            .map(|(known, _)| known.clone())?;
+        tracing::debug!(pod = %path.display(), known = %known.display(), "already meshed under another path");
+        Some(match described {
+            Some((_, settings)) => self.settings_changed(&known, settings),
+            None => Taken::Done,
+        })
     }
 
     /// The ports inbound capture leaves alone for a pod with `settings`;

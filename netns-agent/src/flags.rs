@@ -14,6 +14,7 @@ use netns_agent::cgroup::cgroup2_mount;
 use netns_agent::daemon::AgentConfig;
 use netns_agent::datapath::DataPathConfig;
 use netns_agent::source::cni::CniState;
+use netns_agent::source::kubernetes::Directory;
 use netns_agent::source::{Cni, Kubernetes, NetnsDir, PodSource};
 use netns_ebpf::{MeshSettings, defaults};
 
@@ -32,8 +33,9 @@ pub(crate) enum SourceKind {
     Cni,
     /// Pods of --node-name from the API server (KUBECONFIG or in-cluster):
     /// those with --mesh-annotation are meshed with the settings of their
-    /// traffic.sidecar.istio.io annotations; each pod's namespace is found
-    /// by its UID in the node's process cgroups.
+    /// traffic.sidecar.istio.io annotations. A pod's namespace comes from
+    /// netns-cni's ADD when the plugin is in the chain, else is found by the
+    /// pod's UID in the node's process cgroups.
     Kubernetes,
 }
 
@@ -324,6 +326,7 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<()> {
     if args.sidecar_absent == SidecarAbsent::Refuse {
         settings.flags |= MeshSettings::FLAG_REDIRECT_WITHOUT_LISTENER;
     }
+    let directory = Directory::default();
     let config = AgentConfig {
         datapath: DataPathConfig {
             cgroup: cgroup.clone(),
@@ -343,9 +346,14 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<()> {
             ports.dedup();
             ports
         }),
-        cni_state: (args.pod_source == SourceKind::Cni).then(|| CniState {
-            dir: args.cni_state_dir.clone(),
+        // The kubernetes source takes netns-cni's requests too: ADD meshes a
+        // pod before its containers start, with what the API server says.
+        cni_state: matches!(args.pod_source, SourceKind::Cni | SourceKind::Kubernetes).then(|| {
+            CniState {
+                dir: args.cni_state_dir.clone(),
+            }
         }),
+        kube_directory: (args.pod_source == SourceKind::Kubernetes).then(|| directory.clone()),
     };
     let source: Box<dyn PodSource> = match args.pod_source {
         SourceKind::NetnsDir => Box::new(NetnsDir::new(
@@ -359,6 +367,7 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<()> {
             )?;
             let mut source = Kubernetes::new(node);
             source.mesh_annotation.clone_from(&args.mesh_annotation);
+            source.directory = directory;
             Box::new(source)
         }
     };

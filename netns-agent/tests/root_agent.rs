@@ -240,7 +240,8 @@ fn root_agent_meshes_pods_from_a_directory_and_undoes_exactly_their_entries() {
     let mut f = Fixture::new("pods");
     // Present before the agent starts: a pod too.
     let early = f.add_pod("early", Some("198.18.7.1"));
-    f.start(&[]);
+    // Debug: the alias below is told in a debug line.
+    f.start(&["--log-level", "netns_agent=debug"]);
     let early_cookie = f.cookie(&early);
     wait_for("the early pod", || meshed_cookies(&f) == [early_cookie]);
     assert_eq!(
@@ -280,6 +281,23 @@ fn root_agent_meshes_pods_from_a_directory_and_undoes_exactly_their_entries() {
         ]
     );
 
+    // A second name of the late pod's namespace (a bind mount): one pod,
+    // meshed once.
+    let alias = f.netns_dir().join("late-alias");
+    std::fs::write(&alias, b"").unwrap();
+    nix::mount::mount(
+        Some(&f.netns_dir().join("late")),
+        &alias,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .expect("bind the late pod's namespace to a second name");
+    wait_for("the alias to be seen", || {
+        std::fs::read_to_string(f.dir.join("agent.log"))
+            .is_ok_and(|l| l.contains("already meshed under another path"))
+    });
+
     // status agrees with the kernel.
     let status = f.status();
     assert!(status.ready);
@@ -313,8 +331,10 @@ fn root_agent_meshes_pods_from_a_directory_and_undoes_exactly_their_entries() {
     let metrics = f.http("/metrics");
     assert!(metrics.contains("netns_agent_pods_managed 2"), "{metrics}");
 
-    // The late pod goes: exactly its entries go with it. Waited for as a
-    // whole: the agent removes them one map at a time.
+    // The late pod goes (both names): exactly its entries go with it.
+    // Waited for as a whole: the agent removes them one map at a time.
+    nix::mount::umount2(&alias, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    std::fs::remove_file(&alias).unwrap();
     NetNs::delete_at(&f.netns_dir().join("late")).unwrap();
     let early_only = [
         (Ipv4Addr::new(198, 18, 7, 1), early_cookie),

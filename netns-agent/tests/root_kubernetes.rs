@@ -20,9 +20,11 @@ use netns_agent::datapath::CookieProbe;
 use netns_core::NetNs;
 use netns_ebpf::{POD_CIDR_COOKIE_BITS, PodCidr, PodFlags, PodPort, names};
 use netns_tests::agent::{Running, private, run_command};
+use netns_tests::cni::Chain;
 use netns_tests::kube_api::{ApiServer, pod};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_netns-agent");
+const PLUGIN: &str = env!("CARGO_BIN_EXE_netns-cni");
 const NODE: &str = "node-a";
 const UID: &str = "6a0d2c4e-8f1b-4d3a-9c5e-7b2f4a6c8e01";
 const STATUS: (&str, &str) = (
@@ -230,4 +232,74 @@ fn root_agent_meshes_api_server_pods_with_their_settings() {
     assert!(agent.stop().success(), "{}", agent.logs());
     drop(process);
     drop(probe);
+}
+
+/// With netns-cni in the chain, the kubernetes source takes each pod's
+/// namespace from ADD (no process of the pod exists yet) and meshes exactly
+/// the pods the API server says have a sidecar, with their settings, before
+/// ADD returns; a pod the watch does not know is "try again later".
+#[test]
+fn root_cni_add_meshes_the_annotated_pods_with_their_settings() {
+    let mut chain = Chain::new(AGENT, PLUGIN, "kube");
+    let server = ApiServer::start();
+    let kubeconfig = chain.dir.join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig);
+    // Chain's CNI_ARGS name the pod after its container, in `default`.
+    server.put(pod("c-meshed", UID, NODE, &[STATUS, (PORTS, "5432")]));
+    server.put(pod(
+        "c-plain",
+        "7b1e3d5f-9a2c-4e4b-8d6f-8c3a5b7d9f12",
+        NODE,
+        &[],
+    ));
+    chain.start_agent_with(
+        &["--pod-source", "kubernetes", "--node-name", NODE],
+        &[("KUBECONFIG", &kubeconfig)],
+    );
+    let bpffs = chain.bpffs();
+
+    let meshed = chain.pod("meshed");
+    let (prev, run) = chain.add("c-meshed", &meshed);
+    assert_eq!(run.exit, 0, "{run:?}\n{}", chain.logs());
+    assert_eq!(run.out, prev, "prevResult passed through");
+    let cookie = chain.cookie(&meshed);
+    let held = Entries {
+        flags: Some(PodFlags::default()),
+        ports: vec![5432],
+        ranges: vec![],
+    };
+    assert_eq!(entries(&bpffs, cookie), held, "meshed when ADD returned");
+
+    let plain = chain.pod("plain");
+    let (_, run) = chain.add("c-plain", &plain);
+    assert_eq!(run.exit, 0, "{run:?}");
+    assert_eq!(
+        entries(&bpffs, chain.cookie(&plain)).flags,
+        None,
+        "no sidecar: left alone"
+    );
+
+    let unknown = chain.pod("unknown");
+    let (_, run) = chain.add("c-unknown", &unknown);
+    assert_eq!(run.code(), Some(11), "{run:?}");
+    assert_eq!(entries(&bpffs, chain.cookie(&unknown)).flags, None);
+
+    // The settings follow the API server; DEL takes the pod out.
+    server.put(pod("c-meshed", UID, NODE, &[STATUS, (PORTS, "6379")]));
+    let changed = Entries {
+        flags: Some(PodFlags::default()),
+        ports: vec![6379],
+        ranges: vec![],
+    };
+    wait_until("the changed settings", || {
+        entries(&bpffs, cookie) == changed
+    });
+    let run = chain.del("c-meshed", meshed.path().to_str().unwrap(), &prev);
+    assert_eq!(run.exit, 0, "{run:?}");
+    let none = Entries {
+        flags: None,
+        ports: vec![],
+        ranges: vec![],
+    };
+    assert_eq!(entries(&bpffs, cookie), none);
 }

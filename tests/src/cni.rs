@@ -109,14 +109,21 @@ impl Chain {
     /// Starts the agent (`--pod-source cni`, `--keep-state` so a restart
     /// keeps the data path) and waits until it is ready.
     pub fn start_agent(&mut self) {
+        self.start_agent_with(&["--pod-source", "cni"], &[]);
+    }
+
+    /// [`Chain::start_agent`] with other source flags and environment.
+    pub fn start_agent_with(&mut self, source: &[&str], env: &[(&str, &Path)]) {
         let mut cmd = crate::agent::run_command(
             self.agent_bin.to_str().unwrap(),
             &self.dir,
             self.cgroup.path(),
             self.metrics,
         );
-        cmd.args(["--pod-source", "cni", "--keep-state", "--cni-state-dir"])
+        cmd.args(source)
+            .args(["--keep-state", "--cni-state-dir"])
             .arg(self.dir.join("cni"))
+            .envs(env.iter().copied())
             .stdout(Stdio::null());
         self.agent = Some(crate::agent::Running::start(
             cmd,

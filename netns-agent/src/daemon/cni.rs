@@ -6,7 +6,12 @@ use std::time::{Duration, Instant};
 
 use super::{Agent, Taken};
 use crate::cni::{Attachment, CniReply, CniRequest, code};
+use crate::settings::PodSettings;
 use crate::source::cni::CniState;
+use crate::source::kubernetes::Verdict;
+
+/// How long a CNI ADD waits for the API server watch to know its pod.
+const KUBE_WAIT: Duration = Duration::from_secs(3);
 
 impl Agent {
     /// Does one CNI request and says how it went.
@@ -15,21 +20,71 @@ impl Agent {
             return CniReply::failed(
                 code::INVALID_CONFIG,
                 format!(
-                    "this agent takes its pods from --pod-source {}: run it with --pod-source cni",
+                    "this agent takes its pods from --pod-source {}: run it with --pod-source cni or kubernetes",
                     self.source
                 ),
             );
         };
+        // Asked before taking a turn: waiting for the watch must not hold
+        // up the pod worker.
+        let described = match &request {
+            CniRequest::CniAdd(pod) => match self.kube_verdict(pod) {
+                Ok(described) => described,
+                Err(reply) => return reply,
+            },
+            _ => None,
+        };
         let _turn = Self::lock(&self.pod_work);
         match request {
-            CniRequest::CniAdd(pod) => self.cni_add(state, &pod),
+            CniRequest::CniAdd(pod) => self.cni_add(state, &pod, described.as_ref()),
             CniRequest::CniDel(pod) => self.cni_del(state, &pod),
             CniRequest::CniCheck(pod) => self.cni_check(state, &pod),
             CniRequest::CniGc { valid } => self.cni_gc(state, &valid),
         }
     }
 
-    fn cni_add(&self, state: &CniState, pod: &Attachment) -> CniReply {
+    /// With the Kubernetes pod source: the pod's name and settings when the
+    /// API server says it has a sidecar; the reply to give at once when it
+    /// does not (left alone), or when the watch has not seen it within
+    /// [`KUBE_WAIT`] (try again later). Without: `None` (node settings).
+    fn kube_verdict(&self, pod: &Attachment) -> Result<Option<(String, PodSettings)>, CniReply> {
+        let Some(directory) = &self.config.kube_directory else {
+            return Ok(None);
+        };
+        let (Some(namespace), Some(name)) = (&pod.pod_namespace, &pod.pod_name) else {
+            tracing::info!(container = %pod.container_id, "CNI ADD without K8S_POD_NAMESPACE/K8S_POD_NAME: left alone");
+            return Err(CniReply::done());
+        };
+        let name = format!("{namespace}/{name}");
+        let deadline = Instant::now() + KUBE_WAIT;
+        loop {
+            match directory.verdict(&name) {
+                Verdict::Mesh(settings) => return Ok(Some((name, settings))),
+                Verdict::Leave => {
+                    tracing::info!(pod = %name, container = %pod.container_id, "CNI ADD: no sidecar, left alone");
+                    return Err(CniReply::done());
+                }
+                Verdict::Unknown if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Verdict::Unknown => {
+                    return Err(CniReply::failed(
+                        code::TRY_AGAIN_LATER,
+                        format!(
+                            "pod {name} is not known to this agent's API server watch yet (waited {KUBE_WAIT:?})"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn cni_add(
+        &self,
+        state: &CniState,
+        pod: &Attachment,
+        described: Option<&(String, PodSettings)>,
+    ) -> CniReply {
         if let Err(e) = Attachment::check_container_id(&pod.container_id) {
             return CniReply::failed(code::INVALID_ENV, e);
         }
@@ -39,7 +94,14 @@ impl Agent {
                 format!("CNI_NETNS {} is not an absolute path", pod.netns.display()),
             );
         }
-        match self.take_on(&pod.netns, Instant::now(), Duration::ZERO, &pod.addrs, None) {
+        let described_ref = described.map(|(name, settings)| (name.as_str(), settings));
+        match self.take_on(
+            &pod.netns,
+            Instant::now(),
+            Duration::ZERO,
+            &pod.addrs,
+            described_ref,
+        ) {
             Taken::Done => {}
             Taken::NotNamespace(reason) => {
                 return CniReply::failed(
@@ -60,6 +122,9 @@ impl Agent {
             self.gone(&pod.netns);
             return CniReply::failed(code::IO, format!("record the attachment: {e:#}"));
         }
+        if let (Some(directory), Some((name, _))) = (&self.config.kube_directory, described) {
+            directory.record_cni(name, &pod.netns);
+        }
         tracing::info!(container = %pod.container_id, netns = %pod.netns.display(), addrs = ?pod.addrs, "CNI ADD: pod meshed");
         CniReply::done()
     }
@@ -76,6 +141,11 @@ impl Agent {
                 None
             }
         };
+        if let (Some(directory), Some(r)) = (&self.config.kube_directory, &recorded)
+            && let (Some(namespace), Some(name)) = (&r.pod_namespace, &r.pod_name)
+        {
+            directory.forget_cni(&format!("{namespace}/{name}"));
+        }
         let netns = recorded.map_or_else(|| pod.netns.clone(), |r| r.netns);
         if !netns.as_os_str().is_empty() && Self::lock(&self.pods).contains_key(&netns) {
             self.gone(&netns);

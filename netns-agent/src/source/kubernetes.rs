@@ -22,7 +22,8 @@
 pub mod procscan;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -35,6 +36,72 @@ use tokio::sync::mpsc::Sender;
 use self::procscan::{Found, ProcRoot};
 use super::{DescribedPod, PodEvent, PodSource, SourceTask};
 use crate::settings::{PodSettings, annotation};
+
+/// What the source knows of each pod of the node, shared with the agent's
+/// CNI handler: with the `netns-cni` plugin in the chain, ADD asks here
+/// whether the pod (by `namespace/name` from `CNI_ARGS`) is to be meshed and
+/// with which settings, and records the namespace path the runtime made,
+/// which the source then uses instead of scanning processes.
+#[derive(Debug, Clone, Default)]
+pub struct Directory(Arc<Mutex<DirectoryInner>>);
+
+#[derive(Debug, Default)]
+struct DirectoryInner {
+    /// By `namespace/name`: `Some(settings)` when meshed, `None` when not.
+    pods: BTreeMap<String, Option<PodSettings>>,
+    /// Namespace paths from CNI ADD, by `namespace/name`.
+    cni: BTreeMap<String, PathBuf>,
+}
+
+/// What the API server says of a pod a CNI request names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Mesh it with these settings.
+    Mesh(PodSettings),
+    /// Leave it alone (no sidecar annotation, host network, finished, or
+    /// annotations that do not parse).
+    Leave,
+    /// Not (yet) seen by the watch.
+    Unknown,
+}
+
+impl Directory {
+    fn lock(&self) -> std::sync::MutexGuard<'_, DirectoryInner> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What to do with the pod `name` (`namespace/name`).
+    #[must_use]
+    pub fn verdict(&self, name: &str) -> Verdict {
+        match self.lock().pods.get(name) {
+            None => Verdict::Unknown,
+            Some(None) => Verdict::Leave,
+            Some(Some(settings)) => Verdict::Mesh(settings.clone()),
+        }
+    }
+
+    /// CNI ADD made the pod's namespace at `path`.
+    pub fn record_cni(&self, name: &str, path: &Path) {
+        self.lock().cni.insert(name.to_owned(), path.to_owned());
+    }
+
+    /// CNI DEL: the path is going.
+    pub fn forget_cni(&self, name: &str) {
+        self.lock().cni.remove(name);
+    }
+
+    fn cni_path(&self, name: &str) -> Option<PathBuf> {
+        self.lock().cni.get(name).cloned()
+    }
+
+    fn set(&self, name: &str, settings: Option<PodSettings>) {
+        self.lock().pods.insert(name.to_owned(), settings);
+    }
+
+    fn remove(&self, name: &str) {
+        self.lock().pods.remove(name);
+    }
+}
 
 /// The Kubernetes pod source.
 #[derive(Debug, Clone)]
@@ -50,6 +117,8 @@ pub struct Kubernetes {
     /// The API server to use; `None`: found as kubectl finds it
     /// (`KUBECONFIG`, `~/.kube/config`, then the in-cluster service account).
     pub api: Option<kube::Config>,
+    /// Shared with the agent's CNI handler.
+    pub directory: Directory,
 }
 
 impl Kubernetes {
@@ -62,6 +131,7 @@ impl Kubernetes {
             procs: ProcRoot::default(),
             rescan: Duration::from_secs(1),
             api: None,
+            directory: Directory::default(),
         }
     }
 }
@@ -90,6 +160,7 @@ impl PodSource for Kubernetes {
                 .default_backoff()
                 .boxed();
             let mut pods = Pods::new(self.mesh_annotation.clone(), self.procs.clone());
+            pods.directory = self.directory.clone();
             let mut tick = tokio::time::interval(self.rescan);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -133,6 +204,8 @@ pub struct Pods {
     by_uid: BTreeMap<String, Entry>,
     /// The UIDs seen since the current listing began.
     listing: Option<BTreeSet<String>>,
+    /// What the CNI handler reads, kept up to date here.
+    pub directory: Directory,
 }
 
 impl Pods {
@@ -144,6 +217,7 @@ impl Pods {
             procs,
             by_uid: BTreeMap::new(),
             listing: None,
+            directory: Directory::default(),
         }
     }
 
@@ -195,7 +269,7 @@ impl Pods {
             if let Some(old) = entry.found.take() {
                 out.push(PodEvent::Gone(old.path));
             }
-            entry.found = self.procs.find(uid);
+            entry.found = find(&self.directory, &self.procs, uid, &entry.name);
             if let Some(found) = &entry.found {
                 out.push(described(found, &entry.name, settings));
             }
@@ -213,12 +287,11 @@ impl Pods {
     }
 
     fn forget(&mut self, uid: &str, out: &mut Vec<PodEvent>) {
-        if let Some(Entry {
-            found: Some(found),
-            settings: Some(_),
-            ..
-        }) = self.by_uid.remove(uid)
-        {
+        let Some(entry) = self.by_uid.remove(uid) else {
+            return;
+        };
+        self.directory.remove(&entry.name);
+        if let (Some(found), Some(_)) = (entry.found, entry.settings) {
             out.push(PodEvent::Gone(found.path));
         }
     }
@@ -266,7 +339,7 @@ impl Pods {
                         out.push(described(found, &name, &settings));
                     }
                 } else {
-                    entry.found = self.procs.find(&uid);
+                    entry.found = find(&self.directory, &self.procs, &uid, &name);
                     if let Some(found) = &entry.found {
                         out.push(described(found, &name, &settings));
                     }
@@ -274,8 +347,17 @@ impl Pods {
                 entry.settings = Some(settings);
             }
         }
+        self.directory.set(&name, entry.settings.clone());
         entry.name = name;
     }
+}
+
+/// The pod's namespace: the one CNI ADD named, else found by its UID.
+fn find(directory: &Directory, procs: &ProcRoot, uid: &str, name: &str) -> Option<Found> {
+    directory
+        .cni_path(name)
+        .and_then(|path| Found::at(&path))
+        .or_else(|| procs.find(uid))
 }
 
 fn described(found: &Found, name: &str, settings: &PodSettings) -> PodEvent {

@@ -15,8 +15,8 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use netns_ebpf::{
-    AF_INET, AF_INET6, MeshSettings, OriginalDst, POD_CIDR_COOKIE_BITS, PodCidr, PodFlags,
-    PodPort, counter,
+    AF_INET, AF_INET6, MeshSettings, OriginalDst, POD_CIDR_COOKIE_BITS, PodCidr, PodFlags, PodPort,
+    counter,
 };
 
 use crate::addr::{self, LOOPBACK4, LOOPBACK6, LOOPBACK6_MAPPED};

@@ -8,8 +8,7 @@ use aya_ebpf::{
 };
 use netns_ebpf::{
     LocalPod, MeshSettings, OriginalDst, PodCidr, PodFlags, PodListener, PodPort, SockPair,
-    counter,
-    defaults::CONNECTION_MAP_ENTRIES,
+    counter, defaults::CONNECTION_MAP_ENTRIES,
 };
 
 #[map]

@@ -25,10 +25,22 @@ impl Default for ProcRoot {
 pub struct Found {
     /// `<proc>/<pid>/ns/net`.
     pub path: PathBuf,
-    /// The process it belongs to.
+    /// The process it belongs to (0: a path from CNI).
     pub pid: u32,
     /// The namespace's (device, inode).
     pub id: (u64, u64),
+}
+
+impl Found {
+    /// A namespace file named otherwise (a runtime's `CNI_NETNS`), if it is there.
+    #[must_use]
+    pub fn at(path: &Path) -> Option<Found> {
+        Some(Found {
+            path: path.to_owned(),
+            pid: 0,
+            id: ProcRoot::ns_id(path)?,
+        })
+    }
 }
 
 impl ProcRoot {
