@@ -235,6 +235,26 @@ fn local_pods(fixture: &Fixture) -> Vec<(Ipv4Addr, u64)> {
     pods
 }
 
+/// Binds the namespace of pod `name` to a second file, `<name>-alias`, and
+/// waits until the agent (logging at debug) has seen it.
+fn bind_alias(f: &Fixture, name: &str) -> PathBuf {
+    let alias = f.netns_dir().join(format!("{name}-alias"));
+    std::fs::write(&alias, b"").unwrap();
+    nix::mount::mount(
+        Some(&f.netns_dir().join(name)),
+        &alias,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .expect("bind a pod's namespace to a second name");
+    wait_for("the alias to be seen", || {
+        std::fs::read_to_string(f.dir.join("agent.log"))
+            .is_ok_and(|l| l.contains("already meshed under another path"))
+    });
+    alias
+}
+
 #[test]
 fn root_agent_meshes_pods_from_a_directory_and_undoes_exactly_their_entries() {
     let mut f = Fixture::new("pods");
@@ -281,22 +301,8 @@ fn root_agent_meshes_pods_from_a_directory_and_undoes_exactly_their_entries() {
         ]
     );
 
-    // A second name of the late pod's namespace (a bind mount): one pod,
-    // meshed once.
-    let alias = f.netns_dir().join("late-alias");
-    std::fs::write(&alias, b"").unwrap();
-    nix::mount::mount(
-        Some(&f.netns_dir().join("late")),
-        &alias,
-        None::<&str>,
-        nix::mount::MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .expect("bind the late pod's namespace to a second name");
-    wait_for("the alias to be seen", || {
-        std::fs::read_to_string(f.dir.join("agent.log"))
-            .is_ok_and(|l| l.contains("already meshed under another path"))
-    });
+    // A second name of the late pod's namespace: one pod, meshed once.
+    let alias = bind_alias(&f, "late");
 
     // status agrees with the kernel.
     let status = f.status();
