@@ -134,7 +134,15 @@ impl Agent {
                     .collect();
             }
         }
+        // Whether a pod's inbound link is pinned: what the kernel holds.
+        let inbound_pins = datapath.as_ref().map(|dp| dp.inbound_pin(0));
         drop(datapath);
+        let inbound = |cookie: u64| {
+            inbound_pins
+                .as_ref()
+                .and_then(|pin| pin.parent())
+                .is_some_and(|dir| dir.join(cookie.to_string()).exists())
+        };
         status.pods = Self::lock(&self.pods)
             .values()
             .map(|p| PodStatus {
@@ -144,6 +152,8 @@ impl Agent {
                 cookie: p.facts.cookie,
                 addrs: p.facts.addrs.iter().map(ToString::to_string).collect(),
                 meshed: p.meshed,
+                inbound: inbound(p.facts.cookie),
+                settings: p.settings.clone(),
                 since_unix: p
                     .since
                     .duration_since(SystemTime::UNIX_EPOCH)

@@ -155,6 +155,56 @@ impl PodSettings {
     }
 }
 
+impl std::fmt::Display for PodSettings {
+    /// What differs from the defaults, as `key=value` words.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cidrs = |list: &[Cidr]| {
+            list.iter()
+                .map(|(a, l)| format!("{a}/{l}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let ports = |list: &[u16]| {
+            list.iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let mut words = Vec::new();
+        if !self.exclude_outbound_ports.is_empty() {
+            words.push(format!(
+                "exclude-outbound-ports={}",
+                ports(&self.exclude_outbound_ports)
+            ));
+        }
+        if !self.exclude_outbound_cidrs.is_empty() {
+            words.push(format!(
+                "exclude-outbound-cidrs={}",
+                cidrs(&self.exclude_outbound_cidrs)
+            ));
+        }
+        if let Some(include) = &self.include_outbound_cidrs {
+            words.push(format!("include-outbound-cidrs={}", cidrs(include)));
+        }
+        if !self.exclude_inbound_ports.is_empty() {
+            words.push(format!(
+                "exclude-inbound-ports={}",
+                ports(&self.exclude_inbound_ports)
+            ));
+        }
+        if !self.inbound {
+            words.push("inbound=off".to_owned());
+        }
+        if let Some(uid) = self.sidecar_uid {
+            words.push(format!("sidecar-uid={uid}"));
+        }
+        if words.is_empty() {
+            words.push("defaults".to_owned());
+        }
+        f.write_str(&words.join(" "))
+    }
+}
+
 fn error(annotation: &'static str, value: &str, reason: &str) -> SettingsError {
     SettingsError {
         annotation,
@@ -259,6 +309,12 @@ mod tests {
         assert!(s.inbound);
         assert_eq!(s.sidecar_uid, Some(1500));
         assert_eq!(s.inbound_pass_ports(&[15020, 8081]), [8081, 15020]);
+        assert_eq!(
+            s.to_string(),
+            "exclude-outbound-ports=5432,6379 exclude-outbound-cidrs=198.18.7.0/24,2001:db8::/32 \
+             include-outbound-cidrs=198.18.0.0/15 exclude-inbound-ports=8081 sidecar-uid=1500"
+        );
+        assert_eq!(PodSettings::default().to_string(), "defaults");
     }
 
     #[test]

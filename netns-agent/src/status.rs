@@ -54,6 +54,12 @@ pub struct PodStatus {
     pub addrs: Vec<String>,
     /// In the mesh?
     pub meshed: bool,
+    /// Is its inbound capture attached (its link pinned)?
+    #[serde(default)]
+    pub inbound: bool,
+    /// Its own settings (the defaults unless its source described it).
+    #[serde(default)]
+    pub settings: crate::settings::PodSettings,
     /// Seconds since the Unix epoch when the agent took it on.
     pub since_unix: u64,
 }
@@ -91,19 +97,24 @@ impl Status {
         let _ = writeln!(out, "programs: {}", programs.join(" "));
         let _ = writeln!(
             out,
-            "\n{:<24} {:>12} {:>10} {:<7} addresses",
-            "POD", "NETNS", "COOKIE", "MESHED"
+            "\n{:<24} {:>12} {:>10} {:<7} {:<8} addresses",
+            "POD", "NETNS", "COOKIE", "MESHED", "INBOUND"
         );
+        let yes = |b: bool| if b { "yes" } else { "no" };
         for pod in &self.pods {
             let _ = writeln!(
                 out,
-                "{:<24} {:>12} {:>10} {:<7} {}",
+                "{:<24} {:>12} {:>10} {:<7} {:<8} {}",
                 pod.name,
                 pod.netns_inode,
                 pod.cookie,
-                if pod.meshed { "yes" } else { "no" },
+                yes(pod.meshed),
+                yes(pod.inbound),
                 pod.addrs.join(",")
             );
+            if pod.settings != crate::settings::PodSettings::default() {
+                let _ = writeln!(out, "{:<24} settings: {}", "", pod.settings);
+            }
         }
         let _ = writeln!(out, "\n{:<20} {:>10} {:>10}", "MAP", "ENTRIES", "CAPACITY");
         for map in &self.maps {

@@ -315,6 +315,11 @@ fn root_agent_meshes_pods_from_a_directory_and_undoes_exactly_their_entries() {
         ids, attached,
         "status lists what BPF_PROG_QUERY says is attached"
     );
+    assert!(
+        status.pods.iter().all(|p| p.inbound),
+        "every pod's inbound link pinned: {:?}",
+        status.pods
+    );
     let mut pods: Vec<(String, u64)> = status
         .pods
         .iter()

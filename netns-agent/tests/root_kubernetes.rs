@@ -27,6 +27,9 @@ const AGENT: &str = env!("CARGO_BIN_EXE_netns-agent");
 const PLUGIN: &str = env!("CARGO_BIN_EXE_netns-cni");
 const NODE: &str = "node-a";
 const UID: &str = "6a0d2c4e-8f1b-4d3a-9c5e-7b2f4a6c8e01";
+/// The CNI test's pod: another UID, so that neither test's agent finds the
+/// other's pod process when both run at once.
+const CNI_UID: &str = "8c2f4e6a-0b3d-4f5e-a7c9-1d3f5b7d9e23";
 const STATUS: (&str, &str) = (
     "sidecar.istio.io/status",
     "{\"containers\":[\"istio-proxy\"]}",
@@ -205,6 +208,28 @@ fn root_agent_meshes_api_server_pods_with_their_settings() {
         agent.logs()
     );
 
+    // status names the pod as the API server does, with its settings.
+    let out = Command::new(AGENT)
+        .args(["status", "--json", "--control-socket"])
+        .arg(p.dir.join("agent.sock"))
+        .output()
+        .unwrap();
+    let status: netns_agent::status::Status = serde_json::from_slice(&out.stdout).unwrap();
+    let shown: Vec<(&str, u64, String)> = status
+        .pods
+        .iter()
+        .map(|p| (p.name.as_str(), p.cookie, p.settings.to_string()))
+        .collect();
+    assert_eq!(
+        shown,
+        [(
+            "default/reviews",
+            cookie,
+            "exclude-outbound-ports=5432 exclude-outbound-cidrs=198.18.9.0/24 sidecar-uid=1500"
+                .to_owned()
+        )]
+    );
+
     // The annotations change: exactly the new settings are held.
     server.put(pod("reviews", UID, NODE, &[STATUS, (PORTS, "6379,8125")]));
     let changed = Entries {
@@ -245,7 +270,7 @@ fn root_cni_add_meshes_the_annotated_pods_with_their_settings() {
     let kubeconfig = chain.dir.join("kubeconfig");
     server.write_kubeconfig(&kubeconfig);
     // Chain's CNI_ARGS name the pod after its container, in `default`.
-    server.put(pod("c-meshed", UID, NODE, &[STATUS, (PORTS, "5432")]));
+    server.put(pod("c-meshed", CNI_UID, NODE, &[STATUS, (PORTS, "5432")]));
     server.put(pod(
         "c-plain",
         "7b1e3d5f-9a2c-4e4b-8d6f-8c3a5b7d9f12",
@@ -285,7 +310,7 @@ fn root_cni_add_meshes_the_annotated_pods_with_their_settings() {
     assert_eq!(entries(&bpffs, chain.cookie(&unknown)).flags, None);
 
     // The settings follow the API server; DEL takes the pod out.
-    server.put(pod("c-meshed", UID, NODE, &[STATUS, (PORTS, "6379")]));
+    server.put(pod("c-meshed", CNI_UID, NODE, &[STATUS, (PORTS, "6379")]));
     let changed = Entries {
         flags: Some(PodFlags::default()),
         ports: vec![6379],

@@ -7,7 +7,9 @@
 //!
 //! Prints `cni_add_p50_ms`, `cni_add_p99_ms`, `chain_add_p50_ms`,
 //! `chain_add_p99_ms`, the same for DEL, and `cni_version_floor_*`: the same
-//! spawn of the plugin doing nothing (VERSION), what any plugin pays here. Environment:
+//! spawn of the plugin doing nothing (VERSION), what any plugin pays here,
+//! and `cni_version_after_bridge_*`: that spawn where ADD runs, right after
+//! bridge's ADD of a new pod. Environment:
 //! `NETNS_BENCH_AGENT`, `NETNS_BENCH_CNI` (the binaries; `./x bench-cni`
 //! builds them in release mode), `NETNS_BENCH_PODS` (default 1000).
 
@@ -79,4 +81,22 @@ fn main() {
         })
         .collect();
     print("cni_version_floor", floor);
+    // The same floor where ADD runs: right after bridge's ADD of a new pod
+    // (the kernel still busy with the new veth and addresses).
+    let mut after_bridge = Vec::new();
+    for i in 0..200 {
+        let pod = chain.pod(&format!("late-{i}"));
+        let (_, run, _) = chain.add_timed_with(&format!("l{i}"), &pod, || {
+            let run = chain.plugin(
+                "VERSION",
+                "",
+                "",
+                &serde_json::json!({"cniVersion": "1.0.0"}),
+            );
+            assert_eq!(run.exit, 0, "VERSION: {run:?}");
+            after_bridge.push(ms(run.elapsed));
+        });
+        assert_eq!(run.exit, 0, "ADD late-{i}: {run:?}");
+    }
+    print("cni_version_after_bridge", after_bridge);
 }

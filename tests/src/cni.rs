@@ -290,10 +290,23 @@ impl Chain {
     /// another, as a runtime runs them; netns-cni's own is in its [`Run`]).
     #[must_use]
     pub fn add_timed(&self, container: &str, pod: &NetNs) -> (Value, Run, Duration) {
+        self.add_timed_with(container, pod, || {})
+    }
+
+    /// [`Chain::add_timed`], running `between` after `bridge` and before
+    /// netns-cni (not counted in the chain's time).
+    #[must_use]
+    pub fn add_timed_with(
+        &self,
+        container: &str,
+        pod: &NetNs,
+        between: impl FnOnce(),
+    ) -> (Value, Run, Duration) {
         let netns = pod.path().to_str().unwrap();
         let lo = json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
         let lo = self.reference("loopback", "ADD", container, netns, &lo);
         let bridge = self.reference("bridge", "ADD", container, netns, &self.bridge_config(None));
+        between();
         let prev = bridge.out;
         let run = self.plugin("ADD", container, netns, &self.plugin_config(Some(&prev)));
         let chain = lo.elapsed + bridge.elapsed + run.elapsed;
