@@ -278,7 +278,6 @@ mod tests {
         assert_eq!(offset_of!(SockPair, server_port), 34);
         assert_eq!(offset_of!(SockPair, family), 36);
 
-        assert_eq!(size_of::<PodFlags>(), 4);
         assert_eq!(size_of::<LocalPod>(), 16);
         assert_eq!(offset_of!(LocalPod, bits), 8);
 
