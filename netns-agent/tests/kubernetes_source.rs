@@ -117,7 +117,13 @@ async fn kubernetes_source_follows_the_api_server() {
     source.rescan = Duration::from_millis(100);
     source.api = Some(kube::Config::new(server.url().parse().unwrap()));
     let (tx, mut rx) = mpsc::channel(64);
-    let task = tokio::spawn(Box::new(source).run(tx));
+    let task = tokio::spawn(async move {
+        let ended = Box::new(source).run(tx).await;
+        if let Err(e) = &ended {
+            eprintln!("the source failed: {e:#}");
+        }
+        ended
+    });
 
     // The first listing: only pod 1 (pod 2 has no sidecar, pod 3 is on the
     // host network), then the listing is complete.
