@@ -295,7 +295,7 @@ impl Agent {
         let inode = ns.id().ino;
         tracing::info!(
             pod = %path.display(), name, netns_inode = inode, cookie = facts.cookie,
-            addrs = ?facts.addrs, ?settings, "pod meshed"
+            addrs = ?facts.addrs, %settings, "pod meshed"
         );
         Self::lock(&self.setup_seconds).push(first_seen.elapsed().as_secs_f64());
         Self::lock(&self.pods).insert(
@@ -409,7 +409,7 @@ impl Agent {
         });
         match result {
             Ok(()) => {
-                tracing::info!(pod = %path.display(), name = pod.name, before = ?pod.settings, after = ?settings, "pod settings changed");
+                tracing::info!(pod = %path.display(), name = pod.name, before = %pod.settings, after = %settings, "pod settings changed");
                 pod.settings = settings.clone();
                 Taken::Done
             }

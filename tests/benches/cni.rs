@@ -33,6 +33,18 @@ fn print(name: &str, mut xs: Vec<f64>) {
     println!("{name}_max_ms: {:.2}", xs[xs.len() - 1]);
 }
 
+/// One spawn of the plugin doing nothing (VERSION), in ms.
+fn version_ms(chain: &Chain) -> f64 {
+    let run = chain.plugin(
+        "VERSION",
+        "",
+        "",
+        &serde_json::json!({"cniVersion": "1.0.0"}),
+    );
+    assert_eq!(run.exit, 0, "VERSION: {run:?}");
+    ms(run.elapsed)
+}
+
 fn main() {
     assert!(
         nix::unistd::Uid::effective().is_root(),
@@ -68,18 +80,7 @@ fn main() {
     }
     print("cni_del", plugin_del);
     // The floor: the same spawn of the same binary, doing nothing (VERSION).
-    let floor: Vec<f64> = (0..200)
-        .map(|_| {
-            let run = chain.plugin(
-                "VERSION",
-                "",
-                "",
-                &serde_json::json!({"cniVersion": "1.0.0"}),
-            );
-            assert_eq!(run.exit, 0, "VERSION: {run:?}");
-            ms(run.elapsed)
-        })
-        .collect();
+    let floor: Vec<f64> = (0..200).map(|_| version_ms(&chain)).collect();
     print("cni_version_floor", floor);
     // The same floor where ADD runs: right after bridge's ADD of a new pod
     // (the kernel still busy with the new veth and addresses).
@@ -87,14 +88,7 @@ fn main() {
     for i in 0..200 {
         let pod = chain.pod(&format!("late-{i}"));
         let (_, run, _) = chain.add_timed_with(&format!("l{i}"), &pod, || {
-            let run = chain.plugin(
-                "VERSION",
-                "",
-                "",
-                &serde_json::json!({"cniVersion": "1.0.0"}),
-            );
-            assert_eq!(run.exit, 0, "VERSION: {run:?}");
-            after_bridge.push(ms(run.elapsed));
+            after_bridge.push(version_ms(&chain));
         });
         assert_eq!(run.exit, 0, "ADD late-{i}: {run:?}");
     }

@@ -84,10 +84,7 @@ impl DataPath {
         kept: Option<&PodSettings>,
     ) -> Result<(), DataPathError> {
         let op = format!("remove the settings of pod (netns cookie {netns_cookie}) from");
-        let kept = kept.cloned().unwrap_or(PodSettings {
-            include_outbound_cidrs: Some(Vec::new()),
-            ..PodSettings::default()
-        });
+        let kept = kept.cloned().unwrap_or_default();
         let mut ports: HashMap<_, PodPort, u8> = self.hash(names::POD_EXCLUDED_PORTS)?;
         for port in old
             .exclude_outbound_ports
