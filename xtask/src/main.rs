@@ -105,8 +105,23 @@ fn run_agent(args: &[String]) -> anyhow::Result<()> {
     Err(anyhow::anyhow!("cannot start netns-agent: {err}"))
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().verb {
+/// Prints an error with its chain of causes, one per line, and no backtrace
+/// (these machines set `RUST_BACKTRACE=1`, which anyhow would honour).
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.verb {
         Verb::Test { no_vm } => test::run(!no_vm),
         Verb::BuildEbpf => ebpf::build().map(|object| eprintln!("xtask: {}", object.display())),
         Verb::Run { args } => run_agent(&args),

@@ -5,6 +5,17 @@ use crate::cmd::{self, cargo};
 
 pub(crate) fn run(with_vm: bool) -> anyhow::Result<()> {
     cmd::require_root("./x test")?;
+    // Cheap checks first: a formatting slip fails in seconds, before any
+    // install or build.
+    eprintln!("xtask: cargo fmt --check");
+    cmd::status(&mut cargo(&["fmt", "--all", "--", "--check"]))?;
+    cmd::status(&mut cargo(&[
+        "fmt",
+        "--manifest-path",
+        "netns-ebpf/programs/Cargo.toml",
+        "--",
+        "--check",
+    ]))?;
     crate::apt::ensure(
         &[
             "iproute2",
@@ -16,15 +27,6 @@ pub(crate) fn run(with_vm: bool) -> anyhow::Result<()> {
         "the kernel tests build namespaces with ip, run a Python client and iptables-legacy inside captured pods, and run the reference CNI plugins (bridge, host-local, loopback) before netns-cni; bpftool goes into the VM guests for inspection",
     )?;
     crate::ebpf::build()?;
-    eprintln!("xtask: cargo fmt --check");
-    cmd::status(&mut cargo(&["fmt", "--all", "--", "--check"]))?;
-    cmd::status(&mut cargo(&[
-        "fmt",
-        "--manifest-path",
-        "netns-ebpf/programs/Cargo.toml",
-        "--",
-        "--check",
-    ]))?;
     eprintln!("xtask: cargo clippy -D warnings");
     cmd::status(&mut cargo(&[
         "clippy",

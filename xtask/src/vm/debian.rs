@@ -196,8 +196,38 @@ impl Suite {
         Ok(None)
     }
 
+    /// The versions this suite offers (apt's candidates) for those of `names`
+    /// it has.
+    pub(crate) fn candidates(
+        &mut self,
+        names: &[String],
+    ) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+        self.update(false)?;
+        let out = self
+            .apt("apt-cache")
+            .arg("policy")
+            .args(names)
+            .output()
+            .context("cannot start apt-cache policy")?;
+        let mut found = std::collections::BTreeMap::new();
+        let mut current: Option<String> = None;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if !line.starts_with(' ') {
+                current = line.strip_suffix(':').map(str::to_owned);
+            } else if let (Some(name), Some(version)) =
+                (&current, line.trim().strip_prefix("Candidate:"))
+            {
+                let version = version.trim();
+                if version != "(none)" {
+                    found.insert(name.clone(), version.to_owned());
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// `tool` (apt-get or apt-cache) reading this suite's private state only.
-    fn apt(&self, tool: &str) -> Command {
+    pub(crate) fn apt(&self, tool: &str) -> Command {
         let dir = self.dir.display();
         let mut cmd = Command::new(tool);
         for opt in [

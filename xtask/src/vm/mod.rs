@@ -2,7 +2,7 @@
 //! this machine's kernel, or on every kernel of `xtask/vm-kernels.txt`, each
 //! booted under QEMU (TCG) with the suite in its initramfs.
 //!
-//! VM mode, step by step: install QEMU; build the test executables statically
+//! VM mode, step by step: unpack the suite's own QEMU ([`emulator`]); build the test executables statically
 //! ([`testbins`]); fetch busybox and each kernel from Debian by package name
 //! through private apt lists ([`debian`], [`kernels`]), into the cache
 //! (`/var/cache/netns-vm`, or `NETNS_VM_CACHE`); write one initramfs per kernel
@@ -24,6 +24,7 @@ mod bzimage;
 mod cpio;
 mod debian;
 mod elf;
+mod emulator;
 mod hosttools;
 mod initramfs;
 mod kernels;
@@ -144,7 +145,6 @@ fn local(args: &Args) -> anyhow::Result<()> {
 
 fn vm(args: &Args) -> anyhow::Result<()> {
     let started = Instant::now();
-    apt::ensure(&["qemu-system-x86"], "the VM tests boot kernels under QEMU")?;
     apt::ensure(
         &["libc6-dev"],
         "static test executables link glibc's libc.a",
@@ -168,10 +168,13 @@ fn vm(args: &Args) -> anyhow::Result<()> {
 
     let mirror = debian::host_mirror();
     let mut suites: Vec<debian::Suite> = Vec::new();
-    let busybox = initramfs::busybox(
-        suite(&mut suites, &cache, &host_codename(), &mirror, args.refresh)?,
-        &cache,
-    )?;
+    let host_suite = suite(&mut suites, &cache, &host_codename(), &mirror, args.refresh)?;
+    let busybox = initramfs::busybox(host_suite, &cache)?;
+    let emulator = emulator::prepare(host_suite, &cache)?;
+    eprintln!(
+        "xtask: QEMU {} (the suite's own, unpacked in the cache)",
+        emulator.version
+    );
     let payload = payload(busybox, built, hosttools::collect()?, args)?;
     // Patterns that all name a suite or package of the list spare fetching the
     // other kernels; a release (`6.1`) is only known once the kernel is fetched.
@@ -210,7 +213,7 @@ fn vm(args: &Args) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut explanations = String::new();
     for kernel in &kernels {
-        let (row, explanation) = run_kernel(&root, kernel, &payload, args)?;
+        let (row, explanation) = run_kernel(&root, kernel, &emulator, &payload, args)?;
         rows.push(row);
         explanations.push_str(&explanation);
     }
@@ -359,6 +362,7 @@ struct Row {
 fn run_kernel(
     root: &Path,
     kernel: &kernels::Kernel,
+    emulator: &emulator::Qemu,
     payload: &initramfs::Payload,
     args: &Args,
 ) -> anyhow::Result<(Row, String)> {
@@ -382,7 +386,7 @@ fn run_kernel(
     let log = dir.join("console.log");
     let mut boot_panics = String::new();
     let (guest, run) = loop {
-        let (guest, run) = boot_once(&label, kernel, &initrd, &log, args)?;
+        let (guest, run) = boot_once(&label, kernel, emulator, &initrd, &log, args)?;
         // A panic before our init said "kernel" is the emulator's, not ours: no
         // code of the project has run yet (seen: `Oops: int3` in the 6.12 guest's
         // idle loop at 4 s, a stale breakpoint of the kernel's own boot-time text
@@ -444,6 +448,7 @@ fn run_kernel(
 fn boot_once(
     label: &str,
     kernel: &kernels::Kernel,
+    emulator: &emulator::Qemu,
     initrd: &Path,
     log: &Path,
     args: &Args,
@@ -451,6 +456,7 @@ fn boot_once(
     let mut guest = Guest::default();
     let mut last = Instant::now();
     let run = qemu::boot(
+        emulator.command(),
         kernel,
         initrd,
         log,

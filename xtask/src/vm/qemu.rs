@@ -43,6 +43,7 @@ pub(crate) struct Run {
 /// Boots `kernel` with `initramfs`, writing the console to `log` and handing each
 /// line to `on_line`, which returns true once the guest has reported everything.
 pub(crate) fn boot(
+    mut qemu: Command,
     kernel: &Kernel,
     initramfs: &Path,
     log: &Path,
@@ -53,7 +54,6 @@ pub(crate) fn boot(
     let stderr =
         File::create(&stderr_path).with_context(|| format!("create {}", stderr_path.display()))?;
     let mut console = File::create(log).with_context(|| format!("create {}", log.display()))?;
-    let mut qemu = Command::new("qemu-system-x86_64");
     // One host thread per vCPU (MTTCG), unless NETNS_VM_TCG_THREAD=single: one
     // thread for both vCPUs makes code patching coherent across them, but the
     // suite then takes twice as long (root_agent on 6.12: 78.5 s against ~40 s).
