@@ -29,9 +29,16 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 /// How many requests are served at once; more are answered "busy" (CNI
 /// error 11, try again later) without being read.
 pub const MAX_IN_FLIGHT: usize = 256;
-/// How long a CNI request may take the agent before the client is told to
-/// try again later (the pod's setup is rolled back if it fails).
+/// How long a CNI request may take the agent when its client names no
+/// budget (`budget_ms`); the plugin always names its own (`timeoutMs` less a
+/// margin). Work still queued when the budget runs out is never started, and
+/// an ADD that finishes late is rolled back: the client was told to try again.
 pub const CNI_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest budget a client may ask for.
+pub const MAX_CNI_BUDGET: Duration = Duration::from_secs(300);
+/// How long past its budget a request's work may run before the client is
+/// answered anyway (the work itself checks the deadline and rolls back).
+const BUDGET_GRACE: Duration = Duration::from_secs(5);
 /// How long a client may take to send its request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -40,6 +47,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Request {
     /// What is asked: `status`.
     pub op: String,
+    /// How long the client waits for a CNI request, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_ms: Option<u64>,
 }
 
 /// An answer that is not a status.
@@ -138,7 +148,13 @@ async fn read_request(conn: &mut UnixStream, agent: Arc<Agent>) -> String {
         Ok(req) if req.op.starts_with("cni_") => {
             let reply = match serde_json::from_slice::<CniRequest>(&line) {
                 Err(e) => CniReply::failed(code::DECODE, format!("malformed CNI request: {e}")),
-                Ok(request) => do_cni(agent, request).await,
+                Ok(request) => {
+                    let budget = req
+                        .budget_ms
+                        .map_or(CNI_TIMEOUT, Duration::from_millis)
+                        .min(MAX_CNI_BUDGET);
+                    do_cni(agent, request, budget).await
+                }
             };
             serde_json::to_string(&reply).unwrap_or_else(|e| refuse(e.to_string()))
         }
@@ -150,15 +166,17 @@ async fn read_request(conn: &mut UnixStream, agent: Arc<Agent>) -> String {
 }
 
 /// Runs a CNI request on a blocking thread (pod work enters namespaces and
-/// waits for the pod worker's turn), for at most [`CNI_TIMEOUT`].
-async fn do_cni(agent: Arc<Agent>, request: CniRequest) -> CniReply {
-    let work = tokio::task::spawn_blocking(move || agent.cni(request));
-    match tokio::time::timeout(CNI_TIMEOUT, work).await {
+/// waits for the pod worker's turn) within `budget`: the work is dropped if
+/// its turn comes too late and rolled back if it ends too late.
+async fn do_cni(agent: Arc<Agent>, request: CniRequest, budget: Duration) -> CniReply {
+    let deadline = std::time::Instant::now() + budget;
+    let work = tokio::task::spawn_blocking(move || agent.cni(request, deadline));
+    match tokio::time::timeout(budget + BUDGET_GRACE, work).await {
         Ok(Ok(reply)) => reply,
         Ok(Err(e)) => CniReply::failed(code::TRY_AGAIN_LATER, format!("the request failed: {e}")),
         Err(_) => CniReply::failed(
             code::TRY_AGAIN_LATER,
-            format!("the agent took longer than {CNI_TIMEOUT:?}"),
+            format!("the agent took longer than {budget:?}"),
         ),
     }
 }

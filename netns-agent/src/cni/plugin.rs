@@ -419,8 +419,18 @@ struct Agent {
 
 impl Agent {
     fn ask(&self, request: &CniRequest) -> Result<CniReply, CniError> {
-        let body = serde_json::to_vec(request)
-            .map_err(|e| CniError::new(code::IO, "cannot encode the request", e.to_string()))?;
+        let encode = |e: serde_json::Error| {
+            CniError::new(code::IO, "cannot encode the request", e.to_string())
+        };
+        let mut body = serde_json::to_value(request).map_err(encode)?;
+        // The agent must answer before we stop waiting: it gets our time less
+        // a margin for the exchange itself, and never starts work it cannot
+        // finish in it.
+        let margin = (self.timeout / 10).min(Duration::from_millis(500));
+        let budget =
+            u64::try_from(self.timeout.saturating_sub(margin).as_millis()).unwrap_or(u64::MAX);
+        body["budget_ms"] = budget.into();
+        let body = serde_json::to_vec(&body).map_err(encode)?;
         let line = self.exchange(&body)?;
         serde_json::from_str(&line).map_err(|e| {
             CniError::new(

@@ -14,8 +14,10 @@ use crate::source::kubernetes::Verdict;
 const KUBE_WAIT: Duration = Duration::from_secs(3);
 
 impl Agent {
-    /// Does one CNI request and says how it went.
-    pub(crate) fn cni(&self, request: CniRequest) -> CniReply {
+    /// Does one CNI request by `deadline` and says how it went: a request
+    /// whose turn comes after it is not started, an ADD that ends after it is
+    /// rolled back (its client has been told to try again).
+    pub(crate) fn cni(&self, request: CniRequest, deadline: Instant) -> CniReply {
         let Some(state) = &self.config.cni_state else {
             return CniReply::failed(
                 code::INVALID_CONFIG,
@@ -35,8 +37,24 @@ impl Agent {
             _ => None,
         };
         let _turn = Self::lock(&self.pod_work);
+        if Instant::now() >= deadline {
+            return CniReply::failed(
+                code::TRY_AGAIN_LATER,
+                "the request's time ran out while it waited for its turn: nothing was done",
+            );
+        }
         match request {
-            CniRequest::CniAdd(pod) => self.cni_add(state, &pod, described.as_ref()),
+            CniRequest::CniAdd(pod) => {
+                let reply = self.cni_add(state, &pod, described.as_ref());
+                if reply.ok && Instant::now() > deadline {
+                    self.cni_del(state, &pod);
+                    return CniReply::failed(
+                        code::TRY_AGAIN_LATER,
+                        "the pod was meshed after the request's time ran out: rolled back",
+                    );
+                }
+                reply
+            }
             CniRequest::CniDel(pod) => self.cni_del(state, &pod),
             CniRequest::CniCheck(pod) => self.cni_check(state, &pod),
             CniRequest::CniGc { valid } => self.cni_gc(state, &valid),
