@@ -1,14 +1,18 @@
 //! The CNI side of the agent: what the `netns-cni` chained plugin sends over
 //! the control socket and what the agent answers, and the plugin itself
-//! ([`plugin`]), kept in the library so its logic is tested without a runtime.
+//! ([`plugin`]), kept in the library so its logic is tested without a runtime
+//! (`netns-agent/tests/cni_plugin.rs` calls [`plugin::run`] directly).
 //!
-//! One request per connection, one JSON line each way:
+//! One request per connection, one JSON line each way. The plugin adds
+//! `budget_ms`, how long the agent may take (its `timeoutMs` less a margin,
+//! see [`crate::control::CNI_TIMEOUT`]); a failure carries a CNI error code
+//! ([`code`]), which the plugin passes on to the runtime:
 //!
 //! ```text
-//! -> {"op":"cni_add","container_id":"c1","netns":"/run/netns/cni-1","ifname":"eth0","addrs":["198.18.5.3"]}
+//! -> {"op":"cni_add","container_id":"c1","netns":"/run/netns/cni-1","ifname":"eth0","addrs":["198.18.5.3"],"budget_ms":4500}
 //! <- {"ok":true}
-//! -> {"op":"cni_check","container_id":"c1","netns":"/run/netns/cni-1","ifname":"eth0","addrs":["198.18.5.3"]}
-//! <- {"ok":false,"code":100,"error":"pod c1 is not in the mesh: ..."}
+//! -> {"op":"cni_check","container_id":"c2","netns":"/run/netns/cni-2","ifname":"eth0","addrs":["198.18.5.4"],"budget_ms":4500}
+//! <- {"ok":false,"code":101,"error":"no attachment on record for container c2"}
 //! ```
 
 pub mod install;
