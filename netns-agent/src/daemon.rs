@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use netns_ebpf::counter;
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 mod cni;
@@ -137,6 +138,25 @@ impl Agent {
         // Whether a pod's inbound link is pinned: what the kernel holds.
         let inbound_pins = datapath.as_ref().map(|dp| dp.inbound_pin(0));
         drop(datapath);
+        // Whether each pod's entries are in the kernel's maps (pods first,
+        // then the data path: the lock order of pod work).
+        let facts: Vec<(u64, Vec<IpAddr>)> = Self::lock(&self.pods)
+            .values()
+            .map(|p| (p.facts.cookie, p.facts.addrs.clone()))
+            .collect();
+        let in_kernel: BTreeSet<u64> = {
+            let mut datapath = Self::lock(&self.datapath);
+            facts
+                .iter()
+                .filter(|(cookie, addrs)| {
+                    datapath
+                        .as_mut()
+                        .and_then(|dp| dp.missing_pod_entries(*cookie, addrs).ok())
+                        .is_some_and(|missing| missing.is_empty())
+                })
+                .map(|(cookie, _)| *cookie)
+                .collect()
+        };
         let inbound = |cookie: u64| {
             inbound_pins
                 .as_ref()
@@ -151,7 +171,8 @@ impl Agent {
                 netns_inode: p.id().ino,
                 cookie: p.facts.cookie,
                 addrs: p.facts.addrs.iter().map(ToString::to_string).collect(),
-                meshed: p.meshed,
+                meshed: in_kernel.contains(&p.facts.cookie),
+                equipped: p.equipped.clone(),
                 inbound: inbound(p.facts.cookie),
                 settings: p.settings.clone(),
                 since_unix: p
@@ -172,9 +193,10 @@ impl Agent {
         f: impl FnOnce(&mut DataPath) -> Result<T, crate::datapath::DataPathError>,
     ) -> Result<T, crate::datapath::DataPathError> {
         let mut guard = Self::lock(&self.datapath);
+        // Taken out at shutdown: pod work still in hand then fails cleanly.
         let dp = guard
             .as_mut()
-            .expect("the data path lives as long as the pod loop");
+            .ok_or(crate::datapath::DataPathError::Stopping)?;
         f(dp)
     }
 
@@ -261,38 +283,20 @@ impl Agent {
                 return Taken::Failed(crate::error_chain(&e));
             }
         };
-        let inbound = self.inbound_pass_ports(&settings);
-        let written = self
-            .with_datapath(|dp| {
-                // The pod's own settings first: connect reads them as soon
-                // as the pod is in the mesh.
-                dp.set_pod_settings(facts.cookie, &PodSettings::default(), &settings)?;
-                dp.add_pod(facts.cookie, &facts.addrs)?;
-                if let Some(pass_ports) = &inbound {
-                    dp.capture_inbound(&ns, facts.cookie, pass_ports)?;
-                }
-                Ok(())
-            })
-            .map_err(anyhow::Error::from)
-            .and_then(|()| {
-                self.watcher
-                    .add(&watch, facts.cookie)
-                    .context("watch the pod's address changes (epoll)")
-            });
-        if let Err(e) = written {
-            // Undo whatever part of it was written.
-            let _ = self.with_datapath(|dp| {
-                if let Some(pass_ports) = &inbound {
-                    dp.release_inbound(facts.cookie, pass_ports)?;
-                }
-                dp.remove_pod(facts.cookie, &facts.addrs)?;
-                dp.clear_pod_settings(facts.cookie, &settings)
-            });
-            tracing::error!(pod = %path.display(), error = %format!("{e:#}"), "pod setup failed, rolled back");
-            self.count_error("datapath");
-            return Taken::Failed(format!("{e:#}"));
+        // A sidecar already listening is equipped before any connection of
+        // the pod is redirected to it.
+        let equipped = match self.equip_listeners(path, &ns) {
+            Ok(equipped) => equipped,
+            Err(taken) => return taken,
+        };
+        if let Err(taken) = self.write_pod(path, &ns, &facts, &settings, &equipped, &watch) {
+            return taken;
         }
         let inode = ns.id().ino;
+        let equipped: Vec<String> = equipped.iter().map(ToString::to_string).collect();
+        if !equipped.is_empty() {
+            tracing::info!(pod = %path.display(), listeners = ?equipped, "equipped sidecar listeners that predate the agent");
+        }
         tracing::info!(
             pod = %path.display(), name, netns_inode = inode, cookie = facts.cookie,
             addrs = ?facts.addrs, %settings, "pod meshed"
@@ -305,13 +309,65 @@ impl Agent {
                 path: path.to_owned(),
                 ns,
                 facts,
-                meshed: true,
+                equipped,
                 settings,
                 addr_watch: watch,
                 since: SystemTime::now(),
             },
         );
         Taken::Done
+    }
+
+    /// Writes a pod into the data path: its settings, its sidecar's
+    /// equipped inbound listener, its entries, its inbound capture, then its
+    /// address watch. On failure, undoes whatever part was written.
+    fn write_pod(
+        &self,
+        path: &Path,
+        ns: &netns_core::NetNs,
+        facts: &pod::PodFacts,
+        settings: &PodSettings,
+        equipped: &[crate::sidecar::Equipped],
+        watch: &crate::addr_watch::Subscription,
+    ) -> Result<(), Taken> {
+        let inbound = self.inbound_pass_ports(settings);
+        let inbound_port = self.config.datapath.settings.inbound_port;
+        let written = self
+            .with_datapath(|dp| {
+                // The pod's own settings first: connect reads them as soon
+                // as the pod is in the mesh.
+                dp.set_pod_settings(facts.cookie, &PodSettings::default(), settings)?;
+                if inbound.is_some() {
+                    for e in equipped.iter().filter(|e| e.listener.port == inbound_port) {
+                        dp.file_inbound_listener(facts.cookie, e.listener.family, &e.socket)?;
+                    }
+                }
+                dp.add_pod(facts.cookie, &facts.addrs)?;
+                if let Some(pass_ports) = &inbound {
+                    dp.capture_inbound(ns, facts.cookie, pass_ports)?;
+                }
+                Ok(())
+            })
+            .map_err(anyhow::Error::from)
+            .and_then(|()| {
+                self.watcher
+                    .add(watch, facts.cookie)
+                    .context("watch the pod's address changes (epoll)")
+            });
+        if let Err(e) = written {
+            // Undo whatever part of it was written.
+            let _ = self.with_datapath(|dp| {
+                if let Some(pass_ports) = &inbound {
+                    dp.release_inbound(facts.cookie, pass_ports)?;
+                }
+                dp.remove_pod(facts.cookie, &facts.addrs)?;
+                dp.clear_pod_settings(facts.cookie, settings)
+            });
+            tracing::error!(pod = %path.display(), error = %format!("{e:#}"), "pod setup failed, rolled back");
+            self.count_error("datapath");
+            return Err(Taken::Failed(format!("{e:#}")));
+        }
+        Ok(())
     }
 
     /// What the data path needs of a pod, learned from inside its namespace:
@@ -346,6 +402,33 @@ impl Agent {
         addrs.sort_unstable();
         addrs.dedup();
         Ok((watch, pod::PodFacts { cookie, addrs }))
+    }
+
+    /// The sidecar's listeners in `ns` that are already open (on its
+    /// outbound and inbound ports), each taken and set to keep SYNs.
+    /// One that cannot be equipped keeps the pod out of the mesh (never
+    /// redirected to a sidecar that cannot learn where its connections were
+    /// going): logged, counted, and [`Taken::Failed`].
+    fn equip_listeners(
+        &self,
+        path: &Path,
+        ns: &netns_core::NetNs,
+    ) -> Result<Vec<crate::sidecar::Equipped>, Taken> {
+        let s = &self.config.datapath.settings;
+        let ports = [s.outbound_port, s.inbound_port];
+        crate::sidecar::listeners(ns, &ports)
+            .and_then(|found| {
+                if found.is_empty() {
+                    return Ok(Vec::new());
+                }
+                crate::sidecar::equip(ns.id(), &found)
+            })
+            .map_err(|e| {
+                let reason = crate::error_chain(&e);
+                tracing::error!(pod = %path.display(), error = %reason, "sidecar listener that predates the agent cannot be equipped: pod left out of the mesh");
+                self.count_error("sidecar_unequipped");
+                Taken::Failed(reason)
+            })
     }
 
     /// The same namespace under another name (a runtime's `CNI_NETNS` and a
@@ -573,6 +656,10 @@ fn about_to_be_mounted(e: &PodError) -> bool {
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(config: AgentConfig, source: Box<dyn PodSource>) -> anyhow::Result<()> {
+    // First: from here on a stop signal is ours to handle (detach or keep,
+    // as configured), never the default action that would leave the data
+    // path half set up.
+    let mut signals = Signals::new().context("handle SIGTERM, SIGINT and SIGHUP")?;
     let (mut datapath, adopted) = DataPath::adopt(crate::EBPF_OBJECT, &config.datapath)
         .with_context(|| {
             format!(
@@ -614,7 +701,7 @@ pub async fn run(config: AgentConfig, source: Box<dyn PodSource>) -> anyhow::Res
         source: source.name(),
         config: config.clone(),
     });
-    let result = serve(&agent, &config, source).await;
+    let result = serve(&agent, &config, source, &mut signals).await;
     let datapath = Agent::lock(&agent.datapath).take();
     if let Some(datapath) = datapath {
         if config.keep_state {
@@ -629,10 +716,29 @@ pub async fn run(config: AgentConfig, source: Box<dyn PodSource>) -> anyhow::Res
     result
 }
 
+/// The stop signals, each stream made once: a signal that arrives while the
+/// loop is busy elsewhere stays pending in it (one made per turn could miss it).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 async fn serve(
     agent: &Arc<Agent>,
     config: &AgentConfig,
     source: Box<dyn PodSource>,
+    signals: &mut Signals,
 ) -> anyhow::Result<()> {
     let control = crate::control::listen(&config.control_socket)?;
     let http = crate::http::listen(config.metrics_addr, config.datapath.settings.bypass_mark)?;
@@ -674,7 +780,6 @@ async fn serve(
     tasks.spawn(source.run(tx));
     tasks.spawn(crate::control::serve(control, Arc::clone(agent)));
     tasks.spawn(crate::http::serve(http, Arc::clone(agent)));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let result = loop {
         tokio::select! {
             event = rx.recv() => {
@@ -692,8 +797,11 @@ async fn serve(
                     };
                 }
             }
-            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); break Ok(()); }
-            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break Ok(()); }
+            _ = signals.interrupt.recv() => { tracing::info!("SIGINT: stopping"); break Ok(()); }
+            _ = signals.term.recv() => { tracing::info!("SIGTERM: stopping"); break Ok(()); }
+            // Nothing is reloaded: flags are read once. A hangup (the
+            // terminal closed) stops the agent like SIGTERM, never like SIGKILL.
+            _ = signals.hangup.recv() => { tracing::info!("SIGHUP: stopping"); break Ok(()); }
         }
     };
     // The worker finishes the pod in hand and ends with the queue; it is not

@@ -13,6 +13,7 @@ use clap::{Args, ValueEnum};
 use netns_agent::cgroup::cgroup2_mount;
 use netns_agent::daemon::AgentConfig;
 use netns_agent::datapath::DataPathConfig;
+use netns_agent::instance::{InstanceLock, LOCK_DIR, Resource};
 use netns_agent::source::cni::CniState;
 use netns_agent::source::kubernetes::Directory;
 use netns_agent::source::{Cni, Kubernetes, NetnsDir, PodSource};
@@ -296,14 +297,15 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<()> {
     raise_fd_limit();
     reserve_fd_table();
     let v2 = cgroup2_mount().context("find the cgroup v2 mount")?;
-    let (cgroup, own_cgroup) = if let Some(path) = &args.cgroup {
-        (path.clone(), false)
-    } else {
-        let path = v2.join(OWN_CGROUP);
-        std::fs::create_dir_all(&path)
-            .with_context(|| format!("create the agent's cgroup {}", path.display()))?;
-        (path, true)
+    let (cgroup, own_cgroup) = match &args.cgroup {
+        Some(path) => (path.clone(), false),
+        None => (v2.join(OWN_CGROUP), true),
     };
+    let _instance = lock_instance(args, &cgroup)?;
+    if own_cgroup {
+        std::fs::create_dir_all(&cgroup)
+            .with_context(|| format!("create the agent's cgroup {}", cgroup.display()))?;
+    }
     if cgroup.canonicalize().ok() == v2.canonicalize().ok() && !args.allow_cgroup_root {
         anyhow::bail!(
             "--cgroup {} is the cgroup v2 root: that captures every process of this machine; \
@@ -390,6 +392,28 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<()> {
     result
 }
 
+/// Before anything is touched: a second agent on the same pins, cgroup or
+/// socket stops here, and the first one never notices.
+fn lock_instance(args: &RunArgs, cgroup: &Path) -> anyhow::Result<InstanceLock> {
+    InstanceLock::acquire(
+        Path::new(LOCK_DIR),
+        &[
+            Resource {
+                flag: "--bpffs",
+                path: &args.bpffs,
+            },
+            Resource {
+                flag: "--cgroup",
+                path: cgroup,
+            },
+            Resource {
+                flag: "--control-socket",
+                path: &args.control_socket,
+            },
+        ],
+    )
+}
+
 /// Each pod holds two descriptors (its namespace, its address watch): raise
 /// the soft limit to the hard one, as a service manager's default soft limit
 /// (1024) would stop the agent near 500 pods.
@@ -456,46 +480,67 @@ fn remove_own_cgroup(cgroup: &Path) {
 
 /// `netns-agent status`.
 pub(crate) fn status(args: &StatusArgs) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let mut out = String::new();
     match runtime.block_on(netns_agent::control::ask_status(&args.control_socket)) {
-        Ok(status) if args.json => println!("{}", serde_json::to_string_pretty(&status)?),
-        Ok(status) => print!("{}", status.render()),
+        Ok(status) if args.json => writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?,
+        Ok(status) => out.push_str(&status.render()),
         Err(e) => {
             let pins = netns_agent::datapath::pins(&args.bpffs);
             if args.json {
                 let report =
                     serde_json::json!({"running": false, "error": format!("{e:#}"), "pins": pins});
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
             } else {
-                println!("no agent running: {e:#}");
+                writeln!(out, "no agent running: {e:#}")?;
                 if pins.is_empty() {
-                    println!("nothing pinned under {}", args.bpffs.display());
+                    writeln!(out, "nothing pinned under {}", args.bpffs.display())?;
                 } else {
-                    println!(
+                    writeln!(
+                        out,
                         "pinned under {} (`netns-agent cleanup` removes them):",
                         args.bpffs.display()
-                    );
+                    )?;
                     for pin in &pins {
-                        println!("  {pin}");
+                        writeln!(out, "  {pin}")?;
                     }
                 }
             }
         }
     }
-    Ok(())
+    print_all(&out)
+}
+
+/// Writes `text` to stdout; a reader that went away (`status | head -1`) is
+/// not an error: what it wanted it has.
+fn print_all(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("write to stdout"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `netns-agent cleanup`.
 pub(crate) fn cleanup(args: &CleanupArgs) -> anyhow::Result<()> {
     let done = netns_agent::datapath::cleanup(&args.bpffs)
         .with_context(|| format!("clean up {}", args.bpffs.display()))?;
+    let mut out = String::new();
     if done.is_empty() {
-        println!("nothing to clean up under {}", args.bpffs.display());
+        out = format!("nothing to clean up under {}\n", args.bpffs.display());
     }
     for line in done {
-        println!("{line}");
+        out.push_str(&line);
+        out.push('\n');
     }
-    Ok(())
+    print_all(&out)
 }

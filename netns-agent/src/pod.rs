@@ -73,8 +73,9 @@ pub struct Pod {
     pub ns: NetNs,
     /// The cookie and addresses written into the data path.
     pub facts: PodFacts,
-    /// Whether the pod is in the mesh (its entries are in the data path).
-    pub meshed: bool,
+    /// Its sidecar's listeners that were open before the agent took the pod
+    /// on, equipped then (`PORT/FAMILY (pid PID)`).
+    pub equipped: Vec<String>,
     /// The pod's own settings, as written into the data path.
     pub settings: crate::settings::PodSettings,
     /// The watch on its address changes (closed with the pod).

@@ -52,8 +52,13 @@ pub struct PodStatus {
     pub cookie: u64,
     /// Addresses in the data path.
     pub addrs: Vec<String>,
-    /// In the mesh?
+    /// In the mesh, as the kernel's maps say (its netns cookie in
+    /// `MESHED_NETNS` and each of its addresses in the local-pod maps)?
     pub meshed: bool,
+    /// Sidecar listeners that were open before the agent took the pod on,
+    /// equipped then (`PORT/FAMILY (pid PID)`).
+    #[serde(default)]
+    pub equipped: Vec<String>,
     /// Is its inbound capture attached (its link pinned)?
     #[serde(default)]
     pub inbound: bool,
@@ -112,6 +117,14 @@ impl Status {
                 yes(pod.inbound),
                 pod.addrs.join(",")
             );
+            if !pod.equipped.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "{:<24} listeners open before the agent, equipped: {}",
+                    "",
+                    pod.equipped.join(", ")
+                );
+            }
             if pod.settings != crate::settings::PodSettings::default() {
                 let _ = writeln!(out, "{:<24} settings: {}", "", pod.settings);
             }

@@ -1,4 +1,5 @@
-//! The agent's only unsafe code: raw `bpf(2)` commands aya does not wrap.
+//! Raw system calls nothing we depend on wraps: `bpf(2)` commands aya does
+//! not wrap, `pidfd_getfd(2)` and `TCP_SAVE_SYN`.
 //!
 //! - Pinning a link aya gives no handle on: aya 0.16 cannot turn a
 //!   `CgroupSockoptLink` into an `FdLink`, so it cannot pin it. We find the link
@@ -7,6 +8,21 @@
 //! - Detaching a link now (`BPF_LINK_DETACH`), whoever else holds it.
 //! - Asking what is attached to a cgroup or namespace (`BPF_PROG_QUERY`), and
 //!   which namespace a pinned link serves (`BPF_OBJ_GET_INFO_BY_FD`).
+//! - Taking a descriptor of a sidecar's listener that predates the agent
+//!   (`pidfd_getfd`) and setting `TCP_SAVE_SYN` on it ([`crate::sidecar`]).
+//!
+//! This is one of the three places of the agent's unsafe code (each block
+//! says why it is sound in its `SAFETY:` comment); the other two are:
+//!
+//! - `datapath/probe.rs`, the netns-cookie probe: forking its helper without
+//!   exec from a process that may have other threads, and the helper's whole
+//!   life, which may make only raw (async-signal-safe) system calls after
+//!   such a fork: `prctl`, `close_range`, `recvmsg` and the `SCM_RIGHTS`
+//!   control message it carries, `setns` into the pod's namespace and back,
+//!   `socket`, `close`, `write`, `_exit`, and reading `errno`.
+//! - `flags.rs` (`reserve_fd_table`): one `fcntl(F_DUPFD_CLOEXEC)` at start,
+//!   to grow the descriptor table while the process has one thread, and
+//!   taking ownership of the duplicate to close it.
 
 use std::ffi::CString;
 use std::io;
@@ -197,4 +213,47 @@ pub(crate) fn pinned_netns_link(path: &Path) -> io::Result<NetnsLinkInfo> {
         prog_id: word(8),
         netns_ino: word(16),
     })
+}
+
+/// A descriptor of the open file `fd` of process `pid` (`pidfd_open(2)` then
+/// `pidfd_getfd(2)`, Linux 5.6; needs `PTRACE_MODE_ATTACH` on `pid`): for a
+/// socket, the very same socket.
+pub(crate) fn duplicate_fd(pid: i32, fd: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags, and returns a new descriptor.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor the kernel has just given us, owned by nobody else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(i32::try_from(pidfd).map_err(io::Error::other)?) };
+    // SAFETY: pidfd_getfd takes a pidfd, a target descriptor number and flags.
+    let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if dup < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above: new, close-on-exec, ours alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(dup).map_err(io::Error::other)?) })
+}
+
+/// `TCP_SAVE_SYN` (include/uapi/linux/tcp.h).
+const TCP_SAVE_SYN: libc::c_int = 27;
+
+/// `setsockopt(TCP_SAVE_SYN, 1)`: a listener keeps each connection's SYN.
+pub(crate) fn save_syn(socket: &impl AsRawFd) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: a 4-byte option value read from a live local.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            TCP_SAVE_SYN,
+            (&raw const one).cast(),
+            4,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }

@@ -9,12 +9,9 @@
 //! Its own test binary: this process joins the captured cgroup (the app and
 //! the sidecar are its threads). Needs root.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap, Map, MapData};
@@ -22,6 +19,9 @@ use netns_agent::datapath::{CookieProbe, attached_inbound_ids, attached_program_
 use netns_core::NetNs;
 use netns_ebpf::{PodFlags, names};
 use netns_tests::agent::{Running, run_command};
+use netns_tests::pod_traffic::{
+    App, answer_each, connect_once, pod_and_outside_client, sidecar_answer,
+};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_netns-agent");
 /// Routed nowhere: reachable only through the sidecar.
@@ -76,107 +76,6 @@ impl Drop for Agent {
     }
 }
 
-/// A client in a loop: the pod's app connecting to [`SERVICE`] (outbound),
-/// or a client outside the pod connecting to the pod's app (inbound); each
-/// time the sidecar must answer with the destination dialed.
-struct App {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    first_failure: Arc<std::sync::Mutex<String>>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl App {
-    fn start(connect_once: impl Fn() -> Result<(), String> + Send + 'static) -> App {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let first_failure = Arc::new(std::sync::Mutex::new(String::new()));
-        let thread = {
-            let (stop, ok, failed, first_failure) = (
-                Arc::clone(&stop),
-                Arc::clone(&ok),
-                Arc::clone(&failed),
-                Arc::clone(&first_failure),
-            );
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match connect_once() {
-                        Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
-                        Err(e) => {
-                            let mut first = first_failure.lock().unwrap();
-                            if first.is_empty() {
-                                *first = e;
-                            }
-                            failed.fetch_add(1, Ordering::Relaxed)
-                        }
-                    };
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            })
-        };
-        App {
-            stop,
-            ok,
-            failed,
-            first_failure,
-            thread,
-        }
-    }
-
-    /// Stops the loop: (connections that worked, failed, the first failure).
-    fn stop(self) -> (u64, u64, String) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap();
-        let first = self.first_failure.lock().unwrap().clone();
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-            first,
-        )
-    }
-}
-
-/// One connection from namespace `from` to `to`, answered by a sidecar
-/// with the original destination (the app would answer "app").
-fn connect_once(from: &NetNs, to: SocketAddr) -> Result<(), String> {
-    let conn = from.sockets().tcp_connect(to).map_err(|e| e.to_string())?;
-    let mut line = String::new();
-    BufReader::new(conn)
-        .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
-    if line.trim() == to.to_string() {
-        Ok(())
-    } else {
-        Err(format!("{to}: the answer was {line:?}"))
-    }
-}
-
-/// Answers each connection `listener` accepts with `answer(conn)`.
-fn answer_each(listener: TcpListener, answer: fn(&TcpStream) -> String) {
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let _ = writeln!(conn, "{}", answer(&conn));
-        }
-    });
-}
-
-fn sidecar_answer(conn: &TcpStream) -> String {
-    netns_core::original_dst(conn).map_or_else(|e| format!("error {e}"), |orig| orig.to_string())
-}
-
-/// Runs iproute2's `ip args` inside `ns`: spawned from a thread inside the
-/// namespace, so it starts there (no `nsenter`: busybox's runs its own `ip`
-/// in the guests, which knows no `netns PATH`).
-fn ip_in(ns: &NetNs, args: &[&str]) {
-    let status = ns
-        .run(|_| std::process::Command::new("ip").args(args).status())
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "ip {args:?} in {}", ns.path().display());
-}
-
 fn meshed_cookies(dir: &Path) -> Vec<u64> {
     let pin = dir.join("bpf/maps").join(names::MESHED_NETNS);
     let map: HashMap<_, u64, PodFlags> =
@@ -184,39 +83,6 @@ fn meshed_cookies(dir: &Path) -> Vec<u64> {
     let mut keys: Vec<u64> = map.keys().map(Result::unwrap).collect();
     keys.sort_unstable();
     keys
-}
-
-/// The pod (198.18.97.1) and a client namespace outside it over a veth
-/// (198.18.97.2): it stands in for another node.
-fn pod_and_outside_client(dir: &Path) -> (NetNs, NetNs) {
-    let pod = NetNs::create_at(&dir.join("netns/pod")).unwrap();
-    pod.set_loopback_up().unwrap();
-    std::fs::create_dir_all(dir.join("outside")).unwrap();
-    let remote = NetNs::create_at(&dir.join("outside/remote")).unwrap();
-    let remote_path = remote.path().display().to_string();
-    ip_in(
-        &pod,
-        &[
-            "link",
-            "add",
-            "vpod",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "vremote",
-            "netns",
-            &remote_path,
-        ],
-    );
-    ip_in(&pod, &["addr", "add", "198.18.97.1/24", "dev", "vpod"]);
-    ip_in(&pod, &["link", "set", "vpod", "up"]);
-    ip_in(
-        &remote,
-        &["addr", "add", "198.18.97.2/24", "dev", "vremote"],
-    );
-    ip_in(&remote, &["link", "set", "vremote", "up"]);
-    (pod, remote)
 }
 
 #[test]

@@ -13,11 +13,11 @@ use std::io;
 use std::os::fd::AsFd as _;
 use std::path::PathBuf;
 
-use aya::maps::HashMap;
+use aya::maps::{HashMap, MapData, SockHash};
 use aya::programs::SkLookup;
 use aya::programs::links::FdLink;
 use netns_core::NetNs;
-use netns_ebpf::{PodPort, names};
+use netns_ebpf::{PodListener, PodPort, names};
 
 use super::{
     DataPath, DataPathError, LoadInfo as _, map_error, pin_error, pins_in, remove, remove_present,
@@ -95,6 +95,33 @@ impl DataPath {
             .map_err(|e| pin_error(PROGRAM, &pin, e))?;
         // The pin holds the link; this process keeps no descriptor of it.
         Ok(InboundCapture::Attached)
+    }
+
+    /// Files `listener` (the agent's descriptor of a sidecar's inbound
+    /// listener that predates the agent, see [`crate::sidecar`]) as pod
+    /// `netns_cookie`'s inbound listener of `family`, as sock_ops files one
+    /// at `listen()`.
+    pub fn file_inbound_listener(
+        &mut self,
+        netns_cookie: u64,
+        family: u16,
+        listener: &impl std::os::fd::AsRawFd,
+    ) -> Result<(), DataPathError> {
+        let name = names::INBOUND_LISTENERS;
+        let mut map: SockHash<&mut MapData, PodListener> =
+            SockHash::try_from(self.map_mut(name)?).map_err(|e| map_error(name, "open", e))?;
+        let key = PodListener {
+            netns_cookie,
+            family,
+            pad: [0; 3],
+        };
+        map.insert(&key, listener.as_raw_fd(), 0).map_err(|e| {
+            map_error(
+                name,
+                &format!("file the inbound listener of pod (netns cookie {netns_cookie}) in"),
+                e,
+            )
+        })
     }
 
     /// The kernel id of the `sk_lookup` program, once loaded (at the first

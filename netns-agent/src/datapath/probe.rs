@@ -249,6 +249,24 @@ unsafe fn helper_main(channel: RawFd, home: RawFd, parent: Pid) -> ! {
         if libc::getppid() != parent.as_raw() {
             libc::_exit(0); // the parent is already gone
         }
+        // Keep nothing of the parent's but the two descriptors it needs: an
+        // inherited lock (the agent's single-instance flock) or namespace
+        // would otherwise outlive a killed agent by as long as this helper.
+        let (low, high) = (channel.min(home), channel.max(home));
+        for (first, last) in [
+            (3, low - 1),
+            (low + 1, high - 1),
+            (high + 1, libc::c_int::MAX),
+        ] {
+            if first <= last {
+                libc::syscall(
+                    libc::SYS_close_range,
+                    first.cast_unsigned(),
+                    last.cast_unsigned(),
+                    0,
+                );
+            }
+        }
         loop {
             let mut byte = 0u8;
             let mut iov = libc::iovec {

@@ -1,0 +1,230 @@
+//! A node's transitions, through the shipped agent binary: a sidecar that
+//! listened before the agent started (late start), a restart without
+//! `--keep-state` while the sidecar keeps running, a second agent on the same
+//! pins, socket and cgroup, and SIGHUP. Throughout, an app in the pod dials a
+//! service that exists nowhere (outbound) and a client outside the pod dials
+//! the pod's app (inbound); each connection counts as working only when the
+//! sidecar answers with the destination the kernel gave it (`SO_ORIGINAL_DST`).
+//! Its own test binary: this process joins the captured cgroup (the app and
+//! the sidecar are its threads). Needs root.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use netns_agent::datapath::attached_program_ids;
+use netns_tests::agent::{Running, run_command};
+use netns_tests::pod_traffic::{
+    App, answer_each, connect_once, pod_and_outside_client, sidecar_answer,
+};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_netns-agent");
+/// Routed nowhere: reachable only through the sidecar.
+const SERVICE: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(198, 18, 96, 10)), 80);
+/// The pod's app, as a client outside the pod dials it.
+const POD_APP: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(198, 18, 97, 1)), 8080);
+/// How long the emulated guests may take to get an agent ready.
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
+struct Places {
+    dir: PathBuf,
+    cgroup: netns_agent::cgroup::ChildCgroup,
+    metrics: SocketAddr,
+}
+
+impl Places {
+    fn command(&self) -> std::process::Command {
+        let mut cmd = run_command(AGENT, &self.dir, self.cgroup.path(), self.metrics);
+        cmd.stdout(Stdio::null());
+        cmd
+    }
+
+    fn start(&self) -> Running {
+        Running::start(
+            self.command(),
+            &self.dir.join("agent.log"),
+            self.metrics,
+            READY_WITHIN,
+        )
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Places {
+    fn drop(&mut self) {
+        let _ = netns_agent::datapath::cleanup(&self.dir.join("bpf"));
+        for sub in ["netns", "outside"] {
+            if let Ok(entries) = std::fs::read_dir(self.dir.join(sub)) {
+                for entry in entries.flatten() {
+                    let _ = nix::mount::umount2(&entry.path(), nix::mount::MntFlags::MNT_DETACH);
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits until both loops have had a connection work since `since`, and
+/// returns how long that took.
+fn first_capture(apps: &[&App], since: Instant, places: &Places) -> Duration {
+    let deadline = Instant::now() + READY_WITHIN;
+    loop {
+        let firsts: Vec<Option<Instant>> = apps.iter().map(|a| a.first_ok()).collect();
+        if firsts.iter().all(Option::is_some) {
+            return firsts
+                .into_iter()
+                .flatten()
+                .max()
+                .expect("two")
+                .saturating_duration_since(since);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no correct capture of the pre-existing pod within {READY_WITHIN:?} \
+             (outbound {:?}, inbound {:?}); logs:\n{}",
+            apps[0].counts(),
+            apps[1].counts(),
+            places.logs()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Both loops keep working for `time`: every connection in it answered by
+/// the sidecar with its original destination.
+fn all_work_for(apps: &[&App], time: Duration, what: &str, places: &Places) {
+    let before: Vec<(u64, u64)> = apps.iter().map(|a| a.counts()).collect();
+    std::thread::sleep(time);
+    for (app, (ok_before, failed_before)) in apps.iter().zip(before) {
+        let (ok, failed) = app.counts();
+        assert_eq!(
+            failed - failed_before,
+            0,
+            "{what}: connections failed ({:?}); logs:\n{}",
+            app.failed_after_ok(),
+            places.logs()
+        );
+        assert!(ok > ok_before + 5, "{what}: the loop kept connecting");
+    }
+}
+
+#[test]
+fn root_lifecycle_late_start_restart_second_agent_and_sighup() {
+    let netns_tests::agent::Private {
+        dir,
+        cgroup,
+        metrics,
+    } = netns_tests::agent::private("lifecycle");
+    let places = Places {
+        dir: dir.clone(),
+        cgroup,
+        metrics,
+    };
+    let (pod, remote) = pod_and_outside_client(&dir);
+
+    // The sidecar (and the app) listen before any agent exists: the
+    // DaemonSet rolled out on a node whose pods already run.
+    places
+        .cgroup
+        .add_process(std::process::id())
+        .expect("join the captured cgroup");
+    let listen = |addr: &str| pod.sockets().tcp_listener(addr.parse().unwrap()).unwrap();
+    answer_each(listen("127.0.0.1:15001"), sidecar_answer);
+    answer_each(listen("0.0.0.0:15006"), sidecar_answer);
+    answer_each(listen("0.0.0.0:8080"), |_| "app".to_owned());
+    let outbound = {
+        let pod = pod.clone();
+        App::start(move || connect_once(&pod, SERVICE))
+    };
+    let inbound = {
+        let remote = remote.clone();
+        App::start(move || connect_once(&remote, POD_APP))
+    };
+    let apps = [&outbound, &inbound];
+
+    // 1. Late start: from the first connection the agent redirects, the
+    // sidecar learns its destination (equipped before the pod was meshed).
+    let started = Instant::now();
+    let mut agent = places.start();
+    let took = first_capture(&apps, started, &places);
+    println!(
+        "late_start_first_capture_ms: {:.1} (agent start to the first correct capture, both ways)",
+        took.as_secs_f64() * 1000.0
+    );
+    for (app, way) in apps.iter().zip(["outbound", "inbound"]) {
+        let (failed, first) = app.failed_after_ok();
+        assert_eq!(
+            failed,
+            0,
+            "late start, {way}: a connection failed after the first capture: {first}; logs:\n{}",
+            places.logs()
+        );
+    }
+    let logs = places.logs();
+    assert!(
+        logs.contains("equipped sidecar listeners that predate the agent"),
+        "{logs}"
+    );
+    all_work_for(&apps, Duration::from_millis(500), "late start", &places);
+
+    // 2. Restart without --keep-state, the sidecar running on: once the new
+    // agent is ready, both ways work again (the inbound listener is filed
+    // anew in the new maps).
+    let (status, _) = agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "SIGTERM: {status:?}");
+    let mut agent = places.start();
+    std::thread::sleep(Duration::from_millis(100));
+    all_work_for(
+        &apps,
+        Duration::from_millis(700),
+        "after a restart",
+        &places,
+    );
+
+    // 3. A second agent on the same pins, cgroup and socket refuses before
+    // touching anything; the first keeps capturing, its programs attached.
+    let second = places
+        .command()
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run a second agent");
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "second agent: {said}");
+    assert!(
+        said.contains("another netns-agent") && said.contains(&format!("pid {}", agent.id())),
+        "the refusal names the first agent: {said}"
+    );
+    assert!(places.dir.join("agent.sock").exists(), "its socket is kept");
+    assert!(netns_tests::agent::ready(metrics));
+    let mut ids = attached_program_ids(places.cgroup.path()).unwrap();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 8, "the first agent's programs stay: {ids:?}");
+    all_work_for(
+        &apps,
+        Duration::from_millis(500),
+        "beside a refused second agent",
+        &places,
+    );
+
+    // 4. SIGHUP stops the agent like SIGTERM (its handler ran: exit 0, the
+    // data path detached), never like SIGKILL.
+    let (status, _) = agent.signal(nix::sys::signal::Signal::SIGHUP);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGHUP: {status:?}; logs:\n{}",
+        places.logs()
+    );
+    assert_eq!(
+        attached_program_ids(places.cgroup.path()).unwrap(),
+        Vec::<u32>::new()
+    );
+    let _ = (outbound.stop(), inbound.stop());
+}

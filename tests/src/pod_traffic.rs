@@ -1,0 +1,194 @@
+//! Traffic through a pod for lifecycle tests: a pod with an address and a
+//! client namespace outside it, a sidecar that answers each connection with
+//! its original destination, an app that answers "app" (what a connection
+//! that went around the sidecar gets), and clients connecting in a loop that
+//! count what worked and what failed. Every answer is what the kernel gave
+//! the sidecar (`SO_ORIGINAL_DST`), never what the agent believes.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use netns_core::NetNs;
+
+/// A client in a loop: the pod's app connecting to a service (outbound),
+/// or a client outside the pod connecting to the pod's app (inbound); each
+/// time the sidecar must answer with the destination dialed.
+#[derive(Debug)]
+pub struct App {
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// What an [`App`] counted so far.
+#[derive(Debug, Default)]
+struct Tally {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    /// Failures after the first connection that worked.
+    failed_after_ok: AtomicU64,
+    first_ok: Mutex<Option<Instant>>,
+    first_failure: Mutex<String>,
+    /// The first failure after a connection had worked.
+    first_failure_after_ok: Mutex<String>,
+}
+
+impl App {
+    /// Starts connecting with `connect_once` in a loop (1 ms apart).
+    pub fn start(connect_once: impl Fn() -> Result<(), String> + Send + 'static) -> App {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tally = Arc::new(Tally::default());
+        let thread = {
+            let (stop, tally) = (Arc::clone(&stop), Arc::clone(&tally));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match connect_once() {
+                        Ok(()) => {
+                            tally
+                                .first_ok
+                                .lock()
+                                .unwrap()
+                                .get_or_insert_with(Instant::now);
+                            tally.ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            if tally.first_ok.lock().unwrap().is_some() {
+                                tally.failed_after_ok.fetch_add(1, Ordering::Relaxed);
+                                let mut first = tally.first_failure_after_ok.lock().unwrap();
+                                if first.is_empty() {
+                                    first.clone_from(&e);
+                                }
+                            }
+                            let mut first = tally.first_failure.lock().unwrap();
+                            if first.is_empty() {
+                                *first = e;
+                            }
+                            tally.failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        };
+        App {
+            stop,
+            tally,
+            thread,
+        }
+    }
+
+    /// (connections that worked, that failed) so far.
+    #[must_use]
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.tally.ok.load(Ordering::Relaxed),
+            self.tally.failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// When the first connection worked, if one has.
+    #[must_use]
+    pub fn first_ok(&self) -> Option<Instant> {
+        *self.tally.first_ok.lock().unwrap()
+    }
+
+    /// Failures after the first connection that worked, and the first of them.
+    #[must_use]
+    pub fn failed_after_ok(&self) -> (u64, String) {
+        (
+            self.tally.failed_after_ok.load(Ordering::Relaxed),
+            self.tally.first_failure_after_ok.lock().unwrap().clone(),
+        )
+    }
+
+    /// Stops the loop: (connections that worked, failed, the first failure).
+    #[must_use = "the counts are the test's result"]
+    pub fn stop(self) -> (u64, u64, String) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+        let (ok, failed) = (
+            self.tally.ok.load(Ordering::Relaxed),
+            self.tally.failed.load(Ordering::Relaxed),
+        );
+        (ok, failed, self.tally.first_failure.lock().unwrap().clone())
+    }
+}
+
+/// One connection from namespace `from` to `to`, answered by a sidecar
+/// with the original destination (the app would answer "app").
+pub fn connect_once(from: &NetNs, to: SocketAddr) -> Result<(), String> {
+    let conn = from.sockets().tcp_connect(to).map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    BufReader::new(conn)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    if line.trim() == to.to_string() {
+        Ok(())
+    } else {
+        Err(format!("{to}: the answer was {line:?}"))
+    }
+}
+
+/// Answers each connection `listener` accepts with `answer(conn)`.
+pub fn answer_each(listener: TcpListener, answer: fn(&TcpStream) -> String) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let _ = writeln!(conn, "{}", answer(&conn));
+        }
+    });
+}
+
+#[must_use]
+pub fn sidecar_answer(conn: &TcpStream) -> String {
+    netns_core::original_dst(conn).map_or_else(|e| format!("error {e}"), |orig| orig.to_string())
+}
+
+/// Runs iproute2's `ip args` inside `ns`: spawned from a thread inside the
+/// namespace, so it starts there (no `nsenter`: busybox's runs its own `ip`
+/// in the guests, which knows no `netns PATH`).
+pub fn ip_in(ns: &NetNs, args: &[&str]) {
+    let status = ns
+        .run(|_| std::process::Command::new("ip").args(args).status())
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "ip {args:?} in {}", ns.path().display());
+}
+
+/// The pod (198.18.97.1) and a client namespace outside it over a veth
+/// (198.18.97.2): it stands in for another node.
+#[must_use]
+pub fn pod_and_outside_client(dir: &Path) -> (NetNs, NetNs) {
+    let pod = NetNs::create_at(&dir.join("netns/pod")).unwrap();
+    pod.set_loopback_up().unwrap();
+    std::fs::create_dir_all(dir.join("outside")).unwrap();
+    let remote = NetNs::create_at(&dir.join("outside/remote")).unwrap();
+    let remote_path = remote.path().display().to_string();
+    ip_in(
+        &pod,
+        &[
+            "link",
+            "add",
+            "vpod",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "vremote",
+            "netns",
+            &remote_path,
+        ],
+    );
+    ip_in(&pod, &["addr", "add", "198.18.97.1/24", "dev", "vpod"]);
+    ip_in(&pod, &["link", "set", "vpod", "up"]);
+    ip_in(
+        &remote,
+        &["addr", "add", "198.18.97.2/24", "dev", "vremote"],
+    );
+    ip_in(&remote, &["link", "set", "vremote", "up"]);
+    (pod, remote)
+}
