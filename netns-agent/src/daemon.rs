@@ -17,6 +17,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 mod cni;
+mod health;
 mod pending;
 
 use self::pending::Pending;
@@ -72,6 +73,13 @@ pub struct Agent {
     /// Held while a pod is worked on: the pod worker and CNI requests take
     /// turns, so no pod is set up twice at once.
     pod_work: Mutex<()>,
+    /// What the last kernel check found missing and could not repair; the
+    /// agent is not ready while there is any.
+    problems: Mutex<Vec<String>>,
+    /// The pod source has listed what exists since it last (re)started.
+    source_up: std::sync::atomic::AtomicBool,
+    /// The control socket file the agent bound (device, inode).
+    control_socket: Mutex<Option<(u64, u64)>>,
     config: AgentConfig,
     source: &'static str,
 }
@@ -85,9 +93,20 @@ impl Agent {
         *Self::lock(&self.errors).entry(kind).or_default() += 1;
     }
 
-    /// Programs attached, initial reconcile done, control socket listening.
+    /// Initial reconcile done, the pod source up, and the last kernel check
+    /// found the data path in place (programs attached to the cgroup, maps
+    /// pinned, each pod's inbound link attached) and the control socket file
+    /// the one the agent listens on.
     pub fn ready(&self) -> bool {
-        self.ready.load(std::sync::atomic::Ordering::SeqCst)
+        use std::sync::atomic::Ordering::SeqCst;
+        self.ready.load(SeqCst)
+            && self.source_up.load(SeqCst)
+            && Self::lock(&self.problems).is_empty()
+    }
+
+    /// What keeps the agent from being ready, as the last kernel check saw it.
+    pub fn problems(&self) -> Vec<String> {
+        Self::lock(&self.problems).clone()
     }
 
     /// Pod setup latencies so far, in seconds.
@@ -101,6 +120,7 @@ impl Agent {
         let mut status = Status {
             pid: std::process::id(),
             ready: self.ready(),
+            problems: self.problems(),
             cgroup: datapath.as_ref().map_or_else(
                 || self.config.datapath.cgroup.display().to_string(),
                 |dp| dp.cgroup().display().to_string(),
@@ -262,6 +282,16 @@ impl Agent {
                 return Taken::NotNamespace(reason);
             }
         };
+        if let Some(whose) = node_netns(ns.id()) {
+            let reason = format!("{whose}: never a pod");
+            let mut skipped = Self::lock(&self.skipped);
+            if skipped.get(path) != Some(&reason) {
+                tracing::error!(path = %path.display(), netns_inode = ns.id().ino, "refused: {reason}");
+                skipped.insert(path.to_owned(), reason.clone());
+                self.count_error("node_netns_refused");
+            }
+            return Taken::NotNamespace(reason);
+        }
         Self::lock(&self.skipped).remove(path);
         if let Some(taken) = self.meshed_elsewhere(path, ns.id(), described) {
             return taken;
@@ -641,6 +671,19 @@ enum Taken {
     Failed(String),
 }
 
+/// Whose namespace `id` is when it is the node's own: the agent's, or the
+/// host's (PID 1's, which the agent sees with hostPID). Meshing either would
+/// capture the node's own traffic, inbound TCP included.
+fn node_netns(id: netns_core::NsId) -> Option<&'static str> {
+    [
+        ("/proc/self/ns/net", "the agent's own network namespace"),
+        ("/proc/1/ns/net", "the host's network namespace (PID 1's)"),
+    ]
+    .into_iter()
+    .find(|(path, _)| std::fs::metadata(path).is_ok_and(|m| m.dev() == id.dev && m.ino() == id.ino))
+    .map(|(_, whose)| whose)
+}
+
 /// `ip netns add` creates an empty regular file, then bind-mounts the new
 /// namespace on it: a path that is not a namespace *yet* may still become
 /// one. A namespace of another type, a missing path or a symlink will not.
@@ -698,6 +741,9 @@ pub async fn run(config: AgentConfig, source: Box<dyn PodSource>) -> anyhow::Res
         watcher: Watcher::new().context("create the address-change epoll set")?,
         ready: std::sync::atomic::AtomicBool::new(false),
         pod_work: Mutex::new(()),
+        problems: Mutex::new(Vec::new()),
+        source_up: std::sync::atomic::AtomicBool::new(false),
+        control_socket: Mutex::new(None),
         source: source.name(),
         config: config.clone(),
     });
@@ -741,6 +787,7 @@ async fn serve(
     signals: &mut Signals,
 ) -> anyhow::Result<()> {
     let control = crate::control::listen(&config.control_socket)?;
+    agent.note_control_socket(&config.control_socket);
     let http = crate::http::listen(config.metrics_addr, config.datapath.settings.bypass_mark)?;
     let (tx, mut rx) = mpsc::channel(1024);
     // Pod work runs in order on one thread of its own, so that signals and
@@ -776,8 +823,16 @@ async fn serve(
             })
             .context("start the address watch thread")?
     };
+    let (stop_health, health_stop) = std::sync::mpsc::channel::<()>();
+    let health = {
+        let agent = Arc::clone(agent);
+        std::thread::Builder::new()
+            .name("kernel-check".into())
+            .spawn(move || health::run(&agent, &health_stop))
+            .context("start the kernel check thread")?
+    };
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(source.run(tx));
+    tasks.spawn(supervise(source, tx, Arc::clone(agent)));
     tasks.spawn(crate::control::serve(control, Arc::clone(agent)));
     tasks.spawn(crate::http::serve(http, Arc::clone(agent)));
     let result = loop {
@@ -809,7 +864,47 @@ async fn serve(
     drop(work);
     drop(worker);
     drop(address_watcher);
+    drop(stop_health);
+    let _ = health.join();
     result
+}
+
+/// Runs the pod source, and again after it fails or ends (logged with its
+/// cause; 100 ms, doubling to 5 s, back to 100 ms after a minute of running):
+/// a source that stops never takes the data path down. Until the new one has
+/// listed what exists, the agent is not ready.
+async fn supervise(
+    source: Box<dyn PodSource>,
+    events: mpsc::Sender<PodEvent>,
+    agent: Arc<Agent>,
+) -> anyhow::Result<()> {
+    const FIRST: Duration = Duration::from_millis(100);
+    const LAST: Duration = Duration::from_secs(5);
+    let mut backoff = FIRST;
+    loop {
+        let started = Instant::now();
+        let ended = source.clone_box().run(events.clone()).await;
+        if events.is_closed() {
+            return Ok(());
+        }
+        agent
+            .source_up
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        agent.count_error("pod_source");
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff = FIRST;
+        }
+        match ended {
+            Ok(()) => {
+                tracing::warn!(source = source.name(), retry_in = ?backoff, "the pod source ended: starting it again");
+            }
+            Err(e) => {
+                tracing::error!(source = source.name(), error = %format!("{e:#}"), retry_in = ?backoff, "the pod source failed: starting it again");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(LAST);
+    }
 }
 
 /// The pod worker: pod events in order, and files waiting to become
@@ -844,6 +939,9 @@ fn pod_worker(agent: &Agent, queue: &std::sync::mpsc::Receiver<PodEvent>, settle
             }
             Ok(PodEvent::Present(paths)) => {
                 let _turn = Agent::lock(&agent.pod_work);
+                agent
+                    .source_up
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
                 for path in agent.present(&paths, settle) {
                     let first_seen = pending.first_seen(&path);
                     pending.wait(path, first_seen);

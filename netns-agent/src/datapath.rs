@@ -36,6 +36,7 @@ mod inbound;
 mod pod_settings;
 mod probe;
 mod programs;
+mod repair;
 
 use std::fs::File;
 use std::net::IpAddr;
@@ -55,6 +56,7 @@ pub use inbound::{InboundCapture, attached_inbound_ids};
 pub use pod_settings::{PodEntries, flags as pod_flags};
 pub use probe::CookieProbe;
 use programs::{Hook, PROGRAMS, ProgramSpec, When};
+pub use repair::Gap;
 
 use crate::{bpffs, cgroup, sys};
 
@@ -839,7 +841,11 @@ macro_rules! attach_cgroup {
             source,
         };
         let program: &mut $ty = program(&mut $self.ebpf, $spec)?;
-        program.load().map_err(|source| load_error($spec, source))?;
+        // Loaded already when a repair attaches it again.
+        match program.load() {
+            Ok(()) | Err(aya::programs::ProgramError::AlreadyLoaded) => {}
+            Err(source) => return Err(load_error($spec, source)),
+        }
         let link_id = program
             // bpf_link_create takes no flags: cgroup links always coexist with others.
             .attach($cgroup_fd, CgroupAttachMode::Single)

@@ -53,4 +53,6 @@ pub trait PodSource: Send {
     fn name(&self) -> &'static str;
     /// Runs until the receiver is gone or the source fails.
     fn run(self: Box<Self>, events: tokio::sync::mpsc::Sender<PodEvent>) -> SourceTask;
+    /// A fresh copy to run again after this one failed.
+    fn clone_box(&self) -> Box<dyn PodSource>;
 }

@@ -10,8 +10,14 @@ use serde::{Deserialize, Serialize};
 pub struct Status {
     /// The agent's process id.
     pub pid: u32,
-    /// Programs attached, initial reconcile done, control socket listening.
+    /// Initial reconcile done, the pod source up, and the kernel holding the
+    /// whole data path (see `problems`).
     pub ready: bool,
+    /// What keeps the agent from being ready, as the last kernel check found
+    /// it (a program not attached, a pod's inbound link gone, the control
+    /// socket file removed), after repairing what it could.
+    #[serde(default)]
+    pub problems: Vec<String>,
     /// The cgroup v2 directory the programs are attached to.
     pub cgroup: String,
     /// The pin directory.
@@ -91,6 +97,9 @@ impl Status {
             self.pid,
             if self.ready { "ready" } else { "NOT READY" }
         );
+        for problem in &self.problems {
+            let _ = writeln!(out, "  not ready: {problem}");
+        }
         let _ = writeln!(out, "cgroup: {}", self.cgroup);
         let _ = writeln!(out, "pins: {}", self.bpffs);
         let _ = writeln!(out, "pod source: {}", self.source);

@@ -321,3 +321,46 @@ fn add_and_check_pass_the_agents_error_code_on() {
     agent.join().unwrap();
     assert_eq!(error(&out).0, u64::from(code::MESH_FAILED), "{out:?}");
 }
+
+/// Requests a plugin must refuse before asking any agent: a verb in a spec
+/// version it does not exist in (code 1), a prevResult that is not a Result
+/// object or a zero timeout (code 7), ADD without an interface name (code 4).
+#[test]
+fn refuses_what_the_spec_does_not_allow_without_asking_the_agent() {
+    let scratch = Scratch::new("spec");
+    let socket = scratch.nowhere();
+    let with_version = |version: &str| {
+        let mut conf: Value =
+            serde_json::from_slice(&config(&json!({"agentSocket": socket}))).unwrap();
+        conf["cniVersion"] = json!(version);
+        serde_json::to_vec(&conf).unwrap()
+    };
+    for (verb, version) in [
+        ("CHECK", "0.3.1"),
+        ("CHECK", "0.3.0"),
+        ("GC", "1.0.0"),
+        ("STATUS", "1.0.0"),
+    ] {
+        let (code, msg, _) = error(&run(&env(verb), &with_version(version)));
+        assert_eq!(
+            code,
+            u64::from(code::INCOMPATIBLE_VERSION),
+            "{verb} in {version}: {msg}"
+        );
+        assert!(msg.contains(verb), "{msg}");
+    }
+    let mut string_prev = json!({"agentSocket": socket});
+    string_prev["prevResult"] = json!("not a result");
+    let (code, msg, details) = error(&run(&env("ADD"), &config(&string_prev)));
+    assert_eq!(code, u64::from(code::INVALID_CONFIG), "{msg}: {details}");
+    let (code, msg, _) = error(&run(
+        &env("ADD"),
+        &config(&json!({"agentSocket": socket, "timeoutMs": 0})),
+    ));
+    assert_eq!(code, u64::from(code::INVALID_CONFIG), "{msg}");
+    let mut no_ifname = env("ADD");
+    no_ifname.ifname.clear();
+    let (code, msg, _) = error(&run(&no_ifname, &config(&json!({"agentSocket": socket}))));
+    assert_eq!(code, u64::from(code::INVALID_ENV), "{msg}");
+    assert!(msg.contains("CNI_IFNAME"), "{msg}");
+}

@@ -825,3 +825,102 @@ fn root_agent_meshes_every_pod_of_a_burst_of_1000() {
         );
     }
 }
+
+/// Every file under `dir`, by name, sorted.
+fn pin_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The `--bpffs` directories emptied under a running agent: the kernel drops
+/// the programs only the pins held (7 of the 8 cgroup programs, the pod's
+/// inbound link). Within a second the agent sees it in what the kernel says,
+/// attaches them again, pins everything again, counts it, and is ready.
+#[test]
+fn root_agent_repairs_what_the_kernel_lost_when_its_pins_are_removed() {
+    let mut f = Fixture::new("repair");
+    let pod = f.add_pod("pod", Some("198.18.7.9"));
+    f.start(&[]);
+    let cookie = f.cookie(&pod);
+    wait_for("the pod", || meshed_cookies(&f) == [cookie]);
+    let distinct = |mut ids: Vec<u32>| {
+        ids.sort_unstable();
+        ids.dedup();
+        ids.len()
+    };
+    assert_eq!(distinct(cgroup_program_ids(f.cgroup.path())), 8);
+    let before: Vec<Vec<String>> = ["links", "inbound", "maps"]
+        .iter()
+        .map(|sub| pin_names(&f.bpffs().join(sub)))
+        .collect();
+    for sub in ["links", "inbound", "maps"] {
+        for name in pin_names(&f.bpffs().join(sub)) {
+            std::fs::remove_file(f.bpffs().join(sub).join(name)).unwrap();
+        }
+    }
+    wait_for("the programs attached again (BPF_PROG_QUERY)", || {
+        distinct(cgroup_program_ids(f.cgroup.path())) == 8
+            && netns_agent::datapath::attached_inbound_ids(&pod).is_ok_and(|ids| ids.len() == 1)
+    });
+    wait_for("every pin back", || {
+        ["links", "inbound", "maps"]
+            .iter()
+            .map(|sub| pin_names(&f.bpffs().join(sub)))
+            .collect::<Vec<_>>()
+            == before
+    });
+    wait_for("ready again", || {
+        f.http("/readyz").starts_with("HTTP/1.1 200")
+    });
+    let status = f.status();
+    assert!(status.problems.is_empty(), "{:?}", status.problems);
+    assert!(
+        status
+            .errors
+            .iter()
+            .any(|(kind, n)| kind == "kernel_gap" && *n > 0),
+        "the repair is counted: {:?}",
+        status.errors
+    );
+    assert_eq!(meshed_cookies(&f), [cookie], "the maps kept their entries");
+}
+
+/// `--netns-dir` removed and replaced by a regular file while the agent
+/// runs: it stays up (healthy, not ready, the cause logged), and once the
+/// file goes it makes the directory again, watches it, and meshes a pod
+/// that appears there.
+#[test]
+fn root_agent_waits_out_a_removed_netns_dir_and_watches_the_new_one() {
+    let mut f = Fixture::new("netns-dir");
+    f.start(&[]);
+    let file = f.dir.join("not-a-directory");
+    std::fs::write(&file, b"a regular file where the netns dir was").unwrap();
+    std::fs::remove_dir(f.netns_dir()).unwrap();
+    std::fs::rename(&file, f.netns_dir()).unwrap();
+    wait_for("not ready", || {
+        f.http("/readyz").starts_with("HTTP/1.1 503")
+    });
+    assert!(f.http("/healthz").starts_with("HTTP/1.1 200"), "still up");
+    wait_for("the failure logged with its cause", || {
+        std::fs::read_to_string(f.dir.join("agent.log")).is_ok_and(|logs| {
+            logs.contains("the pod source failed") && logs.contains("File exists")
+        })
+    });
+    std::fs::remove_file(f.netns_dir()).unwrap();
+    wait_for("ready again", || {
+        f.http("/readyz").starts_with("HTTP/1.1 200")
+    });
+    let pod = f.add_pod("after", None);
+    let cookie = f.cookie(&pod);
+    wait_for("the pod in the new directory", || {
+        meshed_cookies(&f) == [cookie]
+    });
+}

@@ -320,3 +320,63 @@ fn root_cni_200_concurrent_adds() {
     assert_eq!(meshed(&chain), Vec::<u64>::new());
     assert_eq!(local_pods(&chain), Vec::new());
 }
+
+/// ADD naming the node's own namespace (the agent's, the host's) is refused
+/// and meshes nothing; DEL of an attachment not on record touches nothing,
+/// even when it names a meshed pod's namespace; a pod with two attachments
+/// (two interfaces) stays meshed until the last one is deleted.
+#[test]
+fn root_cni_refuses_the_node_namespace_and_keys_attachments_by_interface() {
+    let _alone = serial();
+    let mut chain = Chain::new(AGENT, PLUGIN, "exact");
+    chain.start_agent();
+    let pod = chain.pod("pod-a");
+    let netns = pod.path().to_str().unwrap().to_owned();
+    let (prev, add) = chain.add("ca", &pod);
+    assert_ok(&add, "ADD");
+    let cookie = chain.cookie(&pod);
+    assert_eq!(meshed(&chain), [cookie]);
+
+    for node in ["/proc/self/ns/net", "/proc/1/ns/net"] {
+        let run = chain.plugin("ADD", "cnode", node, &chain.plugin_config(Some(&prev)));
+        assert_error(&run, 4, &format!("ADD of {node}"));
+        assert_eq!(meshed(&chain), [cookie], "ADD of {node} meshed nothing");
+    }
+
+    let unknown = chain.plugin("DEL", "cother", &netns, &chain.plugin_config(Some(&prev)));
+    assert_ok(&unknown, "DEL of an unknown attachment");
+    assert_eq!(
+        meshed(&chain),
+        [cookie],
+        "an unknown DEL leaves pod A meshed"
+    );
+
+    let second = chain.plugin_on(
+        "ADD",
+        "ca",
+        "net1",
+        &netns,
+        &chain.plugin_config(Some(&prev)),
+    );
+    assert_ok(&second, "ADD of a second interface");
+    let del_second = chain.plugin_on(
+        "DEL",
+        "ca",
+        "net1",
+        &netns,
+        &chain.plugin_config(Some(&prev)),
+    );
+    assert_ok(&del_second, "DEL of the second interface");
+    assert_eq!(
+        meshed(&chain),
+        [cookie],
+        "still attached on eth0: still meshed"
+    );
+    let del = chain.del("ca", &netns, &prev);
+    assert_ok(&del, "DEL of the last interface");
+    assert_eq!(
+        meshed(&chain),
+        Vec::<u64>::new(),
+        "the last attachment took the pod out"
+    );
+}

@@ -209,6 +209,20 @@ impl Chain {
         netns: &str,
         stdin: &[u8],
     ) -> Run {
+        self.exec_on(binary, command, container, "eth0", netns, stdin)
+    }
+
+    /// [`Chain::exec`] for the pod's interface `ifname`.
+    #[must_use]
+    pub fn exec_on(
+        &self,
+        binary: &Path,
+        command: &str,
+        container: &str,
+        ifname: &str,
+        netns: &str,
+        stdin: &[u8],
+    ) -> Run {
         let output = self
             .node
             .run(|_| {
@@ -218,7 +232,7 @@ impl Chain {
                     .env("CNI_COMMAND", command)
                     .env("CNI_CONTAINERID", container)
                     .env("CNI_NETNS", netns)
-                    .env("CNI_IFNAME", "eth0")
+                    .env("CNI_IFNAME", ifname)
                     .env("CNI_PATH", CNI_BIN)
                     .env(
                         "CNI_ARGS",
@@ -254,6 +268,26 @@ impl Chain {
             &self.plugin_bin,
             command,
             container,
+            netns,
+            config.to_string().as_bytes(),
+        )
+    }
+
+    /// `netns-cni` alone, for the pod's interface `ifname`.
+    #[must_use]
+    pub fn plugin_on(
+        &self,
+        command: &str,
+        container: &str,
+        ifname: &str,
+        netns: &str,
+        config: &Value,
+    ) -> Run {
+        self.exec_on(
+            &self.plugin_bin,
+            command,
+            container,
+            ifname,
             netns,
             config.to_string().as_bytes(),
         )

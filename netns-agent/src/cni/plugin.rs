@@ -203,6 +203,14 @@ fn invoke(env: &Env, stdin: &[u8], stderr: &mut String) -> Result<String, CniErr
             format!("netns-cni speaks {}", SUPPORTED_VERSIONS.join(", ")),
         ));
     }
+    check_verb_version(&env.command, &version)?;
+    if conf.timeout_ms == Some(0) {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            "timeoutMs is 0",
+            "give the agent at least 1 ms (the default is 5000)",
+        ));
+    }
     let agent = Agent {
         socket: conf
             .agent_socket
@@ -232,10 +240,38 @@ fn invoke(env: &Env, stdin: &[u8], stderr: &mut String) -> Result<String, CniErr
     }
 }
 
-/// The attachment of this invocation; `need_netns`: ADD and CHECK.
+/// The first spec version each verb exists in (CHECK came with 0.4.0, GC
+/// and STATUS with 1.1.0): asked in an older version, the verb is refused
+/// with code 1, as the spec says of a version a plugin cannot serve.
+fn check_verb_version(verb: &str, version: &str) -> Result<(), CniError> {
+    let since = match verb {
+        "CHECK" => "0.4.0",
+        "GC" | "STATUS" => "1.1.0",
+        _ => return Ok(()),
+    };
+    let order = |v: &str| SUPPORTED_VERSIONS.iter().position(|s| *s == v);
+    if order(version) < order(since) {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!("{verb} does not exist in cniVersion {version}"),
+            format!("{verb} needs cniVersion {since} or later"),
+        ));
+    }
+    Ok(())
+}
+
+/// The attachment of this invocation; `need_netns`: ADD and CHECK. The
+/// interface name is required with it: an attachment is (container, interface).
 fn attachment(env: &Env, addrs: Vec<IpAddr>, need_netns: bool) -> Result<Attachment, CniError> {
     Attachment::check_container_id(&env.container_id)
         .map_err(|e| CniError::new(code::INVALID_ENV, "invalid CNI_CONTAINERID", e))?;
+    if need_netns && env.ifname.is_empty() {
+        return Err(CniError::new(
+            code::INVALID_ENV,
+            "CNI_IFNAME is not set",
+            "ADD and CHECK need the name of the pod's interface",
+        ));
+    }
     if need_netns && env.netns.is_empty() {
         return Err(CniError::new(
             code::INVALID_ENV,
@@ -278,13 +314,23 @@ fn prev_addrs(prev: &Value) -> Result<Vec<IpAddr>, CniError> {
 }
 
 fn prev_result(conf: &NetConf) -> Result<&Value, CniError> {
-    conf.prev_result.as_ref().ok_or_else(|| {
+    let prev = conf.prev_result.as_ref().ok_or_else(|| {
         CniError::new(
             code::INVALID_CONFIG,
             "no prevResult: netns-cni is a chained plugin",
             "list it after the plugin that makes the pod's interface (bridge, ptp, ...)",
         )
-    })
+    })?;
+    // A Result is an object; anything else (a string, a list) would be
+    // echoed back to the runtime as if it were one.
+    if !prev.is_object() {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            "invalid prevResult",
+            format!("prevResult must be a Result object, not {prev}"),
+        ));
+    }
+    Ok(prev)
 }
 
 fn add(

@@ -147,43 +147,67 @@ impl Agent {
         CniReply::done()
     }
 
+    /// Removes exactly this attachment (every one of the container without an
+    /// interface name); the pod leaves the mesh with its container's last
+    /// attachment. An unknown attachment: done, nothing touched.
     fn cni_del(&self, state: &CniState, pod: &Attachment) -> CniReply {
         if Attachment::check_container_id(&pod.container_id).is_err() {
             // Nothing can have been recorded under it.
             return CniReply::done();
         }
-        let recorded = match state.get(&pod.container_id) {
+        let recorded = match state.find(&pod.container_id, &pod.ifname) {
             Ok(recorded) => recorded,
             Err(e) => {
-                tracing::warn!(container = %pod.container_id, error = %format!("{e:#}"), "CNI DEL: unreadable record");
-                None
+                tracing::warn!(container = %pod.container_id, ifname = %pod.ifname, error = %format!("{e:#}"), "CNI DEL: unreadable record");
+                return CniReply::failed(code::IO, format!("{e:#}"));
             }
         };
-        if let (Some(directory), Some(r)) = (&self.config.kube_directory, &recorded)
-            && let (Some(namespace), Some(name)) = (&r.pod_namespace, &r.pod_name)
-        {
+        let Some(first) = recorded.first() else {
+            tracing::info!(container = %pod.container_id, ifname = %pod.ifname, "CNI DEL of an attachment not on record: nothing to do");
+            return CniReply::done();
+        };
+        for attachment in &recorded {
+            if let Err(e) = state.forget_record(attachment) {
+                tracing::warn!(container = %pod.container_id, error = %format!("{e:#}"), "CNI DEL: cannot forget the record");
+            }
+        }
+        let remaining = state
+            .find(&pod.container_id, "")
+            .map(|left| left.len())
+            .unwrap_or_default();
+        if remaining > 0 {
+            tracing::info!(container = %pod.container_id, ifname = %pod.ifname, remaining, "CNI DEL: attachment removed, the pod stays meshed");
+            return CniReply::done();
+        }
+        if let (Some(directory), Some(namespace), Some(name)) = (
+            &self.config.kube_directory,
+            &first.pod_namespace,
+            &first.pod_name,
+        ) {
             directory.forget_cni(&format!("{namespace}/{name}"));
         }
-        let netns = recorded.map_or_else(|| pod.netns.clone(), |r| r.netns);
-        if !netns.as_os_str().is_empty() && Self::lock(&self.pods).contains_key(&netns) {
+        let netns = first.netns.clone();
+        if Self::lock(&self.pods).contains_key(&netns) {
             self.gone(&netns);
-        }
-        if let Err(e) = state.forget(&pod.container_id) {
-            tracing::warn!(container = %pod.container_id, error = %format!("{e:#}"), "CNI DEL: cannot forget the record");
         }
         tracing::info!(container = %pod.container_id, netns = %netns.display(), "CNI DEL: pod removed");
         CniReply::done()
     }
 
     fn cni_check(&self, state: &CniState, pod: &Attachment) -> CniReply {
-        let recorded = match state.get(&pod.container_id) {
-            Ok(Some(recorded)) => recorded,
-            Ok(None) => {
-                return CniReply::failed(
-                    code::NOT_MESHED,
-                    format!("no attachment on record for container {}", pod.container_id),
-                );
-            }
+        let recorded = match state.find(&pod.container_id, &pod.ifname) {
+            Ok(found) => match found.into_iter().next() {
+                Some(recorded) => recorded,
+                None => {
+                    return CniReply::failed(
+                        code::NOT_MESHED,
+                        format!(
+                            "no attachment on record for container {} interface {:?}",
+                            pod.container_id, pod.ifname
+                        ),
+                    );
+                }
+            },
             Err(e) => return CniReply::failed(code::INVALID_ENV, format!("{e:#}")),
         };
         let facts = Self::lock(&self.pods)

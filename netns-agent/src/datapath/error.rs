@@ -152,4 +152,14 @@ pub enum DataPathError {
         #[source]
         source: std::io::Error,
     },
+
+    /// Asking the kernel what is attached failed.
+    #[error("cannot ask the kernel what is attached to {target}")]
+    Query {
+        /// The cgroup or namespace asked about.
+        target: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
 }

@@ -137,6 +137,10 @@ impl Kubernetes {
 }
 
 impl PodSource for Kubernetes {
+    fn clone_box(&self) -> Box<dyn PodSource> {
+        Box::new(self.clone())
+    }
+
     fn name(&self) -> &'static str {
         "kubernetes"
     }

@@ -27,21 +27,31 @@ impl NetnsDir {
     }
 }
 
-/// The files in `dir`, sorted.
+/// The files in `dir`, sorted. Symlinks are left out: the agent never
+/// follows one out of the directory (to the host's `/proc/1/ns/net`, say).
 pub(crate) fn list(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut paths = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("list {}", dir.display()))? {
-        paths.push(
-            entry
-                .with_context(|| format!("list {}", dir.display()))?
-                .path(),
-        );
+        let path = entry
+            .with_context(|| format!("list {}", dir.display()))?
+            .path();
+        if !is_symlink(&path) {
+            paths.push(path);
+        }
     }
     paths.sort();
     Ok(paths)
 }
 
+fn is_symlink(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+}
+
 impl PodSource for NetnsDir {
+    fn clone_box(&self) -> Box<dyn PodSource> {
+        Box::new(self.clone())
+    }
+
     fn name(&self) -> &'static str {
         "netns-dir"
     }
@@ -59,7 +69,9 @@ impl PodSource for NetnsDir {
                         | WatchMask::DELETE
                         | WatchMask::MOVED_FROM
                         | WatchMask::MOVED_TO
-                        | WatchMask::ATTRIB,
+                        | WatchMask::ATTRIB
+                        | WatchMask::DELETE_SELF
+                        | WatchMask::MOVE_SELF,
                 )
                 .with_context(|| format!("watch {} with inotify", dir.display()))?;
             let mut stream = inotify
@@ -86,11 +98,27 @@ impl PodSource for NetnsDir {
                 };
                 let event =
                     event.with_context(|| format!("read inotify events for {}", dir.display()))?;
+                if event
+                    .mask
+                    .intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF | EventMask::IGNORED)
+                {
+                    // Gone or renamed: the agent starts this source again,
+                    // which waits for (or makes) the directory and lists it.
+                    anyhow::bail!(
+                        "{} was removed or moved away ({:?})",
+                        dir.display(),
+                        event.mask
+                    );
+                }
                 let report = if event.mask.contains(EventMask::Q_OVERFLOW) {
                     tracing::warn!(dir = %dir.display(), "inotify queue overflowed: listing the directory again");
                     PodEvent::Present(list(&dir)?)
                 } else if let Some(name) = event.name {
                     let path = dir.join(name);
+                    if is_symlink(&path) {
+                        tracing::warn!(path = %path.display(), "a symlink in the netns directory: not followed, not a pod");
+                        continue;
+                    }
                     if event
                         .mask
                         .intersects(EventMask::DELETE | EventMask::MOVED_FROM)
