@@ -23,9 +23,11 @@ use crate::cni::{CniReply, CniRequest, code};
 use crate::daemon::Agent;
 use crate::status::Status;
 
-/// The longest request line accepted, in bytes (a CNI GC lists every
-/// container id of the node).
-pub const MAX_REQUEST: usize = 64 * 1024;
+/// The longest request line accepted, in bytes: a CNI GC lists every
+/// attachment of the node (about 100 bytes each: 10,000 fit).
+pub const MAX_REQUEST: usize = 1024 * 1024;
+/// How long a client may take to read its answer before it is dropped.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many requests are served at once; more are answered "busy" (CNI
 /// error 11, try again later) without being read.
 pub const MAX_IN_FLIGHT: usize = 256;
@@ -123,9 +125,16 @@ async fn answer(mut conn: UnixStream, agent: Arc<Agent>) -> std::io::Result<()> 
         )),
         Err(e) => refuse(format!("cannot read peer credentials: {e}")),
     };
-    conn.write_all(reply.as_bytes()).await?;
-    conn.write_all(b"\n").await?;
-    conn.shutdown().await
+    // A client that does not read cannot hold its slot (and its answer's
+    // memory) for longer than this.
+    let write = async {
+        conn.write_all(reply.as_bytes()).await?;
+        conn.write_all(b"\n").await?;
+        conn.shutdown().await
+    };
+    tokio::time::timeout(WRITE_TIMEOUT, write)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
 async fn read_request(conn: &mut UnixStream, agent: Arc<Agent>) -> String {

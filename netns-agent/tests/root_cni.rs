@@ -380,3 +380,90 @@ fn root_cni_refuses_the_node_namespace_and_keys_attachments_by_interface() {
         "the last attachment took the pod out"
     );
 }
+
+/// GC as a node with thousands of attachments sends it (a request far over
+/// the old 64 KiB limit): answered, the listed pod kept; a GC that no longer
+/// lists it removes it.
+#[test]
+fn root_cni_gc_of_thousands_of_attachments_is_answered() {
+    let _alone = serial();
+    let mut chain = Chain::new(AGENT, PLUGIN, "gc");
+    chain.start_agent();
+    let pod = chain.pod("pod-a");
+    let netns = pod.path().to_str().unwrap().to_owned();
+    let (prev, add) = chain.add("ca", &pod);
+    assert_ok(&add, "ADD");
+    let cookie = chain.cookie(&pod);
+    let gc = |valid: Vec<Value>| {
+        let mut conf = chain.plugin_config(None);
+        conf["cniVersion"] = json!("1.1.0");
+        conf["cni.dev/valid-attachments"] = Value::Array(valid);
+        chain.plugin("GC", "", "", &conf)
+    };
+    let mut valid: Vec<Value> = (0..5000)
+        .map(|i| json!({"containerID": format!("{i:064x}"), "ifname": "eth0"}))
+        .collect();
+    valid.push(json!({"containerID": "ca", "ifname": "eth0"}));
+    let kept = gc(valid.clone());
+    assert_ok(&kept, "GC listing 5,001 attachments");
+    assert_eq!(meshed(&chain), [cookie], "the listed pod stays");
+    valid.pop();
+    let removed = gc(valid);
+    assert_ok(&removed, "GC without the pod");
+    assert_eq!(meshed(&chain), Vec::<u64>::new(), "the unlisted pod goes");
+    let del = chain.del("ca", &netns, &prev);
+    assert_ok(&del, "DEL after GC");
+}
+
+/// SIGTERM (20 times) while CNI ADDs and DELs flood the agent: each time it
+/// stops at once with exit 0 and no panic (pod work that races the shutdown
+/// is told the agent is stopping), and nothing of it stays attached.
+#[test]
+fn root_cni_sigterm_under_a_cni_flood_always_stops_cleanly() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let _alone = serial();
+    let mut chain = Chain::new(AGENT, PLUGIN, "sigterm");
+    let pods: Vec<NetNs> = (0..4).map(|i| chain.pod(&format!("pod-{i}"))).collect();
+    let prev = json!({"cniVersion": "1.0.0", "ips": [{"address": "198.18.66.1/24"}]});
+    let mut slowest = Duration::ZERO;
+    for trial in 0..20 {
+        chain.start_agent_with(&["--pod-source", "cni"], &[]);
+        let mut agent = chain.take_agent();
+        let stop = AtomicBool::new(false);
+        let (status, took) = std::thread::scope(|s| {
+            for (i, pod) in pods.iter().enumerate() {
+                let (chain, stop, prev) = (&chain, &stop, &prev);
+                s.spawn(move || {
+                    let netns = pod.path().to_str().unwrap();
+                    let conf = chain.plugin_config(Some(prev));
+                    while !stop.load(Ordering::Relaxed) {
+                        let _ = chain.plugin("ADD", &format!("c{i}"), netns, &conf);
+                        let _ = chain.plugin("DEL", &format!("c{i}"), netns, &conf);
+                    }
+                });
+            }
+            std::thread::sleep(Duration::from_millis(150));
+            let stopped = agent.signal(nix::sys::signal::Signal::SIGTERM);
+            stop.store(true, Ordering::Relaxed);
+            stopped
+        });
+        slowest = slowest.max(took);
+        let logs = chain.logs();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "trial {trial}: {status:?}; logs:\n{logs}"
+        );
+        assert!(
+            !logs.contains("panicked"),
+            "trial {trial}: a panic; logs:\n{logs}"
+        );
+        // --keep-state leaves the data path for the next run; the flood's
+        // pods come and go, so the next agent starts from its records.
+    }
+    eprintln!("SIGTERM under a CNI flood: 20 of 20 clean, slowest exit {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(5),
+        "an exit took {slowest:?}: a signal was missed or shutdown waited on pod work"
+    );
+}

@@ -140,6 +140,12 @@ impl Chain {
         }
     }
 
+    /// The running agent, handed over (to be signalled while other threads
+    /// use the chain).
+    pub fn take_agent(&mut self) -> crate::agent::Running {
+        self.agent.take().expect("the agent is running")
+    }
+
     /// `pod`'s netns cookie, as the kernel's programs see it (learned
     /// independently of the agent under test).
     #[must_use]

@@ -478,6 +478,18 @@ impl Agent {
         body["budget_ms"] = budget.into();
         let body = serde_json::to_vec(&body).map_err(encode)?;
         let line = self.exchange(&body)?;
+        // Refused as a request (too large, malformed): `{"error": ...}`
+        // without `ok`. Trying again would not help.
+        if let Ok(Value::Object(answer)) = serde_json::from_str::<Value>(&line)
+            && !answer.contains_key("ok")
+            && let Some(error) = answer.get("error").and_then(Value::as_str)
+        {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                "the netns agent refused the request",
+                error,
+            ));
+        }
         serde_json::from_str(&line).map_err(|e| {
             CniError::new(
                 code::TRY_AGAIN_LATER,
