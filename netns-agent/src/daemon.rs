@@ -225,7 +225,30 @@ impl Agent {
     /// `settle` ago) is [`Taken::NotYet`]: the worker tries it again soon,
     /// serving other pods meanwhile.
     fn appeared(&self, path: &Path, first_seen: Instant, settle: Duration) -> Taken {
+        // A symlink in the watched directory is never followed out of it
+        // (to the host's /proc/1/ns/net, say). Other sources name
+        // /proc/PID/ns/net links on purpose.
+        if self.source == "netns-dir"
+            && std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+        {
+            return self.skip(
+                path,
+                "a symlink: not followed".to_owned(),
+                "not_a_namespace",
+            );
+        }
         self.take_on(path, first_seen, settle, &[], None)
+    }
+
+    /// `path` is not a pod, for `reason`: logged and counted once per reason.
+    fn skip(&self, path: &Path, reason: String, kind: &'static str) -> Taken {
+        let mut skipped = Self::lock(&self.skipped);
+        if skipped.get(path) != Some(&reason) {
+            tracing::warn!(path = %path.display(), error = %reason, "not a pod: skipped");
+            skipped.insert(path.to_owned(), reason.clone());
+            self.count_error(kind);
+        }
+        Taken::NotNamespace(reason)
     }
 
     /// A source described a pod (name and settings): take it on, or apply
@@ -272,25 +295,11 @@ impl Agent {
                 return Taken::NotYet;
             }
             Err(e) => {
-                let reason = crate::error_chain(&e);
-                let mut skipped = Self::lock(&self.skipped);
-                if skipped.get(path) != Some(&reason) {
-                    tracing::warn!(path = %path.display(), error = %reason, "not a network namespace: skipped");
-                    skipped.insert(path.to_owned(), reason.clone());
-                    self.count_error("not_a_namespace");
-                }
-                return Taken::NotNamespace(reason);
+                return self.skip(path, crate::error_chain(&e), "not_a_namespace");
             }
         };
         if let Some(whose) = node_netns(ns.id()) {
-            let reason = format!("{whose}: never a pod");
-            let mut skipped = Self::lock(&self.skipped);
-            if skipped.get(path) != Some(&reason) {
-                tracing::error!(path = %path.display(), netns_inode = ns.id().ino, "refused: {reason}");
-                skipped.insert(path.to_owned(), reason.clone());
-                self.count_error("node_netns_refused");
-            }
-            return Taken::NotNamespace(reason);
+            return self.skip(path, format!("{whose}: never a pod"), "node_netns_refused");
         }
         Self::lock(&self.skipped).remove(path);
         if let Some(taken) = self.meshed_elsewhere(path, ns.id(), described) {
@@ -371,6 +380,9 @@ impl Agent {
                     for e in equipped.iter().filter(|e| e.listener.port == inbound_port) {
                         dp.file_inbound_listener(facts.cookie, e.listener.family, &e.socket)?;
                     }
+                }
+                if equipped.iter().any(|e| e.listener.port != inbound_port) {
+                    dp.note_sidecar_seen(facts.cookie)?;
                 }
                 dp.add_pod(facts.cookie, &facts.addrs)?;
                 if let Some(pass_ports) = &inbound {

@@ -416,11 +416,29 @@ impl DataPath {
         Ok(missing)
     }
 
-    /// Takes a pod out of the mesh: exactly what [`DataPath::add_pod`] wrote.
+    /// Notes that pod `netns_cookie`'s sidecar exists (found listening by
+    /// the agent; the programs note the ones that bind later): from now on
+    /// its absence refuses connections instead of letting them around it
+    /// (`MeshSettings::FLAG_REFUSE_ONCE_LISTENED`).
+    pub fn note_sidecar_seen(&mut self, netns_cookie: u64) -> Result<(), DataPathError> {
+        let mut seen: HashMap<_, u64, u8> = self.hash(names::SIDECAR_SEEN)?;
+        seen.insert(&netns_cookie, &1, 0).map_err(|e| {
+            map_error(
+                names::SIDECAR_SEEN,
+                &format!("note the sidecar of pod (netns cookie {netns_cookie}) in"),
+                e,
+            )
+        })
+    }
+
+    /// Takes a pod out of the mesh: exactly what [`DataPath::add_pod`] wrote,
+    /// and whether its sidecar was seen.
     pub fn remove_pod(&mut self, netns_cookie: u64, addrs: &[IpAddr]) -> Result<(), DataPathError> {
         let op = format!("remove pod (netns cookie {netns_cookie}) from");
         let mut meshed: HashMap<_, u64, PodFlags> = self.hash(names::MESHED_NETNS)?;
         remove_present(meshed.remove(&netns_cookie), names::MESHED_NETNS, &op)?;
+        let mut seen: HashMap<_, u64, u8> = self.hash(names::SIDECAR_SEEN)?;
+        remove_present(seen.remove(&netns_cookie), names::SIDECAR_SEEN, &op)?;
         for addr in addrs {
             match addr {
                 IpAddr::V4(v4) => {
@@ -456,6 +474,16 @@ impl DataPath {
             .collect();
         for cookie in stale {
             remove_present(meshed.remove(&cookie), names::MESHED_NETNS, op)?;
+            removed += 1;
+        }
+        let mut seen: HashMap<_, u64, u8> = self.hash(names::SIDECAR_SEEN)?;
+        let stale: Vec<u64> = seen
+            .keys()
+            .flatten()
+            .filter(|c| !cookies.contains(c))
+            .collect();
+        for cookie in stale {
+            remove_present(seen.remove(&cookie), names::SIDECAR_SEEN, op)?;
             removed += 1;
         }
         let mut v4: HashMap<_, u32, LocalPod> = self.hash(names::LOCAL_POD_IPS4)?;
@@ -877,8 +905,8 @@ impl Drop for DataPath {
 }
 
 /// The directory whose presence says the pinned maps have this build's
-/// layout: bump the number when a map's key, value or meaning changes.
-const LAYOUT_MARKER: &str = "layout-v5";
+/// layout (kept beside the layout test in netns-ebpf).
+const LAYOUT_MARKER: &str = netns_ebpf::LAYOUT_MARKER;
 
 /// Does `flags` call for `spec`?
 fn wanted(spec: &ProgramSpec, flags: u16) -> bool {

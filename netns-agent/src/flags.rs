@@ -43,10 +43,16 @@ pub(crate) enum SourceKind {
 /// What an app's connection does while its pod's sidecar is not listening.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum SidecarAbsent {
-    /// Go to the destination uncaptured; the next connection after the
-    /// sidecar listens is captured (counted as sidecar_not_listening).
+    /// Until the pod's sidecar first binds its outbound port, go to the
+    /// destination uncaptured (an app that starts first is not broken);
+    /// from then on, while it is not listening (a sidecar restart), fail
+    /// with ECONNREFUSED: never around the sidecar (counted as
+    /// sidecar_not_listening and sidecar_absent_refused).
+    Auto,
+    /// Always go to the destination uncaptured while the sidecar is not
+    /// listening, also when it restarts (counted as sidecar_not_listening).
     Pass,
-    /// Go to the sidecar's port anyway and fail with ECONNREFUSED, as behind
+    /// Always go to the sidecar's port and fail with ECONNREFUSED, as behind
     /// Istio's iptables (pair it with holdApplicationUntilProxyStarts).
     Refuse,
 }
@@ -146,11 +152,14 @@ pub(crate) struct RunArgs {
     /// The sidecar's DNS port.
     #[arg(long, env = "NETNS_AGENT_DNS_PORT", default_value_t = defaults::DNS_PORT)]
     dns_port: u16,
-    /// When no sidecar listens on the pod's loopback --outbound-port (or
-    /// --dns-port for DNS): pass lets the connection go to its destination
-    /// uncaptured, checked anew at every connect (one socket lookup); refuse
-    /// sends it to the closed port (ECONNREFUSED), never around the sidecar.
-    #[arg(long, env = "NETNS_AGENT_SIDECAR_ABSENT", value_enum, default_value_t = SidecarAbsent::Pass)]
+    /// When no sidecar listens on the pod's loopback --outbound-port
+    /// (checked at every connect, one socket lookup): auto lets the
+    /// connection go to its destination uncaptured until the pod's sidecar
+    /// first binds that port, and refuses it (ECONNREFUSED) afterwards, so a
+    /// restarting sidecar is never bypassed; pass always lets it go
+    /// uncaptured; refuse always sends it to the closed port. DNS (with
+    /// --dns-redirect) goes uncaptured unless refuse.
+    #[arg(long, env = "NETNS_AGENT_SIDECAR_ABSENT", value_enum, default_value_t = SidecarAbsent::Auto)]
     sidecar_absent: SidecarAbsent,
     /// Inbound capture: attach to every meshed pod's namespace a program
     /// that hands connections arriving at the pod's addresses to its
@@ -325,8 +334,10 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<()> {
     if args.sockmap {
         settings.flags |= MeshSettings::FLAG_SOCKMAP;
     }
-    if args.sidecar_absent == SidecarAbsent::Refuse {
-        settings.flags |= MeshSettings::FLAG_REDIRECT_WITHOUT_LISTENER;
+    match args.sidecar_absent {
+        SidecarAbsent::Auto => settings.flags |= MeshSettings::FLAG_REFUSE_ONCE_LISTENED,
+        SidecarAbsent::Pass => {}
+        SidecarAbsent::Refuse => settings.flags |= MeshSettings::FLAG_REDIRECT_WITHOUT_LISTENER,
     }
     let directory = Directory::default();
     let config = AgentConfig {

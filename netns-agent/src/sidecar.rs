@@ -103,12 +103,30 @@ impl std::fmt::Display for Equipped {
     }
 }
 
-/// The TCP listeners in `ns` on any of `ports`.
+/// The TCP listeners in `ns` on any of `ports`: from the namespace's
+/// `NETLINK_SOCK_DIAG` (filtered by the kernel), or, where no TCP diag
+/// handler is loaded (`tcp_diag` is a module on Debian's kernels and nothing
+/// may load it), from `/proc/thread-self/net/tcp{,6}` read inside `ns`.
 pub fn listeners(ns: &NetNs, ports: &[u16]) -> Result<Vec<Listener>, EquipError> {
     let diag = |source| EquipError::Diag {
         path: ns.path().to_owned(),
         source,
     };
+    let mut found = Vec::new();
+    match diag_listeners(ns, &mut found) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            found.clear();
+            proc_listeners(ns, &mut found).map_err(diag)?;
+        }
+        Err(e) => return Err(diag(e)),
+    }
+    found.retain(|l| ports.contains(&l.port));
+    Ok(found)
+}
+
+/// Every TCP listener of `ns`, by `NETLINK_SOCK_DIAG`.
+fn diag_listeners(ns: &NetNs, found: &mut Vec<Listener>) -> io::Result<()> {
     let socket = ns
         .sockets()
         .raw(
@@ -116,19 +134,57 @@ pub fn listeners(ns: &NetNs, ports: &[u16]) -> Result<Vec<Listener>, EquipError>
             Type::RAW,
             Some(Protocol::from(libc::NETLINK_SOCK_DIAG)),
         )
-        .map_err(|e| diag(io::Error::other(e)))?;
-    let mut found = Vec::new();
+        .map_err(io::Error::other)?;
     // AF_INET, AF_INET6, as `inet_diag_req_v2.sdiag_family` (a byte) takes them.
     for family in [2u8, 10] {
-        socket.send(&dump_request(family)).map_err(diag)?;
-        read_dump(&socket, &mut |listener| {
-            if ports.contains(&listener.port) {
-                found.push(listener);
-            }
-        })
-        .map_err(diag)?;
+        socket.send(&dump_request(family))?;
+        read_dump(&socket, &mut |listener| found.push(listener))?;
     }
-    Ok(found)
+    Ok(())
+}
+
+/// Every TCP listener of `ns`, from `/proc/thread-self/net/tcp` and `tcp6`
+/// read by a thread inside it (that file shows the reading thread's namespace).
+fn proc_listeners(ns: &NetNs, found: &mut Vec<Listener>) -> io::Result<()> {
+    let tables = ns
+        .run(|_| {
+            [("tcp", 2u16), ("tcp6", 10)].map(|(file, family)| {
+                (
+                    std::fs::read_to_string(format!("/proc/thread-self/net/{file}")),
+                    family,
+                )
+            })
+        })
+        .map_err(io::Error::other)?;
+    for (text, family) in tables {
+        match text {
+            Ok(text) => found.extend(parse_proc_tcp(&text, family)),
+            // No IPv6 in this kernel: no IPv6 listeners.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && family == 10 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The listeners (state `0A`) of a `/proc/net/tcp{,6}` table.
+fn parse_proc_tcp(text: &str, family: u16) -> Vec<Listener> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
+            if *state != "0A" {
+                return None;
+            }
+            let port = u16::from_str_radix(local.rsplit_once(':')?.1, 16).ok()?;
+            Some(Listener {
+                family,
+                port,
+                inode: inode.parse().ok()?,
+            })
+        })
+        .collect()
 }
 
 /// Every listener of `found` taken from its owner in namespace `ns` and set to
@@ -308,5 +364,24 @@ mod tests {
         assert_eq!(owners.len(), 1);
         assert_eq!(owners[0].1, i32::try_from(std::process::id()).unwrap());
         assert_eq!(listeners(&ns, &[1]).unwrap(), Vec::new());
+        // The fallback sees the same listener.
+        let mut by_proc = Vec::new();
+        proc_listeners(&ns, &mut by_proc).unwrap();
+        assert!(by_proc.contains(&found[0]), "{by_proc:?}");
+    }
+
+    #[test]
+    fn reads_listeners_from_proc_net_tcp() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+                    0: 0100007F:3A99 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1337        0 4242 1 0 100 0 0 10 0\n\
+                    1: 0100007F:3A99 0100007F:9C40 01 00000000:00000000 00:00000000 00000000  1337        0 4243 1 0 20 4 30 10 -1\n";
+        assert_eq!(
+            parse_proc_tcp(text, 2),
+            [Listener {
+                family: 2,
+                port: 15001,
+                inode: 4242
+            }]
+        );
     }
 }

@@ -925,8 +925,15 @@ fn root_agent_waits_out_a_removed_netns_dir_and_watches_the_new_one() {
         f.http("/readyz").starts_with("HTTP/1.1 200")
     });
     let pod = f.add_pod("after", None);
+    // A symlink out of the directory to the host's namespace: never followed.
+    std::os::unix::fs::symlink("/proc/1/ns/net", f.netns_dir().join("host")).unwrap();
     let cookie = f.cookie(&pod);
     wait_for("the pod in the new directory", || {
         meshed_cookies(&f) == [cookie]
     });
+    wait_for("the symlink skipped", || {
+        std::fs::read_to_string(f.dir.join("agent.log"))
+            .is_ok_and(|logs| logs.contains("a symlink: not followed"))
+    });
+    assert_eq!(meshed_cookies(&f), [cookie], "only the pod is meshed");
 }

@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use aya::maps::{Array, HashMap, Map, MapData};
 use netns_agent::datapath::attached_program_ids;
+use netns_ebpf::{MeshSettings, PodFlags, names};
 use netns_tests::agent::{Running, run_command};
 use netns_tests::pod_traffic::{
     App, answer_each, connect_once, pod_and_outside_client, sidecar_answer,
@@ -114,6 +116,30 @@ fn all_work_for(apps: &[&App], time: Duration, what: &str, places: &Places) {
     }
 }
 
+/// The default fail policy is on, and the pod's sidecar, found listening, is
+/// noted as seen: from now on its absence refuses, never bypasses.
+fn assert_sidecar_seen_under_the_default_policy(places: &Places) {
+    let pin = |name: &str| MapData::from_pin(places.dir.join("bpf/maps").join(name)).unwrap();
+    let settings: Array<_, MeshSettings> =
+        Array::try_from(Map::Array(pin(names::SETTINGS))).unwrap();
+    let flags = settings.get(&0, 0).unwrap().flags;
+    assert_ne!(
+        flags & MeshSettings::FLAG_REFUSE_ONCE_LISTENED,
+        0,
+        "flags {flags:#x}"
+    );
+    let seen: HashMap<_, u64, u8> =
+        HashMap::try_from(Map::HashMap(pin(names::SIDECAR_SEEN))).unwrap();
+    let meshed: HashMap<_, u64, PodFlags> =
+        HashMap::try_from(Map::HashMap(pin(names::MESHED_NETNS))).unwrap();
+    let cookies: Vec<u64> = meshed.keys().map(Result::unwrap).collect();
+    assert_eq!(cookies.len(), 1);
+    assert!(
+        seen.get(&cookies[0], 0).is_ok(),
+        "the pre-existing sidecar is noted as seen"
+    );
+}
+
 #[test]
 fn root_lifecycle_late_start_restart_second_agent_and_sighup() {
     let netns_tests::agent::Private {
@@ -172,6 +198,7 @@ fn root_lifecycle_late_start_restart_second_agent_and_sighup() {
         "{logs}"
     );
     all_work_for(&apps, Duration::from_millis(500), "late start", &places);
+    assert_sidecar_seen_under_the_default_policy(&places);
 
     // 2. Restart without --keep-state, the sidecar running on: once the new
     // agent is ready, both ways work again (the inbound listener is filed

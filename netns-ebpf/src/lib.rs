@@ -37,6 +37,13 @@ pub struct MeshSettings {
     pub bypass_mark: u32,
 }
 
+/// The name of the directory beside the pins that says the pinned maps have
+/// this build's layout. Bump the number whenever a map is added or removed,
+/// or a key, value or counter changes (the layout test below fails until
+/// its expectations are updated, as a reminder): an agent finding another
+/// marker recreates the maps instead of reading them wrongly.
+pub const LAYOUT_MARKER: &str = "layout-v6";
+
 impl MeshSettings {
     /// Redirect DNS (UDP port 53) of meshed pods to `dns_port` on loopback.
     pub const FLAG_DNS_REDIRECT: u16 = 1 << 0;
@@ -49,6 +56,12 @@ impl MeshSettings {
     /// uncaptured ([`counter::SIDECAR_NOT_LISTENING`]); the next connection
     /// after the sidecar listens is captured.
     pub const FLAG_REDIRECT_WITHOUT_LISTENER: u16 = 1 << 2;
+    /// Without [`MeshSettings::FLAG_REDIRECT_WITHOUT_LISTENER`]: once a
+    /// pod's sidecar has bound the outbound port ([`names::SIDECAR_SEEN`]),
+    /// a connection finding no listener is refused (sent to the closed port:
+    /// ECONNREFUSED, [`counter::SIDECAR_ABSENT_REFUSED`]) instead of going
+    /// around it; before that (an app that starts first) it goes uncaptured.
+    pub const FLAG_REFUSE_ONCE_LISTENED: u16 = 1 << 3;
 
     /// Istio's defaults, DNS redirect and sockmap off.
     #[must_use]
@@ -215,8 +228,11 @@ pub mod counter {
     /// SYNs from outside a pod (inbound capture attached) refused because its
     /// sidecar had no inbound listener (fail closed: the client sees a reset).
     pub const INBOUND_REFUSED: u32 = 11;
+    /// Connections of meshed pods refused because their sidecar, which had
+    /// listened before, was not listening (restarting): never sent around it.
+    pub const SIDECAR_ABSENT_REFUSED: u32 = 12;
     /// How many counters there are.
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 13;
 
     /// Their names, by index (for status and metrics).
     pub const NAMES: [&str; COUNT as usize] = [
@@ -232,6 +248,7 @@ pub mod counter {
         "sidecar_not_listening",
         "inbound_captured",
         "inbound_refused",
+        "sidecar_absent_refused",
     ];
 }
 
@@ -263,6 +280,11 @@ mod tests {
 
     #[test]
     fn layouts_are_pinned() {
+        // Any change below, to the maps or to the counters bumps LAYOUT_MARKER.
+        assert_eq!(LAYOUT_MARKER, "layout-v6");
+        assert_eq!(names::ALL_MAPS.len(), 20);
+        assert_eq!(counter::COUNT, 13);
+
         assert_eq!(size_of::<MeshSettings>(), 16);
         assert_eq!(offset_of!(MeshSettings, flags), 6);
         assert_eq!(offset_of!(MeshSettings, sidecar_uid), 8);

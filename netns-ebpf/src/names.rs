@@ -44,11 +44,14 @@ pub const INBOUND_PASS_PORTS: &str = "INBOUND_PASS_PORTS";
 /// `LruHashMap<u64 socket cookie, u64 netns cookie>`: TCP sockets bound to
 /// the inbound port, and their namespace, until they listen.
 pub const BOUND_INBOUND: &str = "BOUND_INBOUND";
+/// `HashMap<u64 netns cookie, u8>`: pods whose sidecar has bound the
+/// outbound port (`post_bind`), or was found listening by the agent.
+pub const SIDECAR_SEEN: &str = "SIDECAR_SEEN";
 /// `PerCpuArray<u64>`: the counters of [`crate::counter`].
 pub const COUNTERS: &str = "COUNTERS";
 
 /// Every map, in the order the agent pins them.
-pub const ALL_MAPS: [&str; 19] = [
+pub const ALL_MAPS: [&str; 20] = [
     SETTINGS,
     MESHED_NETNS,
     LOCAL_POD_IPS4,
@@ -67,6 +70,7 @@ pub const ALL_MAPS: [&str; 19] = [
     INBOUND_LISTENERS,
     INBOUND_PASS_PORTS,
     BOUND_INBOUND,
+    SIDECAR_SEEN,
     COUNTERS,
 ];
 

@@ -185,3 +185,60 @@ fn root_fail_closed_mode_refuses_apps_while_no_sidecar_listens() {
     assert_eq!(c[counter::REDIRECTED_OUTBOUND as usize], 3, "{c:?}");
     assert_eq!(c[counter::SIDECAR_NOT_LISTENING as usize], 0, "{c:?}");
 }
+
+/// The agent's default policy (`FLAG_REFUSE_ONCE_LISTENED`, `--sidecar-absent
+/// auto`): an app that starts before its pod's sidecar goes straight out
+/// (never refused); once the sidecar has bound its port, its absence (a
+/// restart) refuses the app's connections with ECONNREFUSED and lets none
+/// around it; when it listens again the next connection is captured.
+#[test]
+fn root_auto_policy_passes_before_the_sidecar_and_refuses_once_it_listened() {
+    let mut mesh = mesh_with(MeshSettings::FLAG_REFUSE_ONCE_LISTENED);
+    let target = format!("{SVC}:8080");
+    let mut service = mesh.start(Place::Svc, None, &["serve", "--listen", &target]);
+    assert_eq!(dial(&mesh, &target), Went::Direct, "before any sidecar");
+    assert!(
+        service.wait_for("eof", WAIT).is_some(),
+        "the service got it"
+    );
+
+    let mut sidecar = mesh.start(
+        Place::PodA,
+        Some(1337),
+        &["sidecar", "--listen", "127.0.0.1:15001"],
+    );
+    captured_by(&mesh, &mut sidecar, &target);
+    assert!(
+        service.wait_for("eof", WAIT).is_some(),
+        "the sidecar forwarded it"
+    );
+    mesh.stop(sidecar);
+    service.drain();
+
+    let out = mesh.run(
+        Place::PodA,
+        None,
+        &["churn", "--connect", &target, "--count", "3"],
+    );
+    let done = out.iter().find(|l| l.starts_with("done")).unwrap();
+    assert_eq!(field(done, "failed"), Some("3"), "{done}");
+    assert!(
+        field(done, "first_error").is_some_and(|e| e.contains("os_error_111")),
+        "ECONNREFUSED while the sidecar restarts: {done}"
+    );
+    assert!(
+        service.wait_for("eof", QUIET).is_none(),
+        "nothing went around the restarting sidecar: {:?}",
+        service.seen
+    );
+    let c = counters(&mut mesh);
+    assert_eq!(c[counter::SIDECAR_ABSENT_REFUSED as usize], 3, "{c:?}");
+    assert_eq!(c[counter::SIDECAR_NOT_LISTENING as usize], 1, "{c:?}");
+
+    let mut again = mesh.start(
+        Place::PodA,
+        Some(1337),
+        &["sidecar", "--listen", "127.0.0.1:15001"],
+    );
+    captured_by(&mesh, &mut again, &target);
+}

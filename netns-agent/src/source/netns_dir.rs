@@ -27,24 +27,18 @@ impl NetnsDir {
     }
 }
 
-/// The files in `dir`, sorted. Symlinks are left out: the agent never
-/// follows one out of the directory (to the host's `/proc/1/ns/net`, say).
+/// The files in `dir`, sorted (symlinks included: the agent refuses them).
 pub(crate) fn list(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut paths = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("list {}", dir.display()))? {
-        let path = entry
-            .with_context(|| format!("list {}", dir.display()))?
-            .path();
-        if !is_symlink(&path) {
-            paths.push(path);
-        }
+        paths.push(
+            entry
+                .with_context(|| format!("list {}", dir.display()))?
+                .path(),
+        );
     }
     paths.sort();
     Ok(paths)
-}
-
-fn is_symlink(path: &Path) -> bool {
-    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
 }
 
 impl PodSource for NetnsDir {
@@ -115,10 +109,6 @@ impl PodSource for NetnsDir {
                     PodEvent::Present(list(&dir)?)
                 } else if let Some(name) = event.name {
                     let path = dir.join(name);
-                    if is_symlink(&path) {
-                        tracing::warn!(path = %path.display(), "a symlink in the netns directory: not followed, not a pod");
-                        continue;
-                    }
                     if event
                         .mask
                         .intersects(EventMask::DELETE | EventMask::MOVED_FROM)

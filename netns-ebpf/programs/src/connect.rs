@@ -299,8 +299,12 @@ fn on_connect<const V6: bool>(ctx: &SockAddrContext) {
         return;
     }
     if !sidecar_listening::<V6>(sa, &s, mapped, s.outbound_port, SOCK_STREAM) {
-        count(counter::SIDECAR_NOT_LISTENING);
-        return;
+        if !refuse_while_absent(&s, netns) {
+            count(counter::SIDECAR_NOT_LISTENING);
+            return;
+        }
+        // Sent to the closed port: ECONNREFUSED, never around the sidecar.
+        count(counter::SIDECAR_ABSENT_REFUSED);
     }
     // Kept as dialed, so that getpeername6 shows the mapped address again.
     remember(sa, &d);
@@ -311,6 +315,15 @@ fn on_connect<const V6: bool>(ctx: &SockAddrContext) {
     };
     rewrite::<V6>(sa, &to, s.outbound_port);
     count(counter::REDIRECTED_OUTBOUND);
+}
+
+/// With [`MeshSettings::FLAG_REFUSE_ONCE_LISTENED`]: has this pod's sidecar
+/// been seen (bound the outbound port, or found listening by the agent)?
+#[inline(always)]
+fn refuse_while_absent(s: &MeshSettings, netns: u64) -> bool {
+    // SAFETY: only checked for presence.
+    s.flags & MeshSettings::FLAG_REFUSE_ONCE_LISTENED != 0
+        && unsafe { crate::maps::SIDECAR_SEEN.get(&netns) }.is_some()
 }
 
 /// Is there a socket on the pod's loopback `port` (a TCP listener for

@@ -31,7 +31,8 @@ use netns_ebpf::{AF_INET, AF_INET6, PodListener, PodPort, counter};
 
 use crate::addr::{self, ctx_addr};
 use crate::maps::{
-    BOUND_INBOUND, INBOUND_LISTENERS, INBOUND_PASS_PORTS, count, local_pod, settings,
+    BOUND_INBOUND, INBOUND_LISTENERS, INBOUND_PASS_PORTS, SIDECAR_SEEN, count, local_pod,
+    settings,
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -132,7 +133,8 @@ pub fn post_bind6(ctx: SockContext) -> i32 {
     ALLOW
 }
 
-/// A TCP socket bound to the inbound port: remember its namespace, which
+/// A TCP socket bound to the outbound port: its pod has a sidecar (noted in
+/// `SIDECAR_SEEN`). One bound to the inbound port: remember its namespace, which
 /// [`file_listener`] needs at `listen()` and cannot learn there before Linux
 /// 5.15 (no `bpf_get_netns_cookie` in sock_ops).
 #[inline(always)]
@@ -141,7 +143,18 @@ fn note_bound(ctx: &SockContext) {
     let sock = ctx.sock;
     // SAFETY: protocol and src_port (host order) are readable in post_bind.
     let (protocol, port) = unsafe { ((*sock).protocol, (*sock).src_port) };
-    if protocol != IPPROTO_TCP || port != u32::from(s.inbound_port) {
+    if protocol != IPPROTO_TCP {
+        return;
+    }
+    if port == u32::from(s.outbound_port) {
+        // The pod's sidecar exists: from now on its absence refuses
+        // (FLAG_REFUSE_ONCE_LISTENED) rather than letting apps around it.
+        // SAFETY: bpf_get_netns_cookie takes the cgroup sock context (5.7+).
+        let netns = unsafe { bpf_get_netns_cookie(sock.cast()) };
+        let _ = SIDECAR_SEEN.insert(&netns, &1, 0);
+        return;
+    }
+    if port != u32::from(s.inbound_port) {
         return;
     }
     // SAFETY: both helpers take the cgroup sock context (Linux 5.7+).

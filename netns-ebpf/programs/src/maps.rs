@@ -60,6 +60,9 @@ pub static INBOUND_PASS_PORTS: HashMap<PodPort, u8> = HashMap::with_max_entries(
 /// from bind until listen (sock_ops has no netns cookie before Linux 5.15).
 #[map]
 pub static BOUND_INBOUND: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
+/// Netns cookie -> 1: pods whose sidecar has bound the outbound port.
+#[map]
+pub static SIDECAR_SEEN: HashMap<u64, u8> = HashMap::with_max_entries(65_536, 0);
 /// Written by the probe program: pid of the helper -> netns cookie of the
 /// socket it last created.
 #[map]
