@@ -31,8 +31,7 @@ use netns_ebpf::{AF_INET, AF_INET6, PodListener, PodPort, counter};
 
 use crate::addr::{self, ctx_addr};
 use crate::maps::{
-    BOUND_INBOUND, INBOUND_LISTENERS, INBOUND_PASS_PORTS, SIDECAR_SEEN, count, local_pod,
-    settings,
+    BOUND_INBOUND, INBOUND_LISTENERS, INBOUND_PASS_PORTS, SIDECAR_SEEN, count, local_pod, settings,
 };
 
 const IPPROTO_TCP: u32 = 6;
