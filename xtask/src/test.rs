@@ -23,8 +23,9 @@ pub(crate) fn run(with_vm: bool) -> anyhow::Result<()> {
             "python3",
             "iptables",
             "containernetworking-plugins",
+            "squid",
         ],
-        "the kernel tests build namespaces with ip, run a Python client and iptables-legacy inside captured pods, and run the reference CNI plugins (bridge, host-local, loopback) before netns-cni; bpftool goes into the VM guests for inspection",
+        "the kernel tests build namespaces with ip, run a Python client and iptables-legacy inside captured pods, run the reference CNI plugins (bridge, host-local, loopback) before netns-cni, and run squid as a real transparent proxy sidecar; bpftool goes into the VM guests for inspection",
     )?;
     crate::ebpf::build()?;
     eprintln!("xtask: cargo clippy -D warnings");
