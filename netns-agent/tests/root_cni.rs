@@ -442,10 +442,9 @@ fn root_cni_sigterm_under_a_cni_flood_always_stops_cleanly() {
                     }
                 });
             }
+            let _stop = netns_tests::StopOnDrop(&stop);
             std::thread::sleep(Duration::from_millis(150));
-            let stopped = agent.signal(nix::sys::signal::Signal::SIGTERM);
-            stop.store(true, Ordering::Relaxed);
-            stopped
+            agent.signal(nix::sys::signal::Signal::SIGTERM)
         });
         slowest = slowest.max(took);
         let logs = chain.logs();

@@ -129,16 +129,31 @@ impl Running {
     }
 
     /// Sends `signal` and waits for the exit: its status and how long it took.
+    /// An agent that has not exited 60 s later (a missed signal) is killed
+    /// and the test fails, rather than hanging.
     pub fn signal(
         &mut self,
         signal: nix::sys::signal::Signal,
     ) -> (std::process::ExitStatus, Duration) {
+        const LIMIT: Duration = Duration::from_secs(60);
         let mut child = self.child.take().expect("the agent is running");
         let started = std::time::Instant::now();
         let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
         nix::sys::signal::kill(pid, signal).unwrap();
-        let status = child.wait().unwrap();
-        (status, started.elapsed())
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status, started.elapsed());
+            }
+            if started.elapsed() > LIMIT {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the agent ignored {signal} for {LIMIT:?}: killed; its log:\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// SIGTERM, and its exit status.

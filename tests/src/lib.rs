@@ -112,3 +112,15 @@ pub fn skip_in_vm(reason: &str) -> bool {
     }
     true
 }
+
+/// Sets its flag when dropped, also while a test unwinds: a loop that runs
+/// until the flag is set (a load generator in a scoped thread) then ends
+/// instead of holding the failing test forever.
+#[derive(Debug)]
+pub struct StopOnDrop<'f>(pub &'f std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
