@@ -164,6 +164,7 @@ impl Agent {
             .values()
             .map(|p| (p.facts.cookie, p.facts.addrs.clone()))
             .collect();
+        let sidecars = self.sidecar_states();
         let in_kernel: BTreeSet<u64> = {
             let mut datapath = Self::lock(&self.datapath);
             facts
@@ -193,6 +194,7 @@ impl Agent {
                 addrs: p.facts.addrs.iter().map(ToString::to_string).collect(),
                 meshed: in_kernel.contains(&p.facts.cookie),
                 equipped: p.equipped.clone(),
+                sidecar: sidecars.get(&p.facts.cookie).cloned().unwrap_or_default(),
                 inbound: inbound(p.facts.cookie),
                 settings: p.settings.clone(),
                 since_unix: p
@@ -446,6 +448,32 @@ impl Agent {
         Ok((watch, pod::PodFacts { cookie, addrs }))
     }
 
+    /// Each pod's sidecar as the kernel says now, by netns cookie: listening
+    /// on the outbound port in the pod, or why not and what the pod's apps
+    /// meet meanwhile (per `--sidecar-absent` and whether it was ever seen).
+    fn sidecar_states(&self) -> BTreeMap<u64, String> {
+        let pods: Vec<(u64, netns_core::NetNs)> = Self::lock(&self.pods)
+            .values()
+            .map(|p| (p.facts.cookie, p.ns.clone()))
+            .collect();
+        let s = self.config.datapath.settings;
+        let mut states = BTreeMap::new();
+        for (cookie, ns) in pods {
+            let state = match crate::sidecar::listeners(&ns, &[s.outbound_port]) {
+                Ok(found) if !found.is_empty() => "listening".to_owned(),
+                Ok(_) => {
+                    let seen = self
+                        .with_datapath(|dp| dp.sidecar_seen(cookie))
+                        .unwrap_or(false);
+                    absent_state(s.flags, seen).to_owned()
+                }
+                Err(e) => format!("unknown: {}", crate::error_chain(&e)),
+            };
+            states.insert(cookie, state);
+        }
+        states
+    }
+
     /// The sidecar's listeners in `ns` that are already open (on its
     /// outbound and inbound ports), each taken and set to keep SYNs.
     /// One that cannot be equipped keeps the pod out of the mesh (never
@@ -681,6 +709,21 @@ enum Taken {
     NotNamespace(String),
     /// Setting the pod up failed; nothing of it is left (logged).
     Failed(String),
+}
+
+/// What a pod's apps meet while its sidecar does not listen, under the
+/// fail policy of `flags`, the sidecar having been `seen` before or not.
+fn absent_state(flags: u16, seen: bool) -> &'static str {
+    use netns_ebpf::MeshSettings;
+    if flags & MeshSettings::FLAG_REDIRECT_WITHOUT_LISTENER != 0 {
+        "not listening: apps refused (--sidecar-absent refuse)"
+    } else if flags & MeshSettings::FLAG_REFUSE_ONCE_LISTENED != 0 && seen {
+        "not listening (it listened before: restarting?): apps refused"
+    } else if flags & MeshSettings::FLAG_REFUSE_ONCE_LISTENED != 0 {
+        "not listening yet (never seen): apps go uncaptured until it binds its port"
+    } else {
+        "not listening: apps go uncaptured (--sidecar-absent pass)"
+    }
 }
 
 /// Whose namespace `id` is when it is the node's own: the agent's, or the

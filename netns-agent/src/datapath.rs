@@ -431,6 +431,13 @@ impl DataPath {
         })
     }
 
+    /// Whether pod `netns_cookie`'s sidecar has been seen (see
+    /// [`DataPath::note_sidecar_seen`]), as the kernel's map says.
+    pub fn sidecar_seen(&mut self, netns_cookie: u64) -> Result<bool, DataPathError> {
+        let seen: HashMap<_, u64, u8> = self.hash(names::SIDECAR_SEEN)?;
+        Ok(seen.get(&netns_cookie, 0).is_ok())
+    }
+
     /// Takes a pod out of the mesh: exactly what [`DataPath::add_pod`] wrote,
     /// and whether its sidecar was seen.
     pub fn remove_pod(&mut self, netns_cookie: u64, addrs: &[IpAddr]) -> Result<(), DataPathError> {

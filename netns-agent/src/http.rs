@@ -78,7 +78,7 @@ fn render(agent: &Agent) -> String {
     let count = |n: usize| vec![(String::new(), n as u64)];
     gauge(
         "netns_agent_ready",
-        "1 when programs are attached and the initial reconcile is done.",
+        "1 when the initial listing is done, the pod source is up and the kernel holds the whole data path.",
         &count(usize::from(status.ready)),
     );
     gauge(
@@ -88,8 +88,23 @@ fn render(agent: &Agent) -> String {
     );
     gauge(
         "netns_agent_pods_meshed",
-        "Managed pods in the mesh.",
+        "Managed pods in the mesh, as the kernel's maps say.",
         &count(status.pods.iter().filter(|p| p.meshed).count()),
+    );
+    let listening: Vec<(String, u64)> = status
+        .pods
+        .iter()
+        .map(|p| {
+            (
+                format!("{{pod=\"{}\"}}", p.name.replace(['"', '\\'], "_")),
+                u64::from(p.sidecar == "listening"),
+            )
+        })
+        .collect();
+    gauge(
+        "netns_agent_pod_sidecar_listening",
+        "1 when the pod's sidecar listens on the outbound port (the kernel's socket table); one series per managed pod, gone with it.",
+        &listening,
     );
     gauge(
         "netns_agent_programs_attached",
@@ -133,7 +148,12 @@ fn render(agent: &Agent) -> String {
     for (kind, value) in &status.errors {
         let _ = writeln!(out, "netns_agent_errors_total{{kind=\"{kind}\"}} {value}");
     }
-    let setups = agent.setup_seconds();
+    render_setup_histogram(&mut out, &agent.setup_seconds());
+    out
+}
+
+/// `netns_agent_pod_setup_seconds`, from every setup time so far.
+fn render_setup_histogram(out: &mut String, setups: &[f64]) {
     let _ = writeln!(
         out,
         "# HELP netns_agent_pod_setup_seconds Time from a namespace appearing to its map entries written.\n# TYPE netns_agent_pod_setup_seconds histogram"
@@ -156,5 +176,4 @@ fn render(agent: &Agent) -> String {
         setups.iter().sum::<f64>()
     );
     let _ = writeln!(out, "netns_agent_pod_setup_seconds_count {}", setups.len());
-    out
 }

@@ -65,6 +65,10 @@ pub struct PodStatus {
     /// equipped then (`PORT/FAMILY (pid PID)`).
     #[serde(default)]
     pub equipped: Vec<String>,
+    /// Whether its sidecar is served, as the kernel says now: `listening`,
+    /// or why not and what its apps' connections do meanwhile.
+    #[serde(default)]
+    pub sidecar: String,
     /// Is its inbound capture attached (its link pinned)?
     #[serde(default)]
     pub inbound: bool,
@@ -114,6 +118,7 @@ impl Status {
             "\n{:<24} {:>12} {:>10} {:<7} {:<8} addresses",
             "POD", "NETNS", "COOKIE", "MESHED", "INBOUND"
         );
+        let _ = writeln!(out, "{:<24} (each pod's sidecar on the line below it)", "");
         let yes = |b: bool| if b { "yes" } else { "no" };
         for pod in &self.pods {
             let _ = writeln!(
@@ -126,6 +131,9 @@ impl Status {
                 yes(pod.inbound),
                 pod.addrs.join(",")
             );
+            if !pod.sidecar.is_empty() {
+                let _ = writeln!(out, "{:<24} sidecar: {}", "", pod.sidecar);
+            }
             if !pod.equipped.is_empty() {
                 let _ = writeln!(
                     out,

@@ -341,6 +341,16 @@ fn root_agent_meshes_pods_from_a_directory_and_undoes_exactly_their_entries() {
     assert!(skipped >= 3, "junk counted: {:?}", status.errors);
     let metrics = f.http("/metrics");
     assert!(metrics.contains("netns_agent_pods_managed 2"), "{metrics}");
+    // No sidecar in these pods: said per pod, from the kernel's socket table.
+    assert!(
+        status.pods.iter().all(|p| p.sidecar.contains("never seen")),
+        "{:?}",
+        status.pods
+    );
+    assert!(
+        metrics.contains("netns_agent_pod_sidecar_listening{pod=\"early\"} 0"),
+        "{metrics}"
+    );
 
     // The late pod goes (both names): exactly its entries go with it.
     // Waited for as a whole: the agent removes them one map at a time.

@@ -53,6 +53,15 @@ impl Places {
         )
     }
 
+    fn status(&self) -> netns_agent::status::Status {
+        let out = std::process::Command::new(AGENT)
+            .args(["status", "--json", "--control-socket"])
+            .arg(self.dir.join("agent.sock"))
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
     fn logs(&self) -> String {
         std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
     }
@@ -199,6 +208,16 @@ fn root_lifecycle_late_start_restart_second_agent_and_sighup() {
     );
     all_work_for(&apps, Duration::from_millis(500), "late start", &places);
     assert_sidecar_seen_under_the_default_policy(&places);
+    let status = places.status();
+    assert_eq!(status.pods.len(), 1);
+    assert!(status.pods[0].meshed, "{:?}", status.pods[0]);
+    assert_eq!(status.pods[0].sidecar, "listening", "{:?}", status.pods[0]);
+    assert_eq!(
+        status.pods[0].equipped.len(),
+        2,
+        "15001 and 15006: {:?}",
+        status.pods[0]
+    );
 
     // 2. Restart without --keep-state, the sidecar running on: once the new
     // agent is ready, both ways work again (the inbound listener is filed
