@@ -198,6 +198,23 @@ fn add_address(ns: &NetNs, addr: &str) {
     }
 }
 
+/// No pod of `status` has a sidecar: each says so (from the kernel's socket
+/// table), and `/metrics` has its 0 series.
+fn assert_no_sidecar_reported(status: &Status, metrics: &str) {
+    assert!(
+        status.pods.iter().all(|p| p.sidecar.contains("never seen")),
+        "{:?}",
+        status.pods
+    );
+    for pod in &status.pods {
+        let series = format!(
+            "netns_agent_pod_sidecar_listening{{pod=\"{}\"}} 0",
+            pod.name
+        );
+        assert!(metrics.contains(&series), "{series}: {metrics}");
+    }
+}
+
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !done() {
@@ -341,16 +358,7 @@ fn root_agent_meshes_pods_from_a_directory_and_undoes_exactly_their_entries() {
     assert!(skipped >= 3, "junk counted: {:?}", status.errors);
     let metrics = f.http("/metrics");
     assert!(metrics.contains("netns_agent_pods_managed 2"), "{metrics}");
-    // No sidecar in these pods: said per pod, from the kernel's socket table.
-    assert!(
-        status.pods.iter().all(|p| p.sidecar.contains("never seen")),
-        "{:?}",
-        status.pods
-    );
-    assert!(
-        metrics.contains("netns_agent_pod_sidecar_listening{pod=\"early\"} 0"),
-        "{metrics}"
-    );
+    assert_no_sidecar_reported(&status, &metrics);
 
     // The late pod goes (both names): exactly its entries go with it.
     // Waited for as a whole: the agent removes them one map at a time.

@@ -126,8 +126,19 @@ fn all_work_for(apps: &[&App], time: Duration, what: &str, places: &Places) {
 }
 
 /// The default fail policy is on, and the pod's sidecar, found listening, is
-/// noted as seen: from now on its absence refuses, never bypasses.
+/// noted as seen: from now on its absence refuses, never bypasses. status
+/// says the pod is meshed, its sidecar listening, both listeners equipped.
 fn assert_sidecar_seen_under_the_default_policy(places: &Places) {
+    let status = places.status();
+    assert_eq!(status.pods.len(), 1);
+    assert!(status.pods[0].meshed, "{:?}", status.pods[0]);
+    assert_eq!(status.pods[0].sidecar, "listening", "{:?}", status.pods[0]);
+    assert_eq!(
+        status.pods[0].equipped.len(),
+        2,
+        "15001 and 15006: {:?}",
+        status.pods[0]
+    );
     let pin = |name: &str| MapData::from_pin(places.dir.join("bpf/maps").join(name)).unwrap();
     let settings: Array<_, MeshSettings> =
         Array::try_from(Map::Array(pin(names::SETTINGS))).unwrap();
@@ -208,16 +219,6 @@ fn root_lifecycle_late_start_restart_second_agent_and_sighup() {
     );
     all_work_for(&apps, Duration::from_millis(500), "late start", &places);
     assert_sidecar_seen_under_the_default_policy(&places);
-    let status = places.status();
-    assert_eq!(status.pods.len(), 1);
-    assert!(status.pods[0].meshed, "{:?}", status.pods[0]);
-    assert_eq!(status.pods[0].sidecar, "listening", "{:?}", status.pods[0]);
-    assert_eq!(
-        status.pods[0].equipped.len(),
-        2,
-        "15001 and 15006: {:?}",
-        status.pods[0]
-    );
 
     // 2. Restart without --keep-state, the sidecar running on: once the new
     // agent is ready, both ways work again (the inbound listener is filed
