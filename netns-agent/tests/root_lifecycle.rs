@@ -69,15 +69,7 @@ impl Places {
 
 impl Drop for Places {
     fn drop(&mut self) {
-        let _ = netns_agent::datapath::cleanup(&self.dir.join("bpf"));
-        for sub in ["netns", "outside"] {
-            if let Ok(entries) = std::fs::read_dir(self.dir.join(sub)) {
-                for entry in entries.flatten() {
-                    let _ = nix::mount::umount2(&entry.path(), nix::mount::MntFlags::MNT_DETACH);
-                }
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        netns_tests::pod_traffic::remove_private(&self.dir);
     }
 }
 

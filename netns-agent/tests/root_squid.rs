@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use netns_core::NetNs;
 use netns_tests::agent::{Running, run_command};
-use netns_tests::pod_traffic::ip_in;
+use netns_tests::pod_traffic::pod_and_outside;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_netns-agent");
 const SQUID: &str = "/usr/sbin/squid";
@@ -112,33 +112,7 @@ impl Node {
             cgroup,
             metrics,
         } = netns_tests::agent::private("squid");
-        let pod = NetNs::create_at(&dir.join("netns/pod")).unwrap();
-        pod.set_loopback_up().unwrap();
-        std::fs::create_dir_all(dir.join("outside")).unwrap();
-        let server = NetNs::create_at(&dir.join("outside/origin")).unwrap();
-        let server_path = server.path().display().to_string();
-        ip_in(
-            &pod,
-            &[
-                "link",
-                "add",
-                "vpod",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "vorigin",
-                "netns",
-                &server_path,
-            ],
-        );
-        ip_in(&pod, &["addr", "add", "198.18.98.1/24", "dev", "vpod"]);
-        ip_in(&pod, &["link", "set", "vpod", "up"]);
-        ip_in(
-            &server,
-            &["addr", "add", "198.18.98.2/24", "dev", "vorigin"],
-        );
-        ip_in(&server, &["link", "set", "vorigin", "up"]);
+        let (pod, server) = pod_and_outside(&dir, "origin", "198.18.98");
         origin(&server);
         let squid_dir = dir.join("squid");
         std::fs::create_dir_all(&squid_dir).unwrap();
@@ -270,15 +244,7 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.stop_squid();
-        let _ = netns_agent::datapath::cleanup(&self.dir.join("bpf"));
-        for sub in ["netns", "outside"] {
-            if let Ok(entries) = std::fs::read_dir(self.dir.join(sub)) {
-                for entry in entries.flatten() {
-                    let _ = nix::mount::umount2(&entry.path(), nix::mount::MntFlags::MNT_DETACH);
-                }
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        netns_tests::pod_traffic::remove_private(&self.dir);
     }
 }
 

@@ -163,11 +163,19 @@ pub fn ip_in(ns: &NetNs, args: &[&str]) {
 /// (198.18.97.2): it stands in for another node.
 #[must_use]
 pub fn pod_and_outside_client(dir: &Path) -> (NetNs, NetNs) {
+    pod_and_outside(dir, "remote", "198.18.97")
+}
+
+/// The pod `dir/netns/pod` (`NET.1/24`) and a namespace `dir/outside/NAME`
+/// (`NET.2/24`) joined by a veth, both up.
+#[must_use]
+pub fn pod_and_outside(dir: &Path, name: &str, net: &str) -> (NetNs, NetNs) {
     let pod = NetNs::create_at(&dir.join("netns/pod")).unwrap();
     pod.set_loopback_up().unwrap();
     std::fs::create_dir_all(dir.join("outside")).unwrap();
-    let remote = NetNs::create_at(&dir.join("outside/remote")).unwrap();
-    let remote_path = remote.path().display().to_string();
+    let outside = NetNs::create_at(&dir.join("outside").join(name)).unwrap();
+    let outside_path = outside.path().display().to_string();
+    let peer = format!("v{name}");
     ip_in(
         &pod,
         &[
@@ -178,17 +186,35 @@ pub fn pod_and_outside_client(dir: &Path) -> (NetNs, NetNs) {
             "veth",
             "peer",
             "name",
-            "vremote",
+            &peer,
             "netns",
-            &remote_path,
+            &outside_path,
         ],
     );
-    ip_in(&pod, &["addr", "add", "198.18.97.1/24", "dev", "vpod"]);
+    ip_in(
+        &pod,
+        &["addr", "add", &format!("{net}.1/24"), "dev", "vpod"],
+    );
     ip_in(&pod, &["link", "set", "vpod", "up"]);
     ip_in(
-        &remote,
-        &["addr", "add", "198.18.97.2/24", "dev", "vremote"],
+        &outside,
+        &["addr", "add", &format!("{net}.2/24"), "dev", &peer],
     );
-    ip_in(&remote, &["link", "set", "vremote", "up"]);
-    (pod, remote)
+    ip_in(&outside, &["link", "set", &peer, "up"]);
+    (pod, outside)
+}
+
+/// Undoes what an agent test left under its private `dir`: the pins (from
+/// the pins alone), the namespaces bind-mounted in `dir/netns` and
+/// `dir/outside` (lazily, as `ip netns delete` does), and `dir` itself.
+pub fn remove_private(dir: &Path) {
+    let _ = netns_agent::datapath::cleanup(&dir.join("bpf"));
+    for sub in ["netns", "outside"] {
+        if let Ok(entries) = std::fs::read_dir(dir.join(sub)) {
+            for entry in entries.flatten() {
+                let _ = nix::mount::umount2(&entry.path(), nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }

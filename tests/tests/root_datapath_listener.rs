@@ -57,6 +57,27 @@ fn captured_by(mesh: &Mesh, sidecar: &mut Proc, target: &str) {
     assert_eq!(field(&accepted, "orig"), Some(target), "{accepted}");
 }
 
+/// Three connections from pod A's app to `target` all fail with
+/// ECONNREFUSED, and none reaches `service` around the sidecar.
+fn three_refused(mesh: &Mesh, target: &str, service: &mut Proc) {
+    let out = mesh.run(
+        Place::PodA,
+        None,
+        &["churn", "--connect", target, "--count", "3"],
+    );
+    let done = out.iter().find(|l| l.starts_with("done")).unwrap();
+    assert_eq!(field(done, "failed"), Some("3"), "{done}");
+    assert!(
+        field(done, "first_error").is_some_and(|e| e.contains("os_error_111")),
+        "ECONNREFUSED: {done}"
+    );
+    assert!(
+        service.wait_for("eof", QUIET).is_none(),
+        "nothing reached the service around the sidecar: {:?}",
+        service.seen
+    );
+}
+
 fn counters(mesh: &mut Mesh) -> [u64; counter::COUNT as usize] {
     mesh.datapath().counters().unwrap()
 }
@@ -165,22 +186,7 @@ fn root_fail_closed_mode_refuses_apps_while_no_sidecar_listens() {
     let mut mesh = mesh_with(MeshSettings::FLAG_REDIRECT_WITHOUT_LISTENER);
     let target = format!("{SVC}:8080");
     let mut service = mesh.start(Place::Svc, None, &["serve", "--listen", &target]);
-    let out = mesh.run(
-        Place::PodA,
-        None,
-        &["churn", "--connect", &target, "--count", "3"],
-    );
-    let done = out.iter().find(|l| l.starts_with("done")).unwrap();
-    assert_eq!(field(done, "failed"), Some("3"), "{done}");
-    assert!(
-        field(done, "first_error").is_some_and(|e| e.contains("os_error_111")),
-        "ECONNREFUSED: {done}"
-    );
-    assert!(
-        service.wait_for("eof", QUIET).is_none(),
-        "nothing reached the service around the sidecar: {:?}",
-        service.seen
-    );
+    three_refused(&mesh, &target, &mut service);
     let c = counters(&mut mesh);
     assert_eq!(c[counter::REDIRECTED_OUTBOUND as usize], 3, "{c:?}");
     assert_eq!(c[counter::SIDECAR_NOT_LISTENING as usize], 0, "{c:?}");
@@ -215,22 +221,7 @@ fn root_auto_policy_passes_before_the_sidecar_and_refuses_once_it_listened() {
     mesh.stop(sidecar);
     service.drain();
 
-    let out = mesh.run(
-        Place::PodA,
-        None,
-        &["churn", "--connect", &target, "--count", "3"],
-    );
-    let done = out.iter().find(|l| l.starts_with("done")).unwrap();
-    assert_eq!(field(done, "failed"), Some("3"), "{done}");
-    assert!(
-        field(done, "first_error").is_some_and(|e| e.contains("os_error_111")),
-        "ECONNREFUSED while the sidecar restarts: {done}"
-    );
-    assert!(
-        service.wait_for("eof", QUIET).is_none(),
-        "nothing went around the restarting sidecar: {:?}",
-        service.seen
-    );
+    three_refused(&mesh, &target, &mut service);
     let c = counters(&mut mesh);
     assert_eq!(c[counter::SIDECAR_ABSENT_REFUSED as usize], 3, "{c:?}");
     assert_eq!(c[counter::SIDECAR_NOT_LISTENING as usize], 1, "{c:?}");
