@@ -19,9 +19,7 @@ use netns_agent::datapath::{CookieProbe, attached_inbound_ids, attached_program_
 use netns_core::NetNs;
 use netns_ebpf::{PodFlags, names};
 use netns_tests::agent::{Running, run_command};
-use netns_tests::pod_traffic::{
-    App, answer_each, connect_once, pod_and_outside_client, sidecar_answer,
-};
+use netns_tests::pod_traffic::{both_ways, pod_and_outside_client, serve_sidecar_and_app};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_netns-agent");
 /// Routed nowhere: reachable only through the sidecar.
@@ -95,19 +93,8 @@ fn root_agent_restarts_ten_times_without_a_connection_failing_or_going_around_th
 
     // From here on this process (the pod's app and sidecar threads) is captured.
     cgroup.add_process(std::process::id()).unwrap();
-    let listen = |addr: &str| pod.sockets().tcp_listener(addr.parse().unwrap()).unwrap();
-    answer_each(listen("127.0.0.1:15001"), sidecar_answer);
-    answer_each(listen("0.0.0.0:15006"), sidecar_answer);
-    // What a connection that went around the sidecar would get.
-    answer_each(listen("0.0.0.0:8080"), |_| "app".to_owned());
-    let app = {
-        let pod = pod.clone();
-        App::start(move || connect_once(&pod, SERVICE))
-    };
-    let inbound = {
-        let remote = remote.clone();
-        App::start(move || connect_once(&remote, POD_APP))
-    };
+    serve_sidecar_and_app(&pod);
+    let (app, inbound) = both_ways(&pod, SERVICE, &remote, POD_APP);
 
     // Kept to the end: while a cgroup/sock_create program stays attached,
     // the agents' own probes attaching and detaching do not switch the

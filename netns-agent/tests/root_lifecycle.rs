@@ -17,9 +17,7 @@ use aya::maps::{Array, HashMap, Map, MapData};
 use netns_agent::datapath::attached_program_ids;
 use netns_ebpf::{MeshSettings, PodFlags, names};
 use netns_tests::agent::{Running, run_command};
-use netns_tests::pod_traffic::{
-    App, answer_each, connect_once, pod_and_outside_client, sidecar_answer,
-};
+use netns_tests::pod_traffic::{App, both_ways, pod_and_outside_client, serve_sidecar_and_app};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_netns-agent");
 /// Routed nowhere: reachable only through the sidecar.
@@ -172,18 +170,8 @@ fn root_lifecycle_late_start_restart_second_agent_and_sighup() {
         .cgroup
         .add_process(std::process::id())
         .expect("join the captured cgroup");
-    let listen = |addr: &str| pod.sockets().tcp_listener(addr.parse().unwrap()).unwrap();
-    answer_each(listen("127.0.0.1:15001"), sidecar_answer);
-    answer_each(listen("0.0.0.0:15006"), sidecar_answer);
-    answer_each(listen("0.0.0.0:8080"), |_| "app".to_owned());
-    let outbound = {
-        let pod = pod.clone();
-        App::start(move || connect_once(&pod, SERVICE))
-    };
-    let inbound = {
-        let remote = remote.clone();
-        App::start(move || connect_once(&remote, POD_APP))
-    };
+    serve_sidecar_and_app(&pod);
+    let (outbound, inbound) = both_ways(&pod, SERVICE, &remote, POD_APP);
     let apps = [&outbound, &inbound];
 
     // 1. Late start: from the first connection the agent redirects, the

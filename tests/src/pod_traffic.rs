@@ -159,6 +159,36 @@ pub fn ip_in(ns: &NetNs, args: &[&str]) {
     assert!(status.success(), "ip {args:?} in {}", ns.path().display());
 }
 
+/// In `pod`: a sidecar on 127.0.0.1:15001 and 0.0.0.0:15006 answering each
+/// connection with its original destination, and the app on 0.0.0.0:8080
+/// answering `app` (what a connection that went around the sidecar gets).
+pub fn serve_sidecar_and_app(pod: &NetNs) {
+    let listen = |addr: &str| pod.sockets().tcp_listener(addr.parse().unwrap()).unwrap();
+    answer_each(listen("127.0.0.1:15001"), sidecar_answer);
+    answer_each(listen("0.0.0.0:15006"), sidecar_answer);
+    answer_each(listen("0.0.0.0:8080"), |_| "app".to_owned());
+}
+
+/// Two loops: the pod's app dialing `service` (outbound), and `remote`
+/// dialing the pod's app at `pod_app` (inbound).
+#[must_use]
+pub fn both_ways(
+    pod: &NetNs,
+    service: SocketAddr,
+    remote: &NetNs,
+    pod_app: SocketAddr,
+) -> (App, App) {
+    let outbound = {
+        let pod = pod.clone();
+        App::start(move || connect_once(&pod, service))
+    };
+    let inbound = {
+        let remote = remote.clone();
+        App::start(move || connect_once(&remote, pod_app))
+    };
+    (outbound, inbound)
+}
+
 /// The pod (198.18.97.1) and a client namespace outside it over a veth
 /// (198.18.97.2): it stands in for another node.
 #[must_use]
