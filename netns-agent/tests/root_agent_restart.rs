@@ -93,7 +93,7 @@ fn root_agent_restarts_ten_times_without_a_connection_failing_or_going_around_th
 
     // From here on this process (the pod's app and sidecar threads) is captured.
     cgroup.add_process(std::process::id()).unwrap();
-    serve_sidecar_and_app(&pod);
+    let _sidecar = serve_sidecar_and_app(&pod);
     let (app, inbound) = both_ways(&pod, SERVICE, &remote, POD_APP);
 
     // Kept to the end: while a cgroup/sock_create program stays attached,

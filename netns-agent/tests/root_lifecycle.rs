@@ -15,9 +15,13 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{Array, HashMap, Map, MapData};
 use netns_agent::datapath::attached_program_ids;
+use netns_core::NetNs;
 use netns_ebpf::{MeshSettings, PodFlags, names};
 use netns_tests::agent::{Running, run_command};
-use netns_tests::pod_traffic::{App, both_ways, pod_and_outside_client, serve_sidecar_and_app};
+use netns_tests::pod_traffic::{
+    App, Sidecar, answer_each, both_ways, connect_once, pod_and_outside_client,
+    serve_sidecar_and_app,
+};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_netns-agent");
 /// Routed nowhere: reachable only through the sidecar.
@@ -26,6 +30,9 @@ const SERVICE: SocketAddr =
 /// The pod's app, as a client outside the pod dials it.
 const POD_APP: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(198, 18, 97, 1)), 8080);
+/// A service beside the pod (in the client's namespace), reachable directly:
+/// a connection to it that went around the sidecar is answered `service`.
+const AROUND: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(198, 18, 97, 2)), 80);
 /// How long the emulated guests may take to get an agent ready.
 const READY_WITHIN: Duration = Duration::from_secs(30);
 
@@ -150,6 +157,55 @@ fn assert_sidecar_seen_under_the_default_policy(places: &Places) {
     );
 }
 
+/// The sidecar restarts under the loops `ways` and one more to a service
+/// beside the pod (the default fail policy): while it is away connections
+/// are refused, none reaches the app or a service around it; once it listens
+/// again every connection works. Returns the new sidecar.
+fn sidecar_restart(
+    sidecar: Sidecar,
+    pod: &NetNs,
+    remote: &NetNs,
+    ways: [&App; 2],
+    places: &Places,
+) -> Sidecar {
+    let service = remote.sockets().tcp_listener(AROUND).unwrap();
+    answer_each(service, |_| "service".to_owned());
+    let reachable = {
+        let pod = pod.clone();
+        App::start(move || connect_once(&pod, AROUND))
+    };
+    let loops = [ways[0], ways[1], &reachable];
+    all_work_for(
+        &loops,
+        Duration::from_millis(300),
+        "before the sidecar restart",
+        places,
+    );
+    let around_before: u64 = loops.iter().map(|a| a.around()).sum();
+    let failed_before: u64 = loops.iter().map(|a| a.counts().1).sum();
+    sidecar.stop();
+    std::thread::sleep(Duration::from_millis(500));
+    let sidecar = Sidecar::start(pod);
+    let around = loops.iter().map(|a| a.around()).sum::<u64>() - around_before;
+    let refused = loops.iter().map(|a| a.counts().1).sum::<u64>() - failed_before;
+    println!("sidecar_restart: around_the_sidecar={around} refused={refused}");
+    assert_eq!(
+        around,
+        0,
+        "connections went around the restarting sidecar; logs:\n{}",
+        places.logs()
+    );
+    assert!(refused > 0, "the sidecar's absence was seen");
+    all_work_for(
+        &loops,
+        Duration::from_millis(500),
+        "after the sidecar restart",
+        places,
+    );
+    let _ = reachable.stop();
+    sidecar
+}
+
 #[test]
 fn root_lifecycle_late_start_restart_second_agent_and_sighup() {
     let netns_tests::agent::Private {
@@ -170,7 +226,7 @@ fn root_lifecycle_late_start_restart_second_agent_and_sighup() {
         .cgroup
         .add_process(std::process::id())
         .expect("join the captured cgroup");
-    serve_sidecar_and_app(&pod);
+    let sidecar = serve_sidecar_and_app(&pod);
     let (outbound, inbound) = both_ways(&pod, SERVICE, &remote, POD_APP);
     let apps = [&outbound, &inbound];
 
@@ -240,6 +296,8 @@ fn root_lifecycle_late_start_restart_second_agent_and_sighup() {
         &places,
     );
 
+    let sidecar = sidecar_restart(sidecar, &pod, &remote, [&outbound, &inbound], &places);
+
     // 4. SIGHUP stops the agent like SIGTERM (its handler ran: exit 0, the
     // data path detached), never like SIGKILL.
     let (status, _) = agent.signal(nix::sys::signal::Signal::SIGHUP);
@@ -254,4 +312,5 @@ fn root_lifecycle_late_start_restart_second_agent_and_sighup() {
         Vec::<u32>::new()
     );
     let _ = (outbound.stop(), inbound.stop());
+    sidecar.stop();
 }

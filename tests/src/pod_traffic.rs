@@ -31,6 +31,9 @@ struct Tally {
     failed: AtomicU64,
     /// Failures after the first connection that worked.
     failed_after_ok: AtomicU64,
+    /// Connections answered by something other than the sidecar (the app,
+    /// a service): they went around it.
+    around: AtomicU64,
     first_ok: Mutex<Option<Instant>>,
     first_failure: Mutex<String>,
     /// The first failure after a connection had worked.
@@ -56,6 +59,11 @@ impl App {
                             tally.ok.fetch_add(1, Ordering::Relaxed);
                         }
                         Err(e) => {
+                            if e.contains("the answer was \"app")
+                                || e.contains("the answer was \"service")
+                            {
+                                tally.around.fetch_add(1, Ordering::Relaxed);
+                            }
                             if tally.first_ok.lock().unwrap().is_some() {
                                 tally.failed_after_ok.fetch_add(1, Ordering::Relaxed);
                                 let mut first = tally.first_failure_after_ok.lock().unwrap();
@@ -88,6 +96,13 @@ impl App {
             self.tally.ok.load(Ordering::Relaxed),
             self.tally.failed.load(Ordering::Relaxed),
         )
+    }
+
+    /// Connections so far that went around the sidecar (answered by the
+    /// app or a service).
+    #[must_use]
+    pub fn around(&self) -> u64 {
+        self.tally.around.load(Ordering::Relaxed)
     }
 
     /// When the first connection worked, if one has.
@@ -159,14 +174,64 @@ pub fn ip_in(ns: &NetNs, args: &[&str]) {
     assert!(status.success(), "ip {args:?} in {}", ns.path().display());
 }
 
-/// In `pod`: a sidecar on 127.0.0.1:15001 and 0.0.0.0:15006 answering each
-/// connection with its original destination, and the app on 0.0.0.0:8080
+/// In `pod`: a sidecar (see [`Sidecar`]), and the app on 0.0.0.0:8080
 /// answering `app` (what a connection that went around the sidecar gets).
-pub fn serve_sidecar_and_app(pod: &NetNs) {
-    let listen = |addr: &str| pod.sockets().tcp_listener(addr.parse().unwrap()).unwrap();
-    answer_each(listen("127.0.0.1:15001"), sidecar_answer);
-    answer_each(listen("0.0.0.0:15006"), sidecar_answer);
-    answer_each(listen("0.0.0.0:8080"), |_| "app".to_owned());
+#[must_use]
+pub fn serve_sidecar_and_app(pod: &NetNs) -> Sidecar {
+    let app = pod
+        .sockets()
+        .tcp_listener("0.0.0.0:8080".parse().unwrap())
+        .unwrap();
+    answer_each(app, |_| "app".to_owned());
+    Sidecar::start(pod)
+}
+
+/// A sidecar in a pod, on 127.0.0.1:15001 and 0.0.0.0:15006, answering each
+/// connection with its original destination; it can stop (its listeners
+/// closed) and start again, as a restarting proxy does.
+#[derive(Debug)]
+pub struct Sidecar {
+    listeners: Vec<(TcpListener, std::thread::JoinHandle<()>)>,
+}
+
+impl Sidecar {
+    /// Listens and serves.
+    #[must_use]
+    pub fn start(pod: &NetNs) -> Sidecar {
+        let listeners = ["127.0.0.1:15001", "0.0.0.0:15006"]
+            .iter()
+            .map(|addr| {
+                let listener = pod.sockets().tcp_listener(addr.parse().unwrap()).unwrap();
+                let serving = listener.try_clone().unwrap();
+                let thread = std::thread::spawn(move || {
+                    for conn in serving.incoming() {
+                        match conn {
+                            Ok(mut conn) => {
+                                let _ = writeln!(conn, "{}", sidecar_answer(&conn));
+                            }
+                            // Shut down by `stop`.
+                            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
+                            Err(_) => {}
+                        }
+                    }
+                });
+                (listener, thread)
+            })
+            .collect();
+        Sidecar { listeners }
+    }
+
+    /// Closes both listeners (a blocked accept returns once the socket is
+    /// shut down) and waits for the serving threads.
+    pub fn stop(self) {
+        for (listener, thread) in self.listeners {
+            let _ = nix::sys::socket::shutdown(
+                std::os::fd::AsRawFd::as_raw_fd(&listener),
+                nix::sys::socket::Shutdown::Both,
+            );
+            thread.join().unwrap();
+        }
+    }
 }
 
 /// Two loops: the pod's app dialing `service` (outbound), and `remote`
