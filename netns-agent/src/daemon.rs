@@ -27,7 +27,7 @@ use crate::pod::{self, Pod, PodError};
 use crate::settings::PodSettings;
 use crate::source::cni::CniState;
 use crate::source::{DescribedPod, PodEvent, PodSource};
-use crate::status::{MapStatus, PodStatus, ProgramStatus, Status};
+use crate::status::{MapStatus, NotMeshed, PodStatus, ProgramStatus, Status};
 
 /// How the agent runs.
 #[derive(Debug, Clone)]
@@ -203,6 +203,13 @@ impl Agent {
                     .map_or(0, |d| d.as_secs()),
             })
             .collect();
+        status.not_meshed = Self::lock(&self.skipped)
+            .iter()
+            .map(|(path, reason)| NotMeshed {
+                path: path.display().to_string(),
+                reason: reason.clone(),
+            })
+            .collect();
         status.errors = Self::lock(&self.errors)
             .iter()
             .map(|(k, v)| ((*k).to_owned(), *v))
@@ -268,8 +275,26 @@ impl Agent {
     /// [`Agent::appeared`], with addresses the pod is known to have besides
     /// those read inside it (a CNI request's `prevResult`), and the pod's
     /// name and settings when its source knows them (`None`: a pod already
-    /// known keeps its own, a new one gets the defaults).
+    /// known keeps its own, a new one gets the defaults). A pod whose setup
+    /// failed is listed in `status` with the reason until it is set up or
+    /// goes.
     fn take_on(
+        &self,
+        path: &Path,
+        first_seen: Instant,
+        settle: Duration,
+        given: &[IpAddr],
+        described: Option<(&str, &PodSettings)>,
+    ) -> Taken {
+        let taken = self.set_up(path, first_seen, settle, given, described);
+        if let Taken::Failed(reason) = &taken {
+            Self::lock(&self.skipped).insert(path.to_owned(), format!("setup failed: {reason}"));
+        }
+        taken
+    }
+
+    /// [`Agent::take_on`]'s work.
+    fn set_up(
         &self,
         path: &Path,
         first_seen: Instant,

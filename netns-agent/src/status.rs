@@ -34,6 +34,20 @@ pub struct Status {
     pub counters: Vec<(String, u64)>,
     /// Errors since start, by kind.
     pub errors: Vec<(String, u64)>,
+    /// Paths the pod source named that are not in the mesh, and why (not a
+    /// network namespace, the node's own, a symlink, or a setup that failed,
+    /// such as a sidecar listener that could not be equipped).
+    #[serde(default)]
+    pub not_meshed: Vec<NotMeshed>,
+}
+
+/// A path the pod source named that is not in the mesh.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NotMeshed {
+    /// The path.
+    pub path: String,
+    /// Why.
+    pub reason: String,
 }
 
 /// One attached program.
@@ -145,6 +159,9 @@ impl Status {
             if pod.settings != crate::settings::PodSettings::default() {
                 let _ = writeln!(out, "{:<24} settings: {}", "", pod.settings);
             }
+        }
+        for skipped in &self.not_meshed {
+            let _ = writeln!(out, "not meshed: {}: {}", skipped.path, skipped.reason);
         }
         let _ = writeln!(out, "\n{:<20} {:>10} {:>10}", "MAP", "ENTRIES", "CAPACITY");
         for map in &self.maps {

@@ -199,8 +199,19 @@ fn add_address(ns: &NetNs, addr: &str) {
 }
 
 /// No pod of `status` has a sidecar: each says so (from the kernel's socket
-/// table), and `/metrics` has its 0 series.
+/// table), and `/metrics` has its 0 series. The junk is listed as not
+/// meshed, each with its reason.
 fn assert_no_sidecar_reported(status: &Status, metrics: &str) {
+    for junk in ["a-regular-file", "dangling", "uts-namespace"] {
+        assert!(
+            status
+                .not_meshed
+                .iter()
+                .any(|n| n.path.ends_with(junk) && !n.reason.is_empty()),
+            "{junk} listed with its reason: {:?}",
+            status.not_meshed
+        );
+    }
     assert!(
         status.pods.iter().all(|p| p.sidecar.contains("never seen")),
         "{:?}",
