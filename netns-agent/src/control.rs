@@ -202,9 +202,17 @@ pub async fn ask_status(path: &Path) -> anyhow::Result<Status> {
             path.display()
         )
     })?;
-    conn.write_all(b"{\"op\":\"status\"}\n").await?;
+    // An agent that refuses (busy, not root) answers without reading the
+    // request and closes: the write may fail while its answer waits to be
+    // read, so the answer is read either way.
+    let sent = conn.write_all(b"{\"op\":\"status\"}\n").await;
     let mut reply = String::new();
-    BufReader::new(conn).read_line(&mut reply).await?;
+    let read = BufReader::new(conn).read_line(&mut reply).await;
+    if reply.is_empty() {
+        sent.context("send the status request")?;
+        read.context("read the agent's answer")?;
+        anyhow::bail!("the agent closed the connection without answering");
+    }
     if let Ok(refusal) = serde_json::from_str::<Refusal>(&reply) {
         anyhow::bail!("the agent refused: {}", refusal.error);
     }
