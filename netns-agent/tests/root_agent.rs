@@ -14,12 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aya::maps::{HashMap, Map, MapData};
 use netns_agent::cgroup::{ChildCgroup, cgroup2_mount};
 use netns_agent::datapath::CookieProbe;
 use netns_agent::status::Status;
 use netns_core::NetNs;
-use netns_ebpf::{LocalPod, PodFlags, names};
+use netns_ebpf::names;
 
 use netns_tests::agent::{Running, run_command};
 use netns_tests::kernel::cgroup_program_ids;
@@ -234,33 +233,20 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn pinned(fixture: &Fixture, map: &str) -> Map {
-    let path = fixture.bpffs().join("maps").join(map);
-    Map::HashMap(
-        MapData::from_pin(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display())),
-    )
-}
-
 /// The netns cookies in `MESHED_NETNS`, as the kernel has them.
 fn meshed_cookies(fixture: &Fixture) -> Vec<u64> {
-    let map: HashMap<_, u64, PodFlags> =
-        HashMap::try_from(pinned(fixture, names::MESHED_NETNS)).unwrap();
-    let mut keys: Vec<u64> = map.keys().map(Result::unwrap).collect();
-    keys.sort_unstable();
-    keys
+    netns_tests::pins::meshed_cookies(&fixture.bpffs())
 }
 
 /// IPv4 pod addresses in `LOCAL_POD_IPS4` with their cookies.
 fn local_pods(fixture: &Fixture) -> Vec<(Ipv4Addr, u64)> {
-    let map: HashMap<_, u32, LocalPod> =
-        HashMap::try_from(pinned(fixture, names::LOCAL_POD_IPS4)).unwrap();
-    let mut pods: Vec<(Ipv4Addr, u64)> = map
-        .iter()
-        .map(Result::unwrap)
-        .map(|(k, v)| (Ipv4Addr::from(k.to_ne_bytes()), v.netns_cookie))
-        .collect();
-    pods.sort_unstable();
-    pods
+    netns_tests::pins::local_pods(&fixture.bpffs())
+        .into_iter()
+        .filter_map(|(addr, cookie)| match addr {
+            std::net::IpAddr::V4(v4) => Some((v4, cookie)),
+            std::net::IpAddr::V6(_) => None,
+        })
+        .collect()
 }
 
 /// Binds the namespace of pod `name` to a second file, `<name>-alias`, and
@@ -624,8 +610,7 @@ fn root_agent_exec_runs_a_command_inside_the_pod_and_the_captured_cgroup() {
 }
 
 fn map_id(fixture: &Fixture, map: &str) -> u32 {
-    MapData::from_pin(fixture.bpffs().join("maps").join(map))
-        .unwrap()
+    netns_tests::pins::map(&fixture.bpffs(), map)
         .info()
         .unwrap()
         .id()

@@ -14,10 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use aya::maps::{HashMap, Map, MapData};
 use netns_agent::datapath::{CookieProbe, attached_inbound_ids, attached_program_ids};
 use netns_core::NetNs;
-use netns_ebpf::{PodFlags, names};
 use netns_tests::agent::{Running, run_command};
 use netns_tests::pod_traffic::{both_ways, pod_and_outside_client, serve_sidecar_and_app};
 
@@ -67,12 +65,7 @@ impl Drop for Agent {
 }
 
 fn meshed_cookies(dir: &Path) -> Vec<u64> {
-    let pin = dir.join("bpf/maps").join(names::MESHED_NETNS);
-    let map: HashMap<_, u64, PodFlags> =
-        HashMap::try_from(Map::HashMap(MapData::from_pin(&pin).unwrap())).unwrap();
-    let mut keys: Vec<u64> = map.keys().map(Result::unwrap).collect();
-    keys.sort_unstable();
-    keys
+    netns_tests::pins::meshed_cookies(&dir.join("bpf"))
 }
 
 #[test]

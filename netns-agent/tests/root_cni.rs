@@ -11,9 +11,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use aya::maps::{HashMap, Map, MapData};
 use netns_core::NetNs;
-use netns_ebpf::{LocalPod, PodFlags, names};
 use netns_tests::cni::{Chain, Run};
 use serde_json::{Value, json};
 
@@ -30,37 +28,13 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn map(chain: &Chain, name: &str) -> Map {
-    let pin = chain.bpffs().join("maps").join(name);
-    Map::HashMap(MapData::from_pin(&pin).unwrap_or_else(|e| panic!("{}: {e}", pin.display())))
-}
-
 fn meshed(chain: &Chain) -> Vec<u64> {
-    let map: HashMap<_, u64, PodFlags> =
-        HashMap::try_from(map(chain, names::MESHED_NETNS)).unwrap();
-    map.keys().map(Result::unwrap).collect()
+    netns_tests::pins::meshed_cookies(&chain.bpffs())
 }
 
 /// The pod addresses in the maps, with the cookie each is filed under.
 fn local_pods(chain: &Chain) -> Vec<(IpAddr, u64)> {
-    let v4: HashMap<_, u32, LocalPod> =
-        HashMap::try_from(map(chain, names::LOCAL_POD_IPS4)).unwrap();
-    let v6: HashMap<_, [u32; 4], LocalPod> =
-        HashMap::try_from(map(chain, names::LOCAL_POD_IPS6)).unwrap();
-    let mut all: Vec<(IpAddr, u64)> = v4
-        .iter()
-        .map(Result::unwrap)
-        .map(|(k, v)| (IpAddr::from(k.to_ne_bytes()), v.netns_cookie))
-        .collect();
-    for (k, v) in v6.iter().map(Result::unwrap) {
-        let mut octets = [0u8; 16];
-        for (chunk, word) in octets.chunks_mut(4).zip(k) {
-            chunk.copy_from_slice(&word.to_ne_bytes());
-        }
-        all.push((IpAddr::from(octets), v.netns_cookie));
-    }
-    all.sort();
-    all
+    netns_tests::pins::local_pods(&chain.bpffs())
 }
 
 /// The addresses of a CNI result's `ips`.

@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aya::maps::lpm_trie::LpmTrie;
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{HashMap, Map};
 use netns_agent::datapath::CookieProbe;
 use netns_core::NetNs;
 use netns_ebpf::{POD_CIDR_COOKIE_BITS, PodCidr, PodFlags, PodPort, names};
@@ -118,7 +118,7 @@ struct Entries {
 }
 
 fn entries(bpffs: &Path, cookie: u64) -> Entries {
-    let pin = |name: &str| MapData::from_pin(bpffs.join("maps").join(name)).unwrap();
+    let pin = |name: &str| netns_tests::pins::map(bpffs, name);
     let meshed: HashMap<_, u64, PodFlags> =
         HashMap::try_from(Map::HashMap(pin(names::MESHED_NETNS))).unwrap();
     let ports: HashMap<_, PodPort, u8> =

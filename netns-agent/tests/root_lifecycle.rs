@@ -13,10 +13,10 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use aya::maps::{Array, HashMap, Map, MapData};
+use aya::maps::{Array, HashMap, Map};
 use netns_agent::datapath::attached_program_ids;
 use netns_core::NetNs;
-use netns_ebpf::{MeshSettings, PodFlags, names};
+use netns_ebpf::{MeshSettings, names};
 use netns_tests::agent::{Running, run_command};
 use netns_tests::pod_traffic::{
     App, Sidecar, answer_each, both_ways, connect_once, pod_and_outside_client,
@@ -136,7 +136,7 @@ fn assert_sidecar_seen_under_the_default_policy(places: &Places) {
         "15001 and 15006: {:?}",
         status.pods[0]
     );
-    let pin = |name: &str| MapData::from_pin(places.dir.join("bpf/maps").join(name)).unwrap();
+    let pin = |name: &str| netns_tests::pins::map(&places.dir.join("bpf"), name);
     let settings: Array<_, MeshSettings> =
         Array::try_from(Map::Array(pin(names::SETTINGS))).unwrap();
     let flags = settings.get(&0, 0).unwrap().flags;
@@ -146,10 +146,8 @@ fn assert_sidecar_seen_under_the_default_policy(places: &Places) {
         "flags {flags:#x}"
     );
     let seen: HashMap<_, u64, u8> =
-        HashMap::try_from(Map::HashMap(pin(names::SIDECAR_SEEN))).unwrap();
-    let meshed: HashMap<_, u64, PodFlags> =
-        HashMap::try_from(Map::HashMap(pin(names::MESHED_NETNS))).unwrap();
-    let cookies: Vec<u64> = meshed.keys().map(Result::unwrap).collect();
+        netns_tests::pins::hash(&places.dir.join("bpf"), names::SIDECAR_SEEN);
+    let cookies = netns_tests::pins::meshed_cookies(&places.dir.join("bpf"));
     assert_eq!(cookies.len(), 1);
     assert!(
         seen.get(&cookies[0], 0).is_ok(),

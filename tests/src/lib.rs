@@ -78,6 +78,7 @@ pub mod cni;
 pub mod kernel;
 pub mod kube_api;
 pub mod mesh;
+pub mod pins;
 pub mod pod_traffic;
 
 /// True inside the guests of `./x integration-test vm`.
