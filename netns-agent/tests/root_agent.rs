@@ -225,12 +225,8 @@ fn assert_no_sidecar_reported(status: &Status, metrics: &str) {
     }
 }
 
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn wait_for(what: &str, done: impl FnMut() -> bool) {
+    netns_tests::wait_until(what, WAIT, done);
 }
 
 /// The netns cookies in `MESHED_NETNS`, as the kernel has them.

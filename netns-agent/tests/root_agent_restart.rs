@@ -12,7 +12,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use netns_agent::datapath::{CookieProbe, attached_inbound_ids, attached_program_ids};
 use netns_core::NetNs;
@@ -154,14 +154,10 @@ fn root_agent_restarts_ten_times_without_a_connection_failing_or_going_around_th
         8,
         "each of the 8 default hooks attached exactly once: {ids:?}"
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while meshed_cookies(&dir) != [pod_cookie] {
-        assert!(
-            Instant::now() < deadline,
-            "maps hold only the live pod: {:?}",
-            meshed_cookies(&dir)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    netns_tests::wait_until(
+        "maps holding only the live pod",
+        Duration::from_secs(5),
+        || meshed_cookies(&dir) == [pod_cookie],
+    );
     agent.stop(nix::sys::signal::Signal::SIGTERM);
 }

@@ -12,7 +12,7 @@ use std::os::fd::AsRawFd as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::{HashMap, Map};
@@ -101,12 +101,8 @@ impl Drop for Cleanup {
     }
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    netns_tests::wait_until(what, Duration::from_secs(10), done);
 }
 
 /// One pod's entries, read from the agent's pinned maps.

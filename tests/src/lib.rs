@@ -125,3 +125,25 @@ impl Drop for StopOnDrop<'_> {
         self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// How much slower the emulated VM guests are than the host, for waits.
+pub const GUEST_SLOWDOWN: u32 = 6;
+
+/// Polls `done` every 10 ms until it holds; fails the test naming `what`
+/// after `within` on the host, `GUEST_SLOWDOWN` times that in a VM guest
+/// (QEMU's TCG), so one deadline serves both without hiding a hang.
+pub fn wait_until(what: &str, within: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let limit = if in_vm() {
+        within * GUEST_SLOWDOWN
+    } else {
+        within
+    };
+    let deadline = std::time::Instant::now() + limit;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
