@@ -24,8 +24,6 @@ impl Agent {
 
     /// One check and repair. Returns `false` once the agent is stopping.
     pub(crate) fn check_kernel(&self) -> bool {
-        // Pod work waits meanwhile: no pod comes or goes under the check.
-        let _turn = Self::lock(&self.pod_work);
         let mut problems = Vec::new();
         match self.with_datapath(|dp| dp.kernel_gaps()) {
             Err(DataPathError::Stopping) => return false,
@@ -80,8 +78,14 @@ impl Agent {
             .collect();
         let mut problems = Vec::new();
         for (path, ns, cookie, pass_ports) in pods {
+            // One pod at a time, between pod work: a pod that went meanwhile
+            // is not checked (nor given a link back).
+            let _turn = Self::lock(&self.pod_work);
+            let still_there = Self::lock(&self.pods)
+                .get(&path)
+                .is_some_and(|p| p.facts.cookie == cookie);
             let in_place = |dp: &mut DataPath| Ok(dp.inbound_in_place(&ns, cookie));
-            if self.with_datapath(in_place).unwrap_or(true) {
+            if !still_there || self.with_datapath(in_place).unwrap_or(true) {
                 continue;
             }
             tracing::warn!(pod = %path.display(), cookie, "the pod's inbound link is gone: attaching it again");
