@@ -25,13 +25,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the node agent until SIGTERM or SIGINT: attach the data path to
-    /// --cgroup, take pods from --netns-dir (every network namespace file
-    /// there is a pod; `ip netns add NAME` makes one), do each pod's work
-    /// inside its namespace (netns cookie, addresses, map entries), serve
-    /// status on --control-socket and /healthz, /readyz, /metrics on
-    /// --metrics-addr. On exit everything is detached and unpinned, unless
-    /// --keep-state.
+    /// Run the node agent until SIGTERM, SIGINT or SIGHUP: attach the data
+    /// path to --cgroup, take pods from --netns-dir (every network namespace
+    /// file there is a pod; `ip netns add NAME` makes one), equip sidecar
+    /// listeners that were open before it, do each pod's work inside its
+    /// namespace (netns cookie, addresses, map entries), serve status on
+    /// --control-socket and /healthz, /readyz, /metrics on --metrics-addr.
+    /// Only one agent may own a --bpffs, --cgroup or --control-socket: a
+    /// second is refused before it touches anything. Every second the kernel
+    /// is asked whether the data path is in place; what is missing is
+    /// repaired, and /readyz is 200 only when nothing is. On exit everything
+    /// is detached and unpinned, unless --keep-state.
     ///
     /// Example: netns-agent run --netns-dir /run/netns --exclude-port 22
     Run(Box<flags::RunArgs>),
