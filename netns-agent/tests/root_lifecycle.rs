@@ -107,6 +107,14 @@ fn first_capture(apps: &[&App], since: Instant, places: &Places) -> Duration {
 /// Both loops keep working for `time`: every connection in it answered by
 /// the sidecar with its original destination.
 fn all_work_for(apps: &[&App], time: Duration, what: &str, places: &Places) {
+    // Each loop's connection in flight when the state changed (dialed while
+    // the sidecar or the agent was still away) ends first: one success each.
+    let started: Vec<u64> = apps.iter().map(|a| a.counts().0).collect();
+    netns_tests::wait_until(
+        &format!("{what}: a connection working"),
+        READY_WITHIN,
+        || apps.iter().zip(&started).all(|(a, ok)| a.counts().0 > *ok),
+    );
     let before: Vec<(u64, u64)> = apps.iter().map(|a| a.counts()).collect();
     std::thread::sleep(time);
     for (app, (ok_before, failed_before)) in apps.iter().zip(before) {
@@ -114,8 +122,8 @@ fn all_work_for(apps: &[&App], time: Duration, what: &str, places: &Places) {
         assert_eq!(
             failed - failed_before,
             0,
-            "{what}: connections failed ({:?}); logs:\n{}",
-            app.failed_after_ok(),
+            "{what}: connections failed (the last: {}); logs:\n{}",
+            app.last_failure(),
             places.logs()
         );
         assert!(ok > ok_before + 5, "{what}: the loop kept connecting");

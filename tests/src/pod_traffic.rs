@@ -38,6 +38,8 @@ struct Tally {
     first_failure: Mutex<String>,
     /// The first failure after a connection had worked.
     first_failure_after_ok: Mutex<String>,
+    /// The latest failure.
+    last_failure: Mutex<String>,
 }
 
 impl App {
@@ -71,6 +73,7 @@ impl App {
                                     first.clone_from(&e);
                                 }
                             }
+                            tally.last_failure.lock().unwrap().clone_from(&e);
                             let mut first = tally.first_failure.lock().unwrap();
                             if first.is_empty() {
                                 *first = e;
@@ -109,6 +112,12 @@ impl App {
     #[must_use]
     pub fn first_ok(&self) -> Option<Instant> {
         *self.tally.first_ok.lock().unwrap()
+    }
+
+    /// The latest failure, if any.
+    #[must_use]
+    pub fn last_failure(&self) -> String {
+        self.tally.last_failure.lock().unwrap().clone()
     }
 
     /// Failures after the first connection that worked, and the first of them.
