@@ -74,16 +74,24 @@ impl Attachment {
     /// letters, digits, `.`, `_` and `-` (what runtimes use), 1..=128 long,
     /// not `.` or `..`.
     pub fn check_container_id(id: &str) -> Result<(), String> {
-        let ok_chars = id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if id.is_empty() || id.len() > 128 || !ok_chars || id == "." || id == ".." {
+        if id.is_empty() || !file_name_part(id, 128) {
             return Err(format!(
                 "container id {id:?} is not 1 to 128 of [A-Za-z0-9._-]"
             ));
         }
         Ok(())
     }
+}
+
+/// Whether `text` can stand in a state file's name: at most `max` of
+/// `[A-Za-z0-9._-]`, and not `.` or `..`.
+pub(crate) fn file_name_part(text: &str, max: usize) -> bool {
+    text.len() <= max
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && text != "."
+        && text != ".."
 }
 
 /// A CNI request to the agent.

@@ -160,22 +160,22 @@ impl Agent {
         drop(datapath);
         // Whether each pod's entries are in the kernel's maps (pods first,
         // then the data path: the lock order of pod work).
-        let facts: Vec<(u64, Vec<IpAddr>)> = Self::lock(&self.pods)
+        let facts: Vec<(u64, Vec<IpAddr>, netns_core::NetNs)> = Self::lock(&self.pods)
             .values()
-            .map(|p| (p.facts.cookie, p.facts.addrs.clone()))
+            .map(|p| (p.facts.cookie, p.facts.addrs.clone(), p.ns.clone()))
             .collect();
-        let sidecars = self.sidecar_states();
+        let sidecars = self.sidecar_states(&facts);
         let in_kernel: BTreeSet<u64> = {
             let mut datapath = Self::lock(&self.datapath);
             facts
                 .iter()
-                .filter(|(cookie, addrs)| {
+                .filter(|(cookie, addrs, _)| {
                     datapath
                         .as_mut()
                         .and_then(|dp| dp.missing_pod_entries(*cookie, addrs).ok())
                         .is_some_and(|missing| missing.is_empty())
                 })
-                .map(|(cookie, _)| *cookie)
+                .map(|(cookie, _, _)| *cookie)
                 .collect()
         };
         let inbound = |cookie: u64| {
@@ -476,15 +476,15 @@ impl Agent {
     /// Each pod's sidecar as the kernel says now, by netns cookie: listening
     /// on the outbound port in the pod, or why not and what the pod's apps
     /// meet meanwhile (per `--sidecar-absent` and whether it was ever seen).
-    fn sidecar_states(&self) -> BTreeMap<u64, String> {
-        let pods: Vec<(u64, netns_core::NetNs)> = Self::lock(&self.pods)
-            .values()
-            .map(|p| (p.facts.cookie, p.ns.clone()))
-            .collect();
+    fn sidecar_states(
+        &self,
+        pods: &[(u64, Vec<IpAddr>, netns_core::NetNs)],
+    ) -> BTreeMap<u64, String> {
         let s = self.config.datapath.settings;
         let mut states = BTreeMap::new();
-        for (cookie, ns) in pods {
-            let state = match crate::sidecar::listeners(&ns, &[s.outbound_port]) {
+        for (cookie, _, ns) in pods {
+            let cookie = *cookie;
+            let state = match crate::sidecar::listeners(ns, &[s.outbound_port]) {
                 Ok(found) if !found.is_empty() => "listening".to_owned(),
                 Ok(_) => {
                     let seen = self

@@ -69,11 +69,7 @@ impl CniState {
     /// spec keys it (a pod may have several interfaces, each its own ADD).
     fn file(&self, container_id: &str, ifname: &str) -> anyhow::Result<PathBuf> {
         Attachment::check_container_id(container_id).map_err(anyhow::Error::msg)?;
-        let ok = ifname.len() <= 15
-            && ifname
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if !ok || ifname == "." || ifname == ".." {
+        if !crate::cni::file_name_part(ifname, 15) {
             anyhow::bail!("interface name {ifname:?} is not up to 15 of [A-Za-z0-9._-]");
         }
         Ok(self.dir.join(format!("{container_id}@{ifname}")))
