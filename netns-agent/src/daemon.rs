@@ -22,12 +22,12 @@ mod pending;
 
 use self::pending::Pending;
 use crate::addr_watch::Watcher;
-use crate::datapath::{DataPath, DataPathConfig};
 use crate::pod::{self, Pod, PodError};
-use crate::settings::PodSettings;
 use crate::source::cni::CniState;
 use crate::source::{DescribedPod, PodEvent, PodSource};
 use crate::status::{MapStatus, NotMeshed, PodStatus, ProgramStatus, Status};
+use netns_datapath::settings::PodSettings;
+use netns_datapath::{DataPath, DataPathConfig};
 
 /// How the agent runs.
 #[derive(Debug, Clone)]
@@ -219,13 +219,13 @@ impl Agent {
 
     fn with_datapath<T>(
         &self,
-        f: impl FnOnce(&mut DataPath) -> Result<T, crate::datapath::DataPathError>,
-    ) -> Result<T, crate::datapath::DataPathError> {
+        f: impl FnOnce(&mut DataPath) -> Result<T, netns_datapath::DataPathError>,
+    ) -> Result<T, netns_datapath::DataPathError> {
         let mut guard = Self::lock(&self.datapath);
         // Taken out at shutdown: pod work still in hand then fails cleanly.
         let dp = guard
             .as_mut()
-            .ok_or(crate::datapath::DataPathError::Stopping)?;
+            .ok_or(netns_datapath::DataPathError::Stopping)?;
         f(dp)
     }
 
@@ -783,7 +783,7 @@ pub async fn run(config: AgentConfig, source: Box<dyn PodSource>) -> anyhow::Res
     // as configured), never the default action that would leave the data
     // path half set up.
     let mut signals = Signals::new().context("handle SIGTERM, SIGINT and SIGHUP")?;
-    let (mut datapath, adopted) = DataPath::adopt(crate::EBPF_OBJECT, &config.datapath)
+    let (mut datapath, adopted) = DataPath::adopt(netns_datapath::EBPF_OBJECT, &config.datapath)
         .with_context(|| {
             format!(
                 "attach the data path to {} (pins under {})",

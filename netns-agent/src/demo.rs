@@ -14,9 +14,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use netns_agent::cgroup::{ChildCgroup, cgroup2_mount};
-use netns_agent::datapath::{DataPath, DataPathConfig};
 use netns_core::{NetNs, TempNetNs};
+use netns_datapath::cgroup::{ChildCgroup, cgroup2_mount};
+use netns_datapath::{DataPath, DataPathConfig};
 use netns_ebpf::{MeshSettings, counter};
 
 /// The service address the app dials: routed nowhere, reachable only by capture.
@@ -42,7 +42,7 @@ pub(crate) fn run(requests: u8) -> anyhow::Result<()> {
         pin_dir: PathBuf::from(format!("/tmp/netns-demo-{tag}")),
         settings,
     };
-    let mut datapath = DataPath::attach(netns_agent::EBPF_OBJECT, &config)
+    let mut datapath = DataPath::attach(netns_datapath::EBPF_OBJECT, &config)
         .context("attach the data path to the demo cgroup")?;
     let names: Vec<String> = datapath
         .programs()

@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use netns_agent::cgroup::cgroup2_mount;
 use netns_agent::daemon::AgentConfig;
-use netns_agent::datapath::DataPathConfig;
 use netns_agent::instance::{InstanceLock, LOCK_DIR, Resource};
 use netns_agent::source::cni::CniState;
 use netns_agent::source::kubernetes::Directory;
 use netns_agent::source::{Cni, Kubernetes, NetnsDir, PodSource};
+use netns_datapath::DataPathConfig;
+use netns_datapath::cgroup::cgroup2_mount;
 use netns_ebpf::{MeshSettings, defaults};
 
 const DEFAULT_BPFFS: &str = "/run/netns-agent/bpf";
@@ -107,7 +107,7 @@ pub(crate) struct RunArgs {
     node_name: Option<String>,
     /// kubernetes source: the annotation that marks a pod as having a
     /// sidecar (Istio's injector writes sidecar.istio.io/status).
-    #[arg(long, env = "NETNS_AGENT_MESH_ANNOTATION", default_value = netns_agent::settings::annotation::SIDECAR_STATUS)]
+    #[arg(long, env = "NETNS_AGENT_MESH_ANNOTATION", default_value = netns_datapath::settings::annotation::SIDECAR_STATUS)]
     mesh_annotation: String,
     /// The root-only control socket (status, and the netns-cni plugin).
     #[arg(long, env = "NETNS_AGENT_CONTROL_SOCKET", default_value = DEFAULT_SOCKET)]
@@ -144,7 +144,7 @@ pub(crate) struct RunArgs {
     )]
     exclude_ports: Vec<u16>,
     /// Destination CIDR never redirected, e.g. 192.0.2.0/24 (repeatable).
-    #[arg(long = "exclude-cidr", env = "NETNS_AGENT_EXCLUDE_CIDRS", value_delimiter = ',', value_parser = netns_agent::settings::parse_cidr)]
+    #[arg(long = "exclude-cidr", env = "NETNS_AGENT_EXCLUDE_CIDRS", value_delimiter = ',', value_parser = netns_datapath::settings::parse_cidr)]
     exclude_cidrs: Vec<(IpAddr, u8)>,
     /// Redirect the pods' DNS (UDP port 53) to the sidecar's --dns-port.
     #[arg(long, env = "NETNS_AGENT_DNS_REDIRECT")]
@@ -500,7 +500,7 @@ pub(crate) fn status(args: &StatusArgs) -> anyhow::Result<()> {
         Ok(status) if args.json => writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?,
         Ok(status) => out.push_str(&status.render()),
         Err(e) => {
-            let pins = netns_agent::datapath::pins(&args.bpffs);
+            let pins = netns_datapath::pins(&args.bpffs);
             if args.json {
                 let report =
                     serde_json::json!({"running": false, "error": format!("{e:#}"), "pins": pins});
@@ -543,7 +543,7 @@ fn print_all(text: &str) -> anyhow::Result<()> {
 
 /// `netns-agent cleanup`.
 pub(crate) fn cleanup(args: &CleanupArgs) -> anyhow::Result<()> {
-    let done = netns_agent::datapath::cleanup(&args.bpffs)
+    let done = netns_datapath::cleanup(&args.bpffs)
         .with_context(|| format!("clean up {}", args.bpffs.display()))?;
     let mut out = String::new();
     if done.is_empty() {

@@ -1,12 +1,9 @@
 //! netns-agent as a library: the pieces the node agent is made of, usable on
 //! their own (the integration tests and the benchmark use them).
 //!
-//! - [`datapath`]: load the embedded eBPF object, pin its maps and links under a
-//!   bpffs directory, attach every program to a cgroup v2 directory, write the
-//!   mesh settings and per-pod entries, detach and unpin.
-//! - [`cgroup`]: find the cgroup v2 mount, check a path is cgroup v2, and make
-//!   throw-away child cgroups.
-//! - [`bpffs`]: make sure a directory is on a BPF filesystem, mounting one if not.
+//! The data path itself (the loader, its pins and maps) is the
+//! `netns-datapath` crate; this one drives it.
+//!
 //! - [`cni`]: the `netns-cni` chained plugin and what it asks the agent.
 //! - [`daemon`]: the long-running agent (`netns-agent run`), wiring
 //!   [`source`] (where pods come from), [`pod`] (per-pod work inside each
@@ -17,16 +14,12 @@
 #![deny(missing_docs)]
 
 pub mod addr_watch;
-pub mod bpffs;
-pub mod cgroup;
 pub mod cni;
 pub mod control;
 pub mod daemon;
-pub mod datapath;
 pub mod http;
 pub mod instance;
 pub mod pod;
-pub mod settings;
 pub mod sidecar;
 pub mod source;
 pub mod status;
@@ -44,7 +37,3 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     text
 }
-
-/// The eBPF object built by `cargo xtask build-ebpf`, embedded at compile time;
-/// empty in a build made before the object existed (see [`datapath::DataPathError::NoObject`]).
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("NETNS_EBPF_OBJECT"));

@@ -3,7 +3,7 @@
 //! inode, not by name), learn its netns cookie and read its addresses.
 //!
 //! ```no_run
-//! # fn f(datapath: &mut netns_agent::datapath::DataPath) -> Result<(), netns_agent::pod::PodError> {
+//! # fn f(datapath: &mut netns_datapath::DataPath) -> Result<(), netns_agent::pod::PodError> {
 //! let ns = netns_agent::pod::open("/run/netns/pod-a".as_ref())?;
 //! let facts = netns_agent::pod::inspect(&ns, datapath)?;
 //! println!("cookie {} addresses {:?}", facts.cookie, facts.addrs);
@@ -17,7 +17,7 @@ use std::time::SystemTime;
 
 use netns_core::{NetNs, NsError, NsId};
 
-use crate::datapath::DataPath;
+use netns_datapath::DataPath;
 
 /// Why a pod could not be looked at. Each names the namespace path.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +39,7 @@ pub enum PodError {
         path: PathBuf,
         /// The failure.
         #[source]
-        source: Box<crate::datapath::DataPathError>,
+        source: Box<netns_datapath::DataPathError>,
     },
     /// The addresses inside the namespace could not be listed.
     #[error("{path}: cannot list the pod's addresses")]
@@ -77,7 +77,7 @@ pub struct Pod {
     /// on, equipped then (`PORT/FAMILY (pid PID)`).
     pub equipped: Vec<String>,
     /// The pod's own settings, as written into the data path.
-    pub settings: crate::settings::PodSettings,
+    pub settings: netns_datapath::settings::PodSettings,
     /// The watch on its address changes (closed with the pod).
     pub addr_watch: crate::addr_watch::Subscription,
     /// When the agent took it on.

@@ -41,7 +41,7 @@ pub struct DescribedPod {
     /// Its name (`namespace/name` for Kubernetes).
     pub name: String,
     /// Its settings.
-    pub settings: crate::settings::PodSettings,
+    pub settings: netns_datapath::settings::PodSettings,
 }
 
 /// A boxed future a source runs as.

@@ -88,7 +88,7 @@ pub struct PodStatus {
     pub inbound: bool,
     /// Its own settings (the defaults unless its source described it).
     #[serde(default)]
-    pub settings: crate::settings::PodSettings,
+    pub settings: netns_datapath::settings::PodSettings,
     /// Seconds since the Unix epoch when the agent took it on.
     pub since_unix: u64,
 }
@@ -156,7 +156,7 @@ impl Status {
                     pod.equipped.join(", ")
                 );
             }
-            if pod.settings != crate::settings::PodSettings::default() {
+            if pod.settings != netns_datapath::settings::PodSettings::default() {
                 let _ = writeln!(out, "{:<24} settings: {}", "", pod.settings);
             }
         }

@@ -4,13 +4,18 @@
 //! dropped watch resumes from the last resourceVersion; a 410 Gone forces a
 //! relist that keeps the state exact. Needs no root and no cluster.
 
+// The stand-in API server the Kubernetes tests share.
+#[path = "support/kube_api.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod kube_api;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use netns_agent::settings::PodSettings;
+use kube_api::{ApiServer, pod};
 use netns_agent::source::kubernetes::procscan::ProcRoot;
 use netns_agent::source::{DescribedPod, Kubernetes, PodEvent, PodSource};
-use netns_tests::kube_api::{ApiServer, pod};
+use netns_datapath::settings::PodSettings;
 use tokio::sync::mpsc;
 
 const NODE: &str = "node-a";

@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use netns_agent::cgroup::{ChildCgroup, cgroup2_mount};
-use netns_agent::datapath::CookieProbe;
 use netns_agent::status::Status;
 use netns_core::NetNs;
+use netns_datapath::CookieProbe;
+use netns_datapath::cgroup::{ChildCgroup, cgroup2_mount};
 use netns_ebpf::names;
 
 use netns_tests::agent::{Running, run_command};
@@ -60,7 +60,8 @@ impl Fixture {
         let parent = self.cgroup.path().to_owned();
         self.probe
             .get_or_insert_with(|| {
-                CookieProbe::start(netns_agent::EBPF_OBJECT, &parent).expect("start a cookie probe")
+                CookieProbe::start(netns_datapath::EBPF_OBJECT, &parent)
+                    .expect("start a cookie probe")
             })
             .cookie(ns)
             .expect("learn a netns cookie")
@@ -167,7 +168,7 @@ impl Drop for Fixture {
     fn drop(&mut self) {
         // Only the process this fixture started, by its PID.
         drop(self.agent.take());
-        let _ = netns_agent::datapath::cleanup(&self.bpffs());
+        let _ = netns_datapath::cleanup(&self.bpffs());
         if let Ok(entries) = std::fs::read_dir(self.netns_dir()) {
             for entry in entries.flatten() {
                 let _ = nix::mount::umount2(&entry.path(), nix::mount::MntFlags::MNT_DETACH);
@@ -918,7 +919,7 @@ fn root_agent_repairs_what_the_kernel_lost_when_its_pins_are_removed() {
     }
     wait_for("the programs attached again (BPF_PROG_QUERY)", || {
         distinct(cgroup_program_ids(f.cgroup.path())) == 8
-            && netns_agent::datapath::attached_inbound_ids(&pod).is_ok_and(|ids| ids.len() == 1)
+            && netns_datapath::attached_inbound_ids(&pod).is_ok_and(|ids| ids.len() == 1)
     });
     wait_for("every pin back", || {
         ["links", "inbound", "maps"]

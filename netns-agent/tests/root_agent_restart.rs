@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use netns_agent::datapath::{CookieProbe, attached_inbound_ids, attached_program_ids};
 use netns_core::NetNs;
+use netns_datapath::{CookieProbe, attached_inbound_ids, attached_program_ids};
 use netns_tests::agent::{Running, run_command};
 use netns_tests::pod_traffic::{both_ways, pod_and_outside_client, serve_sidecar_and_app};
 
@@ -95,7 +95,7 @@ fn root_agent_restarts_ten_times_without_a_connection_failing_or_going_around_th
     // create sockets at this rate crashed QEMU's emulated 6.12 guest once
     // (Oops: int3 in inet_create; text patching under TCG), a hazard of the
     // emulator, not of the data path, which this test is not about.
-    let mut probe = CookieProbe::start(netns_agent::EBPF_OBJECT, cgroup.path()).unwrap();
+    let mut probe = CookieProbe::start(netns_datapath::EBPF_OBJECT, cgroup.path()).unwrap();
     let pod_cookie = probe.cookie(&pod).expect("learn the pod's netns cookie");
     for round in 0..10 {
         // Some restarts happen while a second pod comes and goes.

@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use netns_agent::cgroup::ChildCgroup;
 use netns_agent::control::Refusal;
 use netns_agent::status::Status;
+use netns_datapath::cgroup::ChildCgroup;
 use netns_tests::agent::{Private, Running, private, run_command};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_netns-agent");
@@ -63,7 +63,7 @@ impl Drop for Fixture {
     fn drop(&mut self) {
         // Only the process this fixture started, by its PID.
         drop(self.agent.take());
-        let _ = netns_agent::datapath::cleanup(&self.dir.join("bpf"));
+        let _ = netns_datapath::cleanup(&self.dir.join("bpf"));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -1,11 +1,16 @@
 //! The agent with `--pod-source kubernetes` against the replaying API server
-//! (`netns_tests::kube_api`), with a real pod: a network namespace and a
+//! (`tests/support/kube_api.rs`), with a real pod: a network namespace and a
 //! process in a cgroup named after the pod's UID, as the kubelet's systemd
 //! cgroup driver names it. What is asserted comes from the kernel: the
 //! agent's pinned maps hold the pod (by the netns cookie a probe of the
 //! test's own learned) with its annotations' settings in its own entries,
 //! follow an annotation change, and drop the pod when a relist after 410
 //! Gone no longer lists it. Needs root.
+
+// The stand-in API server the Kubernetes tests share.
+#[path = "support/kube_api.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod kube_api;
 
 use std::net::IpAddr;
 use std::os::fd::AsRawFd as _;
@@ -16,12 +21,12 @@ use std::time::Duration;
 
 use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::{HashMap, Map};
-use netns_agent::datapath::CookieProbe;
+use kube_api::{ApiServer, pod};
 use netns_core::NetNs;
+use netns_datapath::CookieProbe;
 use netns_ebpf::{POD_CIDR_COOKIE_BITS, PodCidr, PodFlags, PodPort, names};
 use netns_tests::agent::{Running, private, run_command};
 use netns_tests::cni::Chain;
-use netns_tests::kube_api::{ApiServer, pod};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_netns-agent");
 const PLUGIN: &str = env!("CARGO_BIN_EXE_netns-cni");
@@ -95,7 +100,7 @@ struct Cleanup(PathBuf);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let _ = netns_agent::datapath::cleanup(&self.0.join("bpf"));
+        let _ = netns_datapath::cleanup(&self.0.join("bpf"));
         let _ = nix::mount::umount2(&self.0.join("pod"), nix::mount::MntFlags::MNT_DETACH);
         let _ = std::fs::remove_dir_all(&self.0);
     }
@@ -162,7 +167,7 @@ fn root_agent_meshes_api_server_pods_with_their_settings() {
     // The cookie as the kernel's programs see it, learned on our own; the
     // probe stays attached so the agent's never switches inet_create's
     // static branch (see netns_tests::cni::Chain).
-    let mut probe = CookieProbe::start(netns_agent::EBPF_OBJECT, p.cgroup.path()).unwrap();
+    let mut probe = CookieProbe::start(netns_datapath::EBPF_OBJECT, p.cgroup.path()).unwrap();
     let cookie = probe.cookie(&pod_ns).unwrap();
     let process = PodProcess::start(p.cgroup.path(), &pod_ns);
     server.put(pod(

@@ -14,8 +14,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use aya::maps::{Array, HashMap, Map};
-use netns_agent::datapath::attached_program_ids;
 use netns_core::NetNs;
+use netns_datapath::attached_program_ids;
 use netns_ebpf::{MeshSettings, names};
 use netns_tests::agent::{Running, run_command};
 use netns_tests::pod_traffic::{
@@ -38,7 +38,7 @@ const READY_WITHIN: Duration = Duration::from_secs(30);
 
 struct Places {
     dir: PathBuf,
-    cgroup: netns_agent::cgroup::ChildCgroup,
+    cgroup: netns_datapath::cgroup::ChildCgroup,
     metrics: SocketAddr,
 }
 
@@ -86,26 +86,25 @@ impl Drop for Places {
 /// which under QEMU's multi-threaded TCG crashed the 6.12 guest (`Oops:
 /// int3` in `tcp_connect`): a hazard of the emulator, not of the data path.
 struct Keeper {
-    probe: Option<netns_agent::datapath::CookieProbe>,
-    datapath: Option<netns_agent::datapath::DataPath>,
-    _cgroup: netns_agent::cgroup::ChildCgroup,
+    probe: Option<netns_datapath::CookieProbe>,
+    datapath: Option<netns_datapath::DataPath>,
+    _cgroup: netns_datapath::cgroup::ChildCgroup,
 }
 
 impl Keeper {
     fn attach(dir: &std::path::Path) -> Keeper {
-        let mount = netns_agent::cgroup::cgroup2_mount().unwrap();
+        let mount = netns_datapath::cgroup::cgroup2_mount().unwrap();
         let name = format!("netns-lifecycle-keeper-{}", std::process::id());
-        let cgroup = netns_agent::cgroup::ChildCgroup::create(&mount, &name).unwrap();
-        let config = netns_agent::datapath::DataPathConfig {
+        let cgroup = netns_datapath::cgroup::ChildCgroup::create(&mount, &name).unwrap();
+        let config = netns_datapath::DataPathConfig {
             cgroup: cgroup.path().to_owned(),
             pin_dir: dir.join("keeper-bpf"),
             settings: MeshSettings::istio(),
         };
         let datapath =
-            netns_agent::datapath::DataPath::attach(netns_agent::EBPF_OBJECT, &config).unwrap();
+            netns_datapath::DataPath::attach(netns_datapath::EBPF_OBJECT, &config).unwrap();
         let probe =
-            netns_agent::datapath::CookieProbe::start(netns_agent::EBPF_OBJECT, cgroup.path())
-                .unwrap();
+            netns_datapath::CookieProbe::start(netns_datapath::EBPF_OBJECT, cgroup.path()).unwrap();
         Keeper {
             probe: Some(probe),
             datapath: Some(datapath),

@@ -97,7 +97,7 @@ fn origin(ns: &NetNs) {
 
 struct Node {
     dir: PathBuf,
-    cgroup: netns_agent::cgroup::ChildCgroup,
+    cgroup: netns_datapath::cgroup::ChildCgroup,
     metrics: SocketAddr,
     pod: NetNs,
     squid: Option<Child>,

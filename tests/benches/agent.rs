@@ -19,9 +19,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap, Map, MapData};
-use netns_agent::cgroup::{ChildCgroup, cgroup2_mount};
-use netns_agent::datapath::CookieProbe;
 use netns_core::NetNs;
+use netns_datapath::CookieProbe;
+use netns_datapath::cgroup::{ChildCgroup, cgroup2_mount};
 use netns_ebpf::{PodFlags, names};
 use netns_tests::agent::run_command;
 use netns_tests::bench::env_u32;
@@ -193,7 +193,7 @@ fn main() {
     )
     .unwrap();
     // The benchmark's own view of each pod's cookie (dropped before the cgroup).
-    let mut probe = CookieProbe::start(netns_agent::EBPF_OBJECT, cgroup.path()).unwrap();
+    let mut probe = CookieProbe::start(netns_datapath::EBPF_OBJECT, cgroup.path()).unwrap();
     let mut agent = start_agent(&agent_bin, &dir, cgroup.path());
     let pid = agent.0.id();
     let pin = dir.join("bpf/maps").join(names::MESHED_NETNS);

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use netns_agent::cgroup::{ChildCgroup, cgroup2_mount};
+use netns_datapath::cgroup::{ChildCgroup, cgroup2_mount};
 
 /// The command line of an agent whose state lives under `dir` (`dir/bpf`,
 /// `dir/netns`, `dir/agent.sock`), capturing `cgroup`, serving HTTP on

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use netns_agent::cgroup::ChildCgroup;
-use netns_agent::datapath::CookieProbe;
 use netns_core::NetNs;
+use netns_datapath::CookieProbe;
+use netns_datapath::cgroup::ChildCgroup;
 use serde_json::{Value, json};
 
 /// Where Debian's containernetworking-plugins puts the reference plugins.
@@ -80,7 +80,7 @@ impl Chain {
         let node = NetNs::create_at(&dir.join("node")).unwrap();
         node.set_loopback_up().unwrap();
         let probe = std::sync::Mutex::new(
-            CookieProbe::start(netns_agent::EBPF_OBJECT, cgroup.path()).unwrap(),
+            CookieProbe::start(netns_datapath::EBPF_OBJECT, cgroup.path()).unwrap(),
         );
         Chain {
             dir,
@@ -373,7 +373,7 @@ impl Drop for Chain {
     fn drop(&mut self) {
         // Killed first (its drop), then its pins go.
         drop(self.agent.take());
-        let _ = netns_agent::datapath::cleanup(&self.bpffs());
+        let _ = netns_datapath::cleanup(&self.bpffs());
         for dir in [self.dir.join("pods"), self.dir.clone()] {
             if let Ok(entries) = std::fs::read_dir(&dir) {
                 for entry in entries.flatten() {

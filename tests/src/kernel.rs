@@ -8,14 +8,14 @@ use std::path::Path;
 /// path for the agent's status and the tests).
 #[must_use]
 pub fn cgroup_program_ids(cgroup: &Path) -> Vec<u32> {
-    netns_agent::datapath::attached_program_ids(cgroup)
+    netns_datapath::attached_program_ids(cgroup)
         .unwrap_or_else(|e| panic!("BPF_PROG_QUERY {}: {e}", cgroup.display()))
 }
 
 /// Does a program with this id exist (`BPF_PROG_GET_FD_BY_ID`)?
 #[must_use]
 pub fn program_exists(id: u32) -> bool {
-    netns_agent::datapath::program_exists(id)
+    netns_datapath::program_exists(id)
 }
 
 /// Can user space read a namespace's cookie (`SO_NETNS_COOKIE`, Linux 5.14)?

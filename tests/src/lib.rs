@@ -76,7 +76,6 @@ pub mod agent;
 pub mod bench;
 pub mod cni;
 pub mod kernel;
-pub mod kube_api;
 pub mod mesh;
 pub mod pins;
 pub mod pod_traffic;

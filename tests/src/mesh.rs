@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use netns_agent::cgroup::{ChildCgroup, cgroup2_mount};
-use netns_agent::datapath::{DataPath, DataPathConfig};
 use netns_core::{NetNs, TempNetNs};
+use netns_datapath::cgroup::{ChildCgroup, cgroup2_mount};
+use netns_datapath::{DataPath, DataPathConfig};
 use netns_ebpf::MeshSettings;
 
 /// Pod A's address on the link to the service.
@@ -154,7 +154,7 @@ impl Mesh {
             pin_dir: PathBuf::from(format!("/tmp/netns-mesh-bpf-{tag}")),
             settings,
         };
-        let mut datapath = DataPath::attach(netns_agent::EBPF_OBJECT, &config)
+        let mut datapath = DataPath::attach(netns_datapath::EBPF_OBJECT, &config)
             .unwrap_or_else(|e| panic!("attach the data path: {}", error_chain(&e)));
         let ips =
             |list: &[&str]| -> Vec<IpAddr> { list.iter().map(|a| a.parse().unwrap()).collect() };

@@ -312,7 +312,7 @@ pub fn pod_and_outside(dir: &Path, name: &str, net: &str) -> (NetNs, NetNs) {
 /// the pins alone), the namespaces bind-mounted in `dir/netns` and
 /// `dir/outside` (lazily, as `ip netns delete` does), and `dir` itself.
 pub fn remove_private(dir: &Path) {
-    let _ = netns_agent::datapath::cleanup(&dir.join("bpf"));
+    let _ = netns_datapath::cleanup(&dir.join("bpf"));
     for sub in ["netns", "outside"] {
         if let Ok(entries) = std::fs::read_dir(dir.join(sub)) {
             for entry in entries.flatten() {

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use netns_agent::cgroup::{ChildCgroup, cgroup2_mount};
-use netns_agent::datapath::{DataPath, DataPathConfig};
+use netns_datapath::cgroup::{ChildCgroup, cgroup2_mount};
+use netns_datapath::{DataPath, DataPathConfig};
 use netns_ebpf::{MeshSettings, counter, names};
 use netns_tests::kernel::{cgroup_program_ids, program_exists};
 use netns_tests::mesh::{Mesh, POD_B, Place, SVC, SVC6, error_chain, field, gone};
@@ -32,7 +32,7 @@ fn root_every_program_passes_the_verifier_and_detach_leaves_nothing() {
         pin_dir: PathBuf::from(format!("/tmp/netns-verifier-{tag}")),
         settings,
     };
-    let datapath = DataPath::attach(netns_agent::EBPF_OBJECT, &config)
+    let datapath = DataPath::attach(netns_datapath::EBPF_OBJECT, &config)
         .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
     let ours: Vec<u32> = datapath.programs().iter().map(|p| p.id).collect();
     // Both optional modes are on: every program of the object is attached.
@@ -218,9 +218,8 @@ fn root_netns_cookies_are_learned_on_every_kernel() {
         ChildCgroup::create(&cgroup2_mount().unwrap(), &format!("netns-probe-{tag}")).unwrap();
     let a = netns_core::TempNetNs::new("probe-a").unwrap();
     let b = netns_core::TempNetNs::new("probe-b").unwrap();
-    let mut probe =
-        netns_agent::datapath::CookieProbe::start(netns_agent::EBPF_OBJECT, cgroup.path())
-            .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    let mut probe = netns_datapath::CookieProbe::start(netns_datapath::EBPF_OBJECT, cgroup.path())
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
     let a1 = probe.cookie(&a).unwrap();
     let b1 = probe.cookie(&b).unwrap();
     let a2 = probe.cookie(&a).unwrap();

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use netns_agent::cgroup::{ChildCgroup, cgroup2_mount};
-use netns_agent::datapath::{DataPath, DataPathConfig, DataPathError};
+use netns_datapath::cgroup::{ChildCgroup, cgroup2_mount};
+use netns_datapath::{DataPath, DataPathConfig, DataPathError};
 use netns_ebpf::{MeshSettings, names};
 use netns_tests::kernel::cgroup_program_ids;
 use netns_tests::require_root;
@@ -32,7 +32,7 @@ fn root_a_path_that_is_not_cgroup_v2_is_refused_before_anything_happens() {
     require_root();
     for path in ["/tmp", "/proc", "/no/such/cgroup"] {
         let cfg = config(path.into(), "notcg");
-        let err = DataPath::attach(netns_agent::EBPF_OBJECT, &cfg).unwrap_err();
+        let err = DataPath::attach(netns_datapath::EBPF_OBJECT, &cfg).unwrap_err();
         assert!(matches!(err, DataPathError::Cgroup(_)), "{path}: {err:?}");
         assert!(err.to_string().contains(path), "{err}");
         assert!(!cfg.pin_dir.exists(), "nothing pinned for {path}");
@@ -59,14 +59,14 @@ fn root_a_failure_half_way_leaves_nothing_attached() {
         ("links", names::prog::CONNECT6),
     ] {
         let cfg = config(cgroup.path().to_owned(), &format!("halfway-{stale}"));
-        netns_agent::bpffs::ensure(&cfg.pin_dir).unwrap();
+        netns_datapath::bpffs::ensure(&cfg.pin_dir).unwrap();
         std::fs::create_dir_all(cfg.pin_dir.join(dir)).unwrap();
         std::fs::create_dir(cfg.pin_dir.join(dir).join(stale)).unwrap();
         let before: Vec<u32> = aya::programs::loaded_programs()
             .filter_map(Result::ok)
             .map(|p| p.id())
             .collect();
-        let err = DataPath::attach(netns_agent::EBPF_OBJECT, &cfg).unwrap_err();
+        let err = DataPath::attach(netns_datapath::EBPF_OBJECT, &cfg).unwrap_err();
         assert!(
             matches!(&err, DataPathError::Pin { what, .. } if *what == stale),
             "{stale}: {err:?}"
@@ -129,7 +129,7 @@ fn root_modes_not_attached_cannot_be_switched_on_later() {
     )
     .unwrap();
     let cfg = config(cgroup.path().to_owned(), "modes");
-    let mut datapath = DataPath::attach(netns_agent::EBPF_OBJECT, &cfg).unwrap();
+    let mut datapath = DataPath::attach(netns_datapath::EBPF_OBJECT, &cfg).unwrap();
     let mut settings = MeshSettings::istio();
     settings.flags = MeshSettings::FLAG_SOCKMAP;
     let err = datapath.set_settings(settings).unwrap_err();

@@ -13,9 +13,9 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::Command;
 
-use netns_agent::cgroup::{ChildCgroup, cgroup2_mount};
-use netns_agent::datapath::{DataPath, DataPathConfig};
 use netns_core::TempNetNs;
+use netns_datapath::cgroup::{ChildCgroup, cgroup2_mount};
+use netns_datapath::{DataPath, DataPathConfig};
 use netns_ebpf::MeshSettings;
 use netns_tests::mesh::error_chain;
 use netns_tests::require_root;
@@ -82,7 +82,7 @@ fn iptables_in_pod(v6: bool) {
         pin_dir: PathBuf::from(format!("/tmp/netns-getsockopt-{tag}")),
         settings: MeshSettings::istio(),
     };
-    let _datapath = DataPath::attach(netns_agent::EBPF_OBJECT, &config)
+    let _datapath = DataPath::attach(netns_datapath::EBPF_OBJECT, &config)
         .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
     let pod = TempNetNs::new("getsockopt").unwrap();
     let (restore, save, list) = if v6 {

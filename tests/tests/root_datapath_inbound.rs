@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use netns_agent::datapath::{InboundCapture, attached_inbound_ids};
+use netns_datapath::{InboundCapture, attached_inbound_ids};
 use netns_ebpf::{MeshSettings, counter};
 use netns_tests::mesh::{Mesh, POD_A, POD_A6, Place, Proc, field};
 

@@ -6,8 +6,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use netns_agent::datapath::pod_flags;
-use netns_agent::settings::{PodSettings, parse_cidr};
+use netns_datapath::pod_flags;
+use netns_datapath::settings::{PodSettings, parse_cidr};
 use netns_ebpf::{MeshSettings, PodFlags};
 use netns_tests::mesh::{Mesh, POD_A_TO_B, POD_A_TO_B6, Place, Proc, SVC, SVC6};
 

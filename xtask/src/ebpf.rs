@@ -1,5 +1,5 @@
 //! `./x build-ebpf`: the pinned nightly, bpf-linker built against that nightly's
-//! own LLVM, and the eBPF object at [`OBJECT`], which netns-agent embeds.
+//! own LLVM, and the eBPF object at [`OBJECT`], which netns-datapath embeds.
 //!
 //! All pins live here. A bpf-linker built for another nightly's LLVM fails with
 //! "Invalid record"; the tool directory is keyed by both pins and stamped with
@@ -16,7 +16,7 @@ use crate::cmd;
 pub(crate) const NIGHTLY: &str = "nightly-2026-10-29";
 /// The bpf-linker release, from crates.io.
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Where the built object lands, relative to the workspace root. netns-agent's
+/// Where the built object lands, relative to the workspace root. netns-datapath's
 /// build script embeds it from here (or from `NETNS_EBPF_OBJECT`).
 pub(crate) const OBJECT: &str = "target/ebpf/netns-ebpf.o";
 

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use super::{Agent, Taken};
 use crate::cni::{Attachment, CniReply, CniRequest, code};
-use crate::settings::PodSettings;
 use crate::source::cni::CniState;
 use crate::source::kubernetes::Verdict;
+use netns_datapath::settings::PodSettings;
 
 /// How long a CNI ADD waits for the API server watch to know its pod.
 const KUBE_WAIT: Duration = Duration::from_secs(3);

@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use super::Agent;
-use crate::datapath::{DataPath, DataPathError};
+use netns_datapath::{DataPath, DataPathError};
 
 /// How often the kernel is asked.
 pub(crate) const EVERY: Duration = Duration::from_secs(1);

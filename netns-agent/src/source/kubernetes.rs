@@ -35,7 +35,7 @@ use tokio::sync::mpsc::Sender;
 
 use self::procscan::{Found, ProcRoot};
 use super::{DescribedPod, PodEvent, PodSource, SourceTask};
-use crate::settings::{PodSettings, annotation};
+use netns_datapath::settings::{PodSettings, annotation};
 
 /// What the source knows of each pod of the node, shared with the agent's
 /// CNI handler: with the `netns-cni` plugin in the chain, ADD asks here

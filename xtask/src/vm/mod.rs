@@ -68,7 +68,7 @@ const PASSED_ON: &[&str] = &["RUST_BACKTRACE", "RUST_LOG"];
 /// Where `./x integration-test` runs the suite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Mode {
-    /// On this machine's kernel (`cargo test -p netns-tests -p netns-agent`; needs root).
+    /// On this machine's kernel (`cargo test -p netns-tests -p netns-datapath -p netns-agent`; needs root).
     Local,
     /// On each kernel of xtask/vm-kernels.txt, booted under QEMU.
     Vm,

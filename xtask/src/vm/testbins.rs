@@ -20,7 +20,7 @@ use super::elf::Elf;
 use crate::cmd;
 
 /// The packages whose tests the guests run.
-pub(crate) const PACKAGES: &[&str] = &["netns-tests", "netns-agent"];
+pub(crate) const PACKAGES: &[&str] = &["netns-tests", "netns-datapath", "netns-agent"];
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 const RUSTFLAGS_VAR: &str = "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS";
 /// Static, and without DWARF: a debug test executable is 5x smaller without it

@@ -6,7 +6,7 @@
 //!
 //! ```
 //! use std::collections::BTreeMap;
-//! use netns_agent::settings::PodSettings;
+//! use netns_datapath::settings::PodSettings;
 //!
 //! let annotations = BTreeMap::from([
 //!     ("sidecar.istio.io/status".to_owned(), "{}".to_owned()),

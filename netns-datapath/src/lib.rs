@@ -1,6 +1,15 @@
-//! The eBPF data path on a cgroup: load the embedded object, pin its maps and
-//! links under a bpffs directory, attach every program to a cgroup v2 directory,
-//! feed the maps, and take it all down again.
+//! The netns eBPF data path's loader, for the node agent, the tests and the
+//! benchmarks alike (no async runtime, no Kubernetes client in it).
+//!
+//! - [`DataPath`]: load the embedded object ([`EBPF_OBJECT`]), pin its maps
+//!   and links under a bpffs directory, attach every program to a cgroup v2
+//!   directory, feed the maps (mesh settings, per-pod entries, per-pod
+//!   settings, inbound capture per namespace), detach and unpin.
+//! - [`cgroup`]: find the cgroup v2 mount, check a path is cgroup v2, and make
+//!   throw-away child cgroups.
+//! - [`bpffs`]: make sure a directory is on a BPF filesystem, mounting one if not.
+//! - [`settings`]: a pod's own settings (its annotations) and what they mean
+//!   for the maps.
 //!
 //! Minimum kernel: 5.10 for the default data path (sock_ops bookkeeping with
 //! socket cookies, netns cookies in connect, getpeername hooks from 5.8). A
@@ -14,7 +23,7 @@
 //! the attachment.
 //!
 //! ```no_run
-//! use netns_agent::datapath::{DataPath, DataPathConfig};
+//! use netns_datapath::{DataPath, DataPathConfig};
 //! use netns_ebpf::MeshSettings;
 //!
 //! let config = DataPathConfig {
@@ -22,7 +31,7 @@
 //!     pin_dir: "/sys/fs/bpf/netns".into(),
 //!     settings: MeshSettings::istio(),
 //! };
-//! let mut datapath = DataPath::attach(netns_agent::EBPF_OBJECT, &config)?;
+//! let mut datapath = DataPath::attach(netns_datapath::EBPF_OBJECT, &config)?;
 //! let pod = netns_core::NetNs::open("/run/netns/pod-a")?;
 //! let cookie = datapath.netns_cookie(&pod)?;
 //! datapath.add_pod(cookie, &["198.18.0.7".parse()?])?;
@@ -30,6 +39,13 @@
 //! datapath.detach()?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+
+#![deny(missing_docs)]
+
+pub mod bpffs;
+pub mod cgroup;
+pub mod settings;
+mod sys;
 
 mod error;
 mod inbound;
@@ -58,7 +74,9 @@ pub use probe::CookieProbe;
 use programs::{Hook, PROGRAMS, ProgramSpec, When};
 pub use repair::Gap;
 
-use crate::{bpffs, cgroup, sys};
+/// The eBPF object built by `cargo xtask build-ebpf`, embedded at compile time;
+/// empty in a build made before the object existed (see [`DataPathError::NoObject`]).
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("NETNS_EBPF_OBJECT"));
 
 /// Where and how to attach the data path.
 #[derive(Debug, Clone)]
@@ -286,10 +304,14 @@ impl DataPath {
     }
 
     /// The first half of [`DataPath::netns_cookie`]: the probe starts on
-    /// `ns` while the caller does other work.
-    pub(crate) fn ask_netns_cookie(&mut self, ns: &netns_core::NetNs) -> Result<(), DataPathError> {
-        self.start_cookie_probe()?;
-        let asked = self.probe.as_mut().expect("started above").ask(ns);
+    /// `ns` while the caller does other work. Every question asked must be
+    /// answered ([`DataPath::netns_cookie_answer`]) before the next.
+    pub fn ask_netns_cookie(&mut self, ns: &netns_core::NetNs) -> Result<(), DataPathError> {
+        let probe = match &mut self.probe {
+            Some(probe) => probe,
+            empty => empty.insert(probe::NetnsProbe::start(&mut self.ebpf, &self.cgroup)?),
+        };
+        let asked = probe.ask(ns);
         if asked.is_err() {
             // A broken helper is replaced at the next question.
             self.probe = None;
@@ -298,10 +320,7 @@ impl DataPath {
     }
 
     /// The second half: the cookie of the `ns` last asked about.
-    pub(crate) fn netns_cookie_answer(
-        &mut self,
-        ns: &netns_core::NetNs,
-    ) -> Result<u64, DataPathError> {
+    pub fn netns_cookie_answer(&mut self, ns: &netns_core::NetNs) -> Result<u64, DataPathError> {
         let probe = self.probe.as_mut().ok_or(DataPathError::Probe {
             op: "answer a question never asked",
             path: ns.path().to_owned(),
@@ -678,7 +697,7 @@ impl DataPath {
             .map_err(|source| DataPathError::Attach {
                 program: spec.name,
                 target: PathBuf::from(names::SIDECAR_SOCKS),
-                source,
+                source: Box::new(source),
             })?;
         let id = program
             .info()
@@ -873,7 +892,7 @@ macro_rules! attach_cgroup {
         let attach_error = |source| DataPathError::Attach {
             program: $spec.name,
             target: cgroup.clone(),
-            source,
+            source: Box::new(source),
         };
         let program: &mut $ty = program(&mut $self.ebpf, $spec)?;
         // Loaded already when a repair attaches it again.
@@ -1055,7 +1074,7 @@ fn map_error(map: &'static str, op: &str, source: aya::maps::MapError) -> DataPa
     DataPathError::Map {
         map,
         op: op.to_owned(),
-        source,
+        source: Box::new(source),
     }
 }
 

@@ -97,9 +97,9 @@ pub enum DataPathError {
         program: &'static str,
         /// The cgroup directory or map it was attached to.
         target: PathBuf,
-        /// The kernel's answer.
+        /// The kernel's answer (boxed: it is most of the error's size).
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
 
     /// Pinning a map or link failed.
@@ -121,9 +121,9 @@ pub enum DataPathError {
         map: &'static str,
         /// What was being done, e.g. "add pod net:[...] to".
         op: String,
-        /// The kernel's answer.
+        /// The kernel's answer (boxed: it is most of the error's size).
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
 
     /// A settings change asks for a mode whose programs were not attached.

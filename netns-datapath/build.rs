@@ -1,7 +1,7 @@
 //! Finds the eBPF object to embed: `NETNS_EBPF_OBJECT`, or the path that
 //! `cargo xtask build-ebpf` writes (target/ebpf/netns-ebpf.o).
 //!
-//! Without one (a fresh clone, `cargo check`, rust-analyzer) the agent embeds
+//! Without one (a fresh clone, `cargo check`, rust-analyzer) the crate embeds
 //! an empty stub and says so: the workspace still checks, lints and documents,
 //! and the binary tells at run time what to run
 //! (`DataPathError::NoObject`). `./x build-ebpf` stays the explicit verb.
@@ -22,7 +22,7 @@ fn main() {
         object
     } else {
         println!(
-            "cargo::warning=no eBPF object at {}: netns-agent embeds an empty stub and cannot \
+            "cargo::warning=no eBPF object at {}: netns-datapath embeds an empty stub and cannot \
              attach the data path; run `./x build-ebpf` for a working agent",
             object.display()
         );

@@ -44,9 +44,9 @@ const CGROUP_PREFIX: &str = "netns-cookie-probe-";
 /// data path has one built in ([`super::DataPath::netns_cookie`]).
 ///
 /// ```no_run
-/// use netns_agent::datapath::CookieProbe;
+/// use netns_datapath::CookieProbe;
 /// // A cgroup of yours (never the cgroup v2 root): the probe's goes under it.
-/// let mut probe = CookieProbe::start(netns_agent::EBPF_OBJECT, "/sys/fs/cgroup/mine".as_ref())?;
+/// let mut probe = CookieProbe::start(netns_datapath::EBPF_OBJECT, "/sys/fs/cgroup/mine".as_ref())?;
 /// let pod = netns_core::NetNs::open("/run/netns/pod-a")?;
 /// println!("cookie {}", probe.cookie(&pod)?);
 /// # Ok::<(), Box<dyn std::error::Error>>(())

@@ -86,7 +86,7 @@ impl DataPath {
         let attach_error = |source| DataPathError::Attach {
             program: PROGRAM,
             target: ns.path().to_owned(),
-            source,
+            source: Box::new(source),
         };
         let link_id = program.attach(ns.as_fd()).map_err(attach_error)?;
         let link = program.take_link(link_id).map_err(attach_error)?;
@@ -98,7 +98,7 @@ impl DataPath {
     }
 
     /// Files `listener` (the agent's descriptor of a sidecar's inbound
-    /// listener that predates the agent, see [`crate::sidecar`]) as pod
+    /// listener that predates the agent, taken from the sidecar) as pod
     /// `netns_cookie`'s inbound listener of `family`, as sock_ops files one
     /// at `listen()`.
     pub fn file_inbound_listener(

@@ -10,7 +10,7 @@
 //! watch resumed from).
 //!
 //! The pod objects come from recorded API responses
-//! (`tests/fixtures/kube/pod-istio.json`): [`pod`] fills in name, UID and
+//! (`netns-agent/tests/fixtures/kube/pod-istio.json`): [`pod`] fills in name, UID and
 //! annotations.
 
 use std::collections::BTreeMap;
