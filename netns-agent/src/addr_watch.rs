@@ -11,10 +11,10 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::time::Duration;
 
 use netns_core::NetNs;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{NetlinkAddr, bind};
 use socket2::{Domain, Protocol, Type};
 
@@ -43,18 +43,24 @@ pub fn subscribe(ns: &NetNs) -> Result<Subscription, netns_core::NsError> {
     Ok(Subscription(fd))
 }
 
-/// The epoll set all subscriptions are registered in, each with a token.
+/// The epoll set all subscriptions are registered in, each with a token,
+/// and an eventfd that [`Watcher::stop`] signals.
 #[derive(Debug)]
 pub struct Watcher {
     epoll: Epoll,
+    stop: EventFd,
 }
+
+/// The token of the stop eventfd (a netns cookie is never `u64::MAX`).
+const STOP: u64 = u64::MAX;
 
 impl Watcher {
     /// A new, empty set.
     pub fn new() -> io::Result<Watcher> {
-        Ok(Watcher {
-            epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
-        })
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        let stop = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+        epoll.add(stop.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, STOP))?;
+        Ok(Watcher { epoll, stop })
     }
 
     /// Watches `sub`, reporting `token` when it has news. Closing the
@@ -65,17 +71,27 @@ impl Watcher {
             .map_err(io::Error::from)
     }
 
-    /// Waits up to `timeout` and returns the tokens of subscriptions that
-    /// have news (each one's queue is drained by [`Subscription::drain`]).
-    pub fn wait(&self, timeout: Duration) -> io::Result<Vec<u64>> {
+    /// Waits for news and returns the tokens of subscriptions that have
+    /// some (each one's queue is drained by [`Subscription::drain`]);
+    /// `None` once [`Watcher::stop`] was called.
+    pub fn wait(&self) -> io::Result<Option<Vec<u64>>> {
         let mut events = [EpollEvent::empty(); 64];
-        let timeout = EpollTimeout::try_from(timeout).unwrap_or(EpollTimeout::NONE);
-        let n = match self.epoll.wait(&mut events, timeout) {
+        let n = match self.epoll.wait(&mut events, EpollTimeout::NONE) {
             Ok(n) => n,
             Err(nix::errno::Errno::EINTR) => 0,
             Err(e) => return Err(e.into()),
         };
-        Ok(events[..n].iter().map(EpollEvent::data).collect())
+        let tokens: Vec<u64> = events[..n].iter().map(EpollEvent::data).collect();
+        if tokens.contains(&STOP) {
+            return Ok(None);
+        }
+        Ok(Some(tokens))
+    }
+
+    /// Ends every [`Watcher::wait`], now and later.
+    pub fn stop(&self) {
+        // Never read back: the eventfd stays readable.
+        let _ = self.stop.write(1);
     }
 }
 

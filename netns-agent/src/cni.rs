@@ -111,6 +111,19 @@ pub enum CniRequest {
     },
 }
 
+impl CniRequest {
+    /// The request's op, as the wire names it.
+    #[must_use]
+    pub fn op(&self) -> &'static str {
+        match self {
+            CniRequest::CniAdd(_) => "cni_add",
+            CniRequest::CniDel(_) => "cni_del",
+            CniRequest::CniCheck(_) => "cni_check",
+            CniRequest::CniGc { .. } => "cni_gc",
+        }
+    }
+}
+
 /// The agent's answer to a [`CniRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CniReply {

@@ -1,27 +1,37 @@
 //! The control socket: a root-only unix socket (mode 0600, peer credentials
-//! checked) that answers one JSON request per line. `netns-agent status`
-//! talks to it, and the `netns-cni` plugin (`cni_*` ops, see [`crate::cni`]).
-//!
-//! ```text
-//! -> {"op":"status"}
-//! <- {"pid":...,"ready":true,...}
-//! -> {"op":"nonsense"}
-//! <- {"error":"unknown op \"nonsense\" (known: status, cni_add, cni_del, cni_check, cni_gc)"}
-//! ```
+//! checked) that answers one request per connection ([`crate::protocol`]).
+//! `netns-agent status` talks to it, and the `netns-cni` plugin (`cni_*`
+//! ops, see [`crate::cni`]). What a request does is the [`Handler`]'s
+//! business; this module only reads, bounds and answers.
 
+use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::cni::{CniReply, CniRequest, code};
-use crate::daemon::Agent;
+use crate::protocol::{Refusal, Request, parse_reply};
 use crate::status::Status;
+
+/// What answers the control socket's requests (the daemon's handles).
+pub trait Handler: Send + Sync + 'static {
+    /// The agent's status, made after the request came (may block: it is
+    /// called on a blocking thread).
+    fn status(&self) -> Status;
+    /// Does a CNI request by `deadline`: not started if its turn comes too
+    /// late, rolled back if an ADD ends too late.
+    fn cni(
+        &self,
+        request: CniRequest,
+        deadline: Instant,
+    ) -> Pin<Box<dyn Future<Output = CniReply> + Send + '_>>;
+}
 
 /// The longest request line accepted, in bytes: a CNI GC lists every
 /// attachment of the node (about 100 bytes each: 10,000 fit).
@@ -38,28 +48,8 @@ pub const MAX_IN_FLIGHT: usize = 256;
 pub const CNI_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest budget a client may ask for.
 pub const MAX_CNI_BUDGET: Duration = Duration::from_secs(300);
-/// How long past its budget a request's work may run before the client is
-/// answered anyway (the work itself checks the deadline and rolls back).
-const BUDGET_GRACE: Duration = Duration::from_secs(5);
 /// How long a client may take to send its request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// A request.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Request {
-    /// What is asked: `status`.
-    pub op: String,
-    /// How long the client waits for a CNI request, in milliseconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub budget_ms: Option<u64>,
-}
-
-/// An answer that is not a status.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Refusal {
-    /// What went wrong.
-    pub error: String,
-}
 
 /// Binds the socket at `path`, replacing a stale one, refusing to steal a
 /// live agent's.
@@ -85,7 +75,7 @@ pub fn listen(path: &Path) -> anyhow::Result<UnixListener> {
 }
 
 /// Answers clients until the listener fails. A bad client never stops it.
-pub async fn serve(listener: UnixListener, agent: Arc<Agent>) -> anyhow::Result<()> {
+pub async fn serve(listener: UnixListener, handler: Arc<dyn Handler>) -> anyhow::Result<()> {
     let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     loop {
         let (mut conn, _) = listener
@@ -101,14 +91,13 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>) -> anyhow::Result<
                     format!("busy: {MAX_IN_FLIGHT} requests in flight"),
                 );
                 let line = serde_json::to_string(&busy).unwrap_or_default();
-                let _ = conn.write_all(line.as_bytes()).await;
-                let _ = conn.write_all(b"\n").await;
+                let _ = conn.write_all(format!("{line}\n").as_bytes()).await;
             });
             continue;
         };
-        let agent = Arc::clone(&agent);
+        let handler = Arc::clone(&handler);
         tokio::spawn(async move {
-            if let Err(e) = answer(conn, agent).await {
+            if let Err(e) = answer(conn, handler).await {
                 tracing::debug!(error = %e, "control client");
             }
             drop(permit);
@@ -116,9 +105,9 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>) -> anyhow::Result<
     }
 }
 
-async fn answer(mut conn: UnixStream, agent: Arc<Agent>) -> std::io::Result<()> {
+async fn answer(mut conn: UnixStream, handler: Arc<dyn Handler>) -> std::io::Result<()> {
     let reply = match conn.peer_cred() {
-        Ok(cred) if cred.uid() == 0 => read_request(&mut conn, agent).await,
+        Ok(cred) if cred.uid() == 0 => read_request(&mut conn, handler).await,
         Ok(cred) => refuse(format!(
             "permission denied: the control socket answers root only (your uid is {})",
             cred.uid()
@@ -137,7 +126,7 @@ async fn answer(mut conn: UnixStream, agent: Arc<Agent>) -> std::io::Result<()> 
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
-async fn read_request(conn: &mut UnixStream, agent: Arc<Agent>) -> String {
+async fn read_request(conn: &mut UnixStream, handler: Arc<dyn Handler>) -> String {
     let mut line = Vec::new();
     let mut reader = BufReader::new(conn.take(MAX_REQUEST as u64 + 1));
     let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await;
@@ -149,44 +138,22 @@ async fn read_request(conn: &mut UnixStream, agent: Arc<Agent>) -> String {
     if line.len() > MAX_REQUEST {
         return refuse(format!("request larger than {MAX_REQUEST} bytes"));
     }
-    match serde_json::from_slice::<Request>(&line) {
-        Err(e) => refuse(format!("malformed request: {e}")),
-        Ok(req) if req.op == "status" => {
-            serde_json::to_string(&agent.status()).unwrap_or_else(|e| refuse(e.to_string()))
+    let encoded =
+        |reply: Result<String, serde_json::Error>| reply.unwrap_or_else(|e| refuse(e.to_string()));
+    match Request::parse(&line) {
+        Err(error) => refuse(error),
+        Ok((Request::Status, _)) => {
+            let status = tokio::task::spawn_blocking(move || handler.status()).await;
+            match status {
+                Ok(status) => encoded(serde_json::to_string(&status)),
+                Err(e) => refuse(format!("status failed: {e}")),
+            }
         }
-        Ok(req) if req.op.starts_with("cni_") => {
-            let reply = match serde_json::from_slice::<CniRequest>(&line) {
-                Err(e) => CniReply::failed(code::DECODE, format!("malformed CNI request: {e}")),
-                Ok(request) => {
-                    let budget = req
-                        .budget_ms
-                        .map_or(CNI_TIMEOUT, Duration::from_millis)
-                        .min(MAX_CNI_BUDGET);
-                    do_cni(agent, request, budget).await
-                }
-            };
-            serde_json::to_string(&reply).unwrap_or_else(|e| refuse(e.to_string()))
+        Ok((Request::Cni(request), budget)) => {
+            let budget = budget.unwrap_or(CNI_TIMEOUT).min(MAX_CNI_BUDGET);
+            let reply = handler.cni(request, Instant::now() + budget).await;
+            encoded(serde_json::to_string(&reply))
         }
-        Ok(req) => refuse(format!(
-            "unknown op {:?} (known: status, cni_add, cni_del, cni_check, cni_gc)",
-            req.op
-        )),
-    }
-}
-
-/// Runs a CNI request on a blocking thread (pod work enters namespaces and
-/// waits for the pod worker's turn) within `budget`: the work is dropped if
-/// its turn comes too late and rolled back if it ends too late.
-async fn do_cni(agent: Arc<Agent>, request: CniRequest, budget: Duration) -> CniReply {
-    let deadline = std::time::Instant::now() + budget;
-    let work = tokio::task::spawn_blocking(move || agent.cni(request, deadline));
-    match tokio::time::timeout(budget + BUDGET_GRACE, work).await {
-        Ok(Ok(reply)) => reply,
-        Ok(Err(e)) => CniReply::failed(code::TRY_AGAIN_LATER, format!("the request failed: {e}")),
-        Err(_) => CniReply::failed(
-            code::TRY_AGAIN_LATER,
-            format!("the agent took longer than {budget:?}"),
-        ),
     }
 }
 
@@ -205,7 +172,7 @@ pub async fn ask_status(path: &Path) -> anyhow::Result<Status> {
     // An agent that refuses (busy, not root) answers without reading the
     // request and closes: the write may fail while its answer waits to be
     // read, so the answer is read either way.
-    let sent = conn.write_all(b"{\"op\":\"status\"}\n").await;
+    let sent = conn.write_all(&Request::Status.to_line(None)).await;
     let mut reply = String::new();
     let read = BufReader::new(conn).read_line(&mut reply).await;
     if reply.is_empty() {
@@ -213,9 +180,5 @@ pub async fn ask_status(path: &Path) -> anyhow::Result<Status> {
         read.context("read the agent's answer")?;
         anyhow::bail!("the agent closed the connection without answering");
     }
-    if let Ok(refusal) = serde_json::from_str::<Refusal>(&reply) {
-        anyhow::bail!("the agent refused: {}", refusal.error);
-    }
-    serde_json::from_str(&reply)
-        .with_context(|| format!("unreadable status from the agent: {reply}"))
+    Ok(parse_reply(&reply)?)
 }

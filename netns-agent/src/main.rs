@@ -1,14 +1,16 @@
 //! netns-agent: the node agent. `run` is the long-running agent; `status`
 //! asks it (or reads the pins), `cleanup` removes what a run left pinned, and
 //! `demo` shows the data path end to end on a throw-away pod. This file only
-//! parses flags and wires the library's stages (`netns_agent::daemon`).
+//! parses flags (`cli`) and runs the commands (`cmd/`) on the library's
+//! stages (`netns_agent::daemon`).
 
 // Doc comments here are clap's --help text, where backticks would show literally.
 #![allow(clippy::doc_markdown)]
 
+mod cli;
+mod cmd;
 mod demo;
 mod demo_pod;
-mod flags;
 
 use clap::{Parser, Subcommand};
 
@@ -38,22 +40,22 @@ enum Command {
     /// is detached and unpinned, unless --keep-state.
     ///
     /// Example: netns-agent run --netns-dir /run/netns --exclude-port 22
-    Run(Box<flags::RunArgs>),
+    Run(Box<cli::RunArgs>),
     /// Show the running agent's view (programs, pods, maps, counters), asked
     /// over its control socket; with no agent running, list what is pinned.
     ///
     /// Example: netns-agent status --json
-    Status(flags::StatusArgs),
+    Status(cli::StatusArgs),
     /// Detach and unpin everything a previous run left under --bpffs, from the
     /// pins alone. Safe to repeat; says what it removed.
     ///
     /// Example: netns-agent cleanup --bpffs /run/netns-agent/bpf
-    Cleanup(flags::CleanupArgs),
+    Cleanup(cli::CleanupArgs),
     /// Run a command inside a pod, captured: join the agent's cgroup, enter
     /// the pod's network namespace, exec the command.
     ///
     /// Example: netns-agent exec pod-a -- curl http://198.18.0.10/
-    Exec(flags::ExecArgs),
+    Exec(cli::ExecArgs),
     /// The demo pod's processes (started by `run --demo-pod`).
     #[command(hide = true)]
     DemoPod {
@@ -102,10 +104,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     }
     match &cli.command {
         Command::Demo { requests } => demo::run(*requests),
-        Command::Run(args) => flags::run(args),
-        Command::Status(args) => flags::status(args),
-        Command::Cleanup(args) => flags::cleanup(args),
-        Command::Exec(args) => flags::exec(args),
+        Command::Run(args) => cmd::run::run(args),
+        Command::Status(args) => cmd::status::status(args),
+        Command::Cleanup(args) => cmd::cleanup::cleanup(args),
+        Command::Exec(args) => cmd::exec::exec(args),
         Command::DemoPod { netns, cgroup } => demo_pod::run_pod(netns, cgroup),
     }
 }

@@ -3,7 +3,7 @@
 //! predates the agent, and `TCP_SAVE_SYN` on it.
 //!
 //! One of the agent's two places of unsafe code (each block says why it is
-//! sound in its `SAFETY:` comment); the other is `flags.rs`
+//! sound in its `SAFETY:` comment); the other is `cmd/run.rs`
 //! (`reserve_fd_table`). The data path's own raw calls live in
 //! netns-datapath.
 

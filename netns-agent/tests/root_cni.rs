@@ -440,3 +440,39 @@ fn root_cni_sigterm_under_a_cni_flood_always_stops_cleanly() {
         "an exit took {slowest:?}: a signal was missed or shutdown waited on pod work"
     );
 }
+
+/// An ADD whose time runs out in the agent leaves nothing meshed: with a
+/// 1 ms budget the agent either finds the deadline past when the request's
+/// turn comes (not started) or finishes after it (rolled back); either way
+/// the runtime is told to try again (11), and once a later request of the
+/// same queue is answered the kernel's maps hold nothing of the pod and no
+/// attachment is on record. A normal ADD of the same pod then works.
+#[test]
+fn root_cni_add_past_its_deadline_leaves_nothing_meshed() {
+    let _alone = serial();
+    let mut chain = Chain::new(AGENT, PLUGIN, "deadline");
+    chain.start_agent();
+    let pod = chain.pod("pod-1");
+    let netns = pod.path().to_str().unwrap().to_owned();
+    let (prev, _) = chain.add_before_mesh("c1", &pod);
+    let mut hurried = chain.plugin_config(Some(&prev));
+    hurried["timeoutMs"] = json!(1);
+    for attempt in 0..5 {
+        let add = chain.plugin("ADD", "c1", &netns, &hurried);
+        assert_error(&add, 11, &format!("ADD {attempt} with a 1 ms budget"));
+        // The queue is one line: when CHECK is answered, the ADD is done.
+        let check = chain.plugin("CHECK", "c1", &netns, &chain.plugin_config(Some(&prev)));
+        assert_error(&check, 101, "CHECK after the late ADD: nothing recorded");
+        assert_eq!(meshed(&chain), Vec::<u64>::new(), "attempt {attempt}");
+        assert_eq!(local_pods(&chain), Vec::new(), "attempt {attempt}");
+    }
+    let logs = chain.logs();
+    let (skipped, rolled_back) = (
+        logs.matches("waited for its turn").count(),
+        logs.matches("rolled back").count(),
+    );
+    println!("late ADDs: {skipped} not started, {rolled_back} rolled back");
+    let add = chain.plugin("ADD", "c1", &netns, &chain.plugin_config(Some(&prev)));
+    assert_ok(&add, "ADD in time");
+    assert_eq!(meshed(&chain), [chain.cookie(&pod)]);
+}

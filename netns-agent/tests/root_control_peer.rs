@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use netns_agent::control::Refusal;
+use netns_agent::protocol::Refusal;
 use netns_agent::status::Status;
 use netns_datapath::cgroup::ChildCgroup;
 use netns_tests::agent::{Private, Running, private, run_command};

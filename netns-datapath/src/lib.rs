@@ -53,6 +53,7 @@ mod pod_settings;
 mod probe;
 mod programs;
 mod repair;
+mod view;
 
 use std::fs::File;
 use std::net::IpAddr;
@@ -60,12 +61,12 @@ use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 
 use aya::Ebpf;
-use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, SockHash, lpm_trie::Key};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, SockHash, lpm_trie::Key};
 use aya::programs::links::FdLink;
 use aya::programs::{
     CgroupAttachMode, CgroupSock, CgroupSockAddr, CgroupSockopt, SkLookup, SkMsg, SockOps,
 };
-use netns_ebpf::{LocalPod, MeshSettings, PodFlags, SockPair, counter, names};
+use netns_ebpf::{LocalPod, MeshSettings, PodFlags, SockPair, names};
 
 pub use error::DataPathError;
 pub use inbound::{InboundCapture, attached_inbound_ids};
@@ -73,6 +74,7 @@ pub use pod_settings::{PodEntries, flags as pod_flags};
 pub use probe::CookieProbe;
 use programs::{Hook, PROGRAMS, ProgramSpec, When};
 pub use repair::Gap;
+pub use view::{DataPathView, MapFill};
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at compile time;
 /// empty in a build made before the object existed (see [`DataPathError::NoObject`]).
@@ -333,6 +335,12 @@ impl DataPath {
         answer
     }
 
+    /// Read-only handles on this data path's maps, for reports that must
+    /// not wait for the owner of the data path (see [`DataPathView`]).
+    pub fn view(&self) -> Result<DataPathView, DataPathError> {
+        DataPathView::of(self)
+    }
+
     /// The programs attached, with their kernel ids.
     #[must_use]
     pub fn programs(&self) -> &[AttachedProgram] {
@@ -405,36 +413,6 @@ impl DataPath {
             .map_err(|e| map_error(names::MESHED_NETNS, &op, e))
     }
 
-    /// What of [`DataPath::add_pod`]`(netns_cookie, addrs)` is not in the
-    /// maps, read from the kernel, one line each (empty: all there).
-    pub fn missing_pod_entries(
-        &mut self,
-        netns_cookie: u64,
-        addrs: &[IpAddr],
-    ) -> Result<Vec<String>, DataPathError> {
-        let mut missing = Vec::new();
-        let meshed: HashMap<_, u64, PodFlags> = self.hash(names::MESHED_NETNS)?;
-        if meshed.get(&netns_cookie, 0).is_err() {
-            missing.push(format!("{} entry", names::MESHED_NETNS));
-        }
-        for addr in addrs {
-            let owner = match addr {
-                IpAddr::V4(v4) => {
-                    let map: HashMap<_, u32, LocalPod> = self.hash(names::LOCAL_POD_IPS4)?;
-                    map.get(&u32::from_ne_bytes(v4.octets()), 0).ok()
-                }
-                IpAddr::V6(v6) => {
-                    let map: HashMap<_, [u32; 4], LocalPod> = self.hash(names::LOCAL_POD_IPS6)?;
-                    map.get(&ip6_words(v6.octets()), 0).ok()
-                }
-            };
-            if owner.is_none_or(|p| p.netns_cookie != netns_cookie) {
-                missing.push(format!("address {addr}"));
-            }
-        }
-        Ok(missing)
-    }
-
     /// Notes that pod `netns_cookie`'s sidecar exists (found listening by
     /// the agent; the programs note the ones that bind later): from now on
     /// its absence refuses connections instead of letting them around it
@@ -448,13 +426,6 @@ impl DataPath {
                 e,
             )
         })
-    }
-
-    /// Whether pod `netns_cookie`'s sidecar has been seen (see
-    /// [`DataPath::note_sidecar_seen`]), as the kernel's map says.
-    pub fn sidecar_seen(&mut self, netns_cookie: u64) -> Result<bool, DataPathError> {
-        let seen: HashMap<_, u64, u8> = self.hash(names::SIDECAR_SEEN)?;
-        Ok(seen.get(&netns_cookie, 0).is_ok())
     }
 
     /// Takes a pod out of the mesh: exactly what [`DataPath::add_pod`] wrote,
@@ -558,36 +529,6 @@ impl DataPath {
         Ok(())
     }
 
-    /// (map, entries, capacity) of the maps that grow with pods and
-    /// connections, read from the kernel. A map that cannot be read is left out.
-    #[must_use]
-    pub fn map_fill(&self) -> Vec<(&'static str, u64, u64)> {
-        fn fill<K: aya::Pod, V: aya::Pod>(
-            datapath: &DataPath,
-            name: &'static str,
-        ) -> Option<(&'static str, u64, u64)> {
-            let map = datapath.map(name).ok()?;
-            let capacity = match map {
-                aya::maps::Map::HashMap(d) | aya::maps::Map::LruHashMap(d) => {
-                    u64::from(d.info().ok()?.max_entries())
-                }
-                _ => return None,
-            };
-            let hash: HashMap<&MapData, K, V> = HashMap::try_from(map).ok()?;
-            let entries = hash.keys().flatten().count() as u64;
-            Some((name, entries, capacity))
-        }
-        [
-            fill::<u64, PodFlags>(self, names::MESHED_NETNS),
-            fill::<u32, LocalPod>(self, names::LOCAL_POD_IPS4),
-            fill::<[u32; 4], LocalPod>(self, names::LOCAL_POD_IPS6),
-            fill::<u64, netns_ebpf::OriginalDst>(self, names::COOKIE_ORIG_DST),
-        ]
-        .into_iter()
-        .flatten()
-        .collect()
-    }
-
     /// Never redirects connections to this destination port.
     pub fn exclude_port(&mut self, port: u16) -> Result<(), DataPathError> {
         let mut map: HashMap<_, u16, u8> = self.hash(names::EXCLUDED_PORTS)?;
@@ -617,18 +558,10 @@ impl DataPath {
     }
 
     /// The counters of [`netns_ebpf::counter`], summed over CPUs.
-    pub fn counters(&self) -> Result<[u64; counter::COUNT as usize], DataPathError> {
-        let map = self.map(names::COUNTERS)?;
-        let array: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).map_err(|e| map_error(names::COUNTERS, "open", e))?;
-        let mut totals = [0; counter::COUNT as usize];
-        for (index, total) in (0..counter::COUNT).zip(totals.iter_mut()) {
-            let values = array
-                .get(&index, 0)
-                .map_err(|e| map_error(names::COUNTERS, "read", e))?;
-            *total = values.iter().sum();
-        }
-        Ok(totals)
+    pub fn counters(&self) -> Result<[u64; netns_ebpf::counter::COUNT as usize], DataPathError> {
+        let array = aya::maps::PerCpuArray::try_from(self.map(names::COUNTERS)?)
+            .map_err(|e| map_error(names::COUNTERS, "open", e))?;
+        view::sum_counters(&array)
     }
 
     /// Detaches every program and removes every pin, and the pin directory.

@@ -7,8 +7,17 @@
 //! add+delete churns, and what is left behind (descriptors, threads, map
 //! entries).
 //!
+//! Then reports under load: 50,000 entries are written into the connection
+//! map (what 50,000 open captured connections leave there) and 200 more
+//! pods appear in blocks of 25, alternately while `/metrics` is scraped
+//! every second and while it is not; a report must cost the pod worker
+//! nothing (the agent makes it from the kernel's maps without the data
+//! path's lock).
+//!
 //! Prints `pod_ready_p50_ms`, `pod_ready_p99_ms`, `rss_mib_1000_pods`,
-//! `leaked_fds`, `leaked_threads`, `leaked_map_entries`; `./x bench-agent`
+//! `scrape_ms_50k_connections`, `pod_ready_p99_ms_quiet`,
+//! `pod_ready_p99_ms_scraped`, `leaked_fds`, `leaked_threads`,
+//! `leaked_map_entries`; `./x bench-agent`
 //! then runs the restart proof (`netns-agent/tests/root_agent_restart.rs`),
 //! which prints `restart_failed_connections`. Environment: `NETNS_BENCH_AGENT` (the agent
 //! binary; `./x bench-agent` builds it), `NETNS_BENCH_PODS` (default 1000).
@@ -22,8 +31,8 @@ use aya::maps::{HashMap, Map, MapData};
 use netns_core::NetNs;
 use netns_datapath::CookieProbe;
 use netns_datapath::cgroup::{ChildCgroup, cgroup2_mount};
-use netns_ebpf::{PodFlags, names};
-use netns_tests::agent::run_command;
+use netns_ebpf::{OriginalDst, PodFlags, names};
+use netns_tests::agent::{run_command, unused_port};
 use netns_tests::bench::env_u32;
 
 fn percentile(sorted: &[f64], per_mille: usize) -> f64 {
@@ -165,15 +174,132 @@ fn churn(pods: u32, netns_dir: &Path, map: &Map, probe: &mut CookieProbe) {
     }
 }
 
-fn start_agent(bin: &str, dir: &Path, cgroup: &Path) -> AgentProcess {
-    let any_port = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+fn start_agent(bin: &str, dir: &Path, cgroup: &Path, metrics: SocketAddr) -> AgentProcess {
     AgentProcess(
-        run_command(bin, dir, cgroup, any_port)
+        run_command(bin, dir, cgroup, metrics)
             .args(["--log-level", "warn"])
             .stdout(Stdio::null())
             .spawn()
             .expect("start the agent"),
     )
+}
+
+/// `GET /metrics`, its time.
+fn scrape(metrics: SocketAddr) -> Duration {
+    use std::io::{Read as _, Write as _};
+    let started = Instant::now();
+    let mut conn = std::net::TcpStream::connect(metrics).expect("connect to /metrics");
+    write!(
+        conn,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    conn.read_to_string(&mut body).unwrap();
+    assert!(body.contains("netns_agent_map_entries"), "{body}");
+    started.elapsed()
+}
+
+/// Phase 1b: reports with 50,000 connections' entries in the connection
+/// map, their cost to the pod worker measured as pod-ready times in blocks
+/// with and without a scrape every second (interleaved, so drift of the
+/// machine falls on both).
+fn reports_under_load(
+    dir: &Path,
+    netns_dir: &Path,
+    map: &Map,
+    probe: &mut CookieProbe,
+    metrics: SocketAddr,
+) {
+    const CONNECTIONS: u64 = 50_000;
+    const BLOCK: u32 = 25;
+    const BLOCKS: u32 = 8;
+    let pin = dir.join("bpf/maps").join(names::COOKIE_ORIG_DST);
+    let mut orig: HashMap<MapData, u64, OriginalDst> =
+        HashMap::try_from(Map::LruHashMap(MapData::from_pin(&pin).unwrap())).unwrap();
+    let entry = OriginalDst {
+        addr: [u32::from_ne_bytes([198, 18, 0, 1]), 0, 0, 0],
+        port: 80,
+        family: 2,
+    };
+    // Cookies far above any real socket's: no connection of the machine
+    // ever looks them up.
+    for i in 0..CONNECTIONS {
+        orig.insert(&((1 << 62) + i), &entry, 0).unwrap();
+    }
+    let scrape_ms: Vec<f64> = (0..5)
+        .map(|_| scrape(metrics).as_secs_f64() * 1e3)
+        .collect();
+    println!(
+        "scrape_ms_50k_connections: {:.1} (5 scrapes: {:?})",
+        scrape_ms.iter().sum::<f64>() / 5.0,
+        scrape_ms.iter().map(|m| m.round()).collect::<Vec<_>>()
+    );
+    let (mut quiet, mut scraped) = (Vec::new(), Vec::new());
+    for block in 0..BLOCKS {
+        let scraping = block % 2 == 1;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let background = scraping.then(|| {
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let took = scrape(metrics);
+                    std::thread::sleep(Duration::from_secs(1).saturating_sub(took));
+                }
+            })
+        });
+        let pods: Vec<(NetNs, u64)> = (0..BLOCK)
+            .map(|i| {
+                let ns = configured_pod(Ipv4Addr::new(198, 18, 98, u8::try_from(i + 1).unwrap()));
+                let cookie = probe.cookie(&ns).unwrap();
+                (ns, cookie)
+            })
+            .collect();
+        let mut paths = Vec::new();
+        for (i, (ns, cookie)) in pods.iter().enumerate() {
+            let path = netns_dir.join(format!("load-{block}-{i}"));
+            let started = Instant::now();
+            publish(ns, &path);
+            wait_until(|| meshed(map).get(cookie, 0).is_ok());
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            if scraping {
+                scraped.push(ms);
+            } else {
+                quiet.push(ms);
+            }
+            paths.push(path);
+            // Spread over the scrapes: about four seconds per block.
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(background) = background {
+            background.join().unwrap();
+        }
+        for path in &paths {
+            unpublish(path);
+        }
+        for (_, cookie) in &pods {
+            wait_until(|| meshed(map).get(cookie, 0).is_err());
+        }
+    }
+    for v in [&mut quiet, &mut scraped] {
+        v.sort_by(f64::total_cmp);
+    }
+    println!(
+        "pod_ready_p50_ms_quiet: {:.3} pod_ready_p50_ms_scraped: {:.3}",
+        percentile(&quiet, 500),
+        percentile(&scraped, 500)
+    );
+    println!(
+        "pod_ready_p99_ms_quiet: {:.3} pod_ready_p99_ms_scraped: {:.3} (max {:.3} / {:.3})",
+        percentile(&quiet, 990),
+        percentile(&scraped, 990),
+        quiet[quiet.len() - 1],
+        scraped[scraped.len() - 1]
+    );
+    for i in 0..CONNECTIONS {
+        let _ = orig.remove(&((1 << 62) + i));
+    }
 }
 
 fn main() {
@@ -194,7 +320,8 @@ fn main() {
     .unwrap();
     // The benchmark's own view of each pod's cookie (dropped before the cgroup).
     let mut probe = CookieProbe::start(netns_datapath::EBPF_OBJECT, cgroup.path()).unwrap();
-    let mut agent = start_agent(&agent_bin, &dir, cgroup.path());
+    let metrics = SocketAddr::from((Ipv4Addr::LOCALHOST, unused_port()));
+    let mut agent = start_agent(&agent_bin, &dir, cgroup.path(), metrics);
     let pid = agent.0.id();
     let pin = dir.join("bpf/maps").join(names::MESHED_NETNS);
     wait_until(|| pin.exists());
@@ -211,6 +338,7 @@ fn main() {
         "rss_mib_{pods}_pods: {:.1}",
         f64::from(u32::try_from(rss_kib(pid)).unwrap_or(u32::MAX)) / 1024.0
     );
+    reports_under_load(&dir, &netns_dir, &map, &mut probe, metrics);
     for (_, path) in &live {
         unpublish(path);
     }

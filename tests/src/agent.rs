@@ -66,14 +66,38 @@ pub fn private(tag: &str) -> Private {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("netns")).unwrap();
     let cgroup = ChildCgroup::create(&cgroup2_mount().unwrap(), &name).unwrap();
-    let metrics = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let metrics = SocketAddr::from((Ipv4Addr::LOCALHOST, unused_port()));
     Private {
         dir,
         cgroup,
         metrics,
+    }
+}
+
+/// A loopback port for an agent's HTTP listener that nobody holds now and
+/// nobody is handed meanwhile. A port the kernel picks for `bind(0)` comes
+/// from the ephemeral range, where any outgoing connection of the machine
+/// may take it before the agent binds it; this one is below that range
+/// (`ip_local_port_range`), so only an explicit bind could take it, and
+/// each call of this process gets another (a counter, offset by the PID so
+/// that test processes running side by side do not start at the same one).
+#[must_use]
+pub fn unused_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768);
+    let (low, span) = (10_000, ephemeral_low.saturating_sub(10_000).max(1_000));
+    let start = std::process::id().wrapping_mul(97);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < 100_000, "no unused port below {ephemeral_low}");
+        let port = u16::try_from(low + start.wrapping_add(n) % span).unwrap();
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
     }
 }
 

@@ -342,15 +342,23 @@ impl Chain {
         pod: &NetNs,
         between: impl FnOnce(),
     ) -> (Value, Run, Duration) {
+        let (prev, before) = self.add_before_mesh(container, pod);
+        between();
+        let netns = pod.path().to_str().unwrap();
+        let run = self.plugin("ADD", container, netns, &self.plugin_config(Some(&prev)));
+        let chain = before + run.elapsed;
+        (prev, run, chain)
+    }
+
+    /// The chain's ADD up to netns-cni (loopback, then bridge): bridge's
+    /// result, and the time they took.
+    #[must_use]
+    pub fn add_before_mesh(&self, container: &str, pod: &NetNs) -> (Value, Duration) {
         let netns = pod.path().to_str().unwrap();
         let lo = json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
         let lo = self.reference("loopback", "ADD", container, netns, &lo);
         let bridge = self.reference("bridge", "ADD", container, netns, &self.bridge_config(None));
-        between();
-        let prev = bridge.out;
-        let run = self.plugin("ADD", container, netns, &self.plugin_config(Some(&prev)));
-        let chain = lo.elapsed + bridge.elapsed + run.elapsed;
-        (prev, run, chain)
+        (bridge.out, lo.elapsed + bridge.elapsed)
     }
 
     /// The chain's DEL, in reverse order (netns-cni first); `netns` may be

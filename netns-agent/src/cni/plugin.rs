@@ -27,6 +27,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Attachment, CniReply, CniRequest, code};
+use crate::protocol::{ReplyError, Request, parse_reply};
 
 /// The spec versions the plugin speaks.
 pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
@@ -427,17 +428,16 @@ fn gc(conf: &NetConf, agent: &Agent) -> Result<(), CniError> {
 }
 
 fn status(agent: &Agent) -> Result<(), CniError> {
-    let line = agent.exchange(b"{\"op\":\"status\"}").map_err(|e| {
-        CniError::new(
-            code::NOT_AVAILABLE,
-            "the netns agent is not available",
-            e.details,
-        )
-    })?;
-    let ready = serde_json::from_str::<Value>(&line)
-        .ok()
-        .and_then(|v| v.get("ready")?.as_bool())
-        .unwrap_or(false);
+    let line = agent
+        .exchange(&Request::Status.to_line(None))
+        .map_err(|e| {
+            CniError::new(
+                code::NOT_AVAILABLE,
+                "the netns agent is not available",
+                e.details,
+            )
+        })?;
+    let ready = parse_reply::<crate::status::Status>(&line).is_ok_and(|s| s.ready);
     if ready {
         Ok(())
     } else {
@@ -465,42 +465,30 @@ struct Agent {
 
 impl Agent {
     fn ask(&self, request: &CniRequest) -> Result<CniReply, CniError> {
-        let encode = |e: serde_json::Error| {
-            CniError::new(code::IO, "cannot encode the request", e.to_string())
-        };
-        let mut body = serde_json::to_value(request).map_err(encode)?;
         // The agent must answer before we stop waiting: it gets our time less
         // a margin for the exchange itself, and never starts work it cannot
         // finish in it.
         let margin = (self.timeout / 10).min(Duration::from_millis(500));
-        let budget =
-            u64::try_from(self.timeout.saturating_sub(margin).as_millis()).unwrap_or(u64::MAX);
-        body["budget_ms"] = budget.into();
-        let body = serde_json::to_vec(&body).map_err(encode)?;
-        let line = self.exchange(&body)?;
-        // Refused as a request (too large, malformed): `{"error": ...}`
-        // without `ok`. Trying again would not help.
-        if let Ok(Value::Object(answer)) = serde_json::from_str::<Value>(&line)
-            && !answer.contains_key("ok")
-            && let Some(error) = answer.get("error").and_then(Value::as_str)
-        {
-            return Err(CniError::new(
+        let budget = self.timeout.saturating_sub(margin);
+        let line = self.exchange(&Request::Cni(request.clone()).to_line(Some(budget)))?;
+        parse_reply(&line).map_err(|e| match e {
+            // Refused as a request (too large, malformed): trying again
+            // would not help.
+            ReplyError::Refused(error) => CniError::new(
                 code::INVALID_CONFIG,
                 "the netns agent refused the request",
                 error,
-            ));
-        }
-        serde_json::from_str(&line).map_err(|e| {
-            CniError::new(
+            ),
+            ReplyError::Unreadable(what) => CniError::new(
                 code::TRY_AGAIN_LATER,
                 "unreadable answer from the netns agent",
-                format!("{e}: {line}"),
-            )
+                what,
+            ),
         })
     }
 
     /// Sends one line, reads one line back.
-    fn exchange(&self, body: &[u8]) -> Result<String, CniError> {
+    fn exchange(&self, line: &[u8]) -> Result<String, CniError> {
         let unreachable = |e: std::io::Error| {
             let msg = if matches!(
                 e.kind(),
@@ -521,8 +509,7 @@ impl Agent {
             .map_err(unreachable)?;
         conn.set_write_timeout(Some(self.timeout))
             .map_err(unreachable)?;
-        conn.write_all(body).map_err(unreachable)?;
-        conn.write_all(b"\n").map_err(unreachable)?;
+        conn.write_all(line).map_err(unreachable)?;
         let mut line = String::new();
         BufReader::new(conn)
             .read_line(&mut line)

@@ -1,104 +1,22 @@
 //! CNI requests (from the `netns-cni` plugin, through the control socket):
-//! the same per-pod work as the other sources, done while the plugin waits,
-//! with the attachment recorded so that DEL finds it after a restart.
+//! the same per-pod work as the other sources, done by the pod worker in
+//! its turn while the plugin waits, with the attachment recorded so that
+//! DEL finds it after a restart.
 
 use std::time::{Duration, Instant};
 
-use super::{Agent, Taken};
-use crate::cni::{Attachment, CniReply, CniRequest, code};
+use super::pods::{PodTable, Taken};
+use crate::cni::{Attachment, CniReply, code};
 use crate::source::cni::CniState;
-use crate::source::kubernetes::Verdict;
+use crate::source::kubernetes::{Directory, Verdict};
 use netns_datapath::settings::PodSettings;
 
 /// How long a CNI ADD waits for the API server watch to know its pod.
 const KUBE_WAIT: Duration = Duration::from_secs(3);
 
-impl Agent {
-    /// Does one CNI request by `deadline` and says how it went: a request
-    /// whose turn comes after it is not started, an ADD that ends after it is
-    /// rolled back (its client has been told to try again).
-    pub(crate) fn cni(&self, request: CniRequest, deadline: Instant) -> CniReply {
-        let Some(state) = &self.config.cni_state else {
-            return CniReply::failed(
-                code::INVALID_CONFIG,
-                format!(
-                    "this agent takes its pods from --pod-source {}: run it with --pod-source cni or kubernetes",
-                    self.source
-                ),
-            );
-        };
-        // Asked before taking a turn: waiting for the watch must not hold
-        // up the pod worker.
-        let described = match &request {
-            CniRequest::CniAdd(pod) => match self.kube_verdict(pod) {
-                Ok(described) => described,
-                Err(reply) => return reply,
-            },
-            _ => None,
-        };
-        let _turn = Self::lock(&self.pod_work);
-        if Instant::now() >= deadline {
-            return CniReply::failed(
-                code::TRY_AGAIN_LATER,
-                "the request's time ran out while it waited for its turn: nothing was done",
-            );
-        }
-        match request {
-            CniRequest::CniAdd(pod) => {
-                let reply = self.cni_add(state, &pod, described.as_ref());
-                if reply.ok && Instant::now() > deadline {
-                    self.cni_del(state, &pod);
-                    return CniReply::failed(
-                        code::TRY_AGAIN_LATER,
-                        "the pod was meshed after the request's time ran out: rolled back",
-                    );
-                }
-                reply
-            }
-            CniRequest::CniDel(pod) => self.cni_del(state, &pod),
-            CniRequest::CniCheck(pod) => self.cni_check(state, &pod),
-            CniRequest::CniGc { valid } => self.cni_gc(state, &valid),
-        }
-    }
-
-    /// With the Kubernetes pod source: the pod's name and settings when the
-    /// API server says it has a sidecar; the reply to give at once when it
-    /// does not (left alone), or when the watch has not seen it within
-    /// [`KUBE_WAIT`] (try again later). Without: `None` (node settings).
-    fn kube_verdict(&self, pod: &Attachment) -> Result<Option<(String, PodSettings)>, CniReply> {
-        let Some(directory) = &self.config.kube_directory else {
-            return Ok(None);
-        };
-        let (Some(namespace), Some(name)) = (&pod.pod_namespace, &pod.pod_name) else {
-            tracing::info!(container = %pod.container_id, "CNI ADD without K8S_POD_NAMESPACE/K8S_POD_NAME: left alone");
-            return Err(CniReply::done());
-        };
-        let name = format!("{namespace}/{name}");
-        let deadline = Instant::now() + KUBE_WAIT;
-        loop {
-            match directory.verdict(&name) {
-                Verdict::Mesh(settings) => return Ok(Some((name, settings))),
-                Verdict::Leave => {
-                    tracing::info!(pod = %name, container = %pod.container_id, "CNI ADD: no sidecar, left alone");
-                    return Err(CniReply::done());
-                }
-                Verdict::Unknown if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Verdict::Unknown => {
-                    return Err(CniReply::failed(
-                        code::TRY_AGAIN_LATER,
-                        format!(
-                            "pod {name} is not known to this agent's API server watch yet (waited {KUBE_WAIT:?})"
-                        ),
-                    ));
-                }
-            }
-        }
-    }
-
-    fn cni_add(
-        &self,
+impl PodTable {
+    pub(crate) fn cni_add(
+        &mut self,
         state: &CniState,
         pod: &Attachment,
         described: Option<&(String, PodSettings)>,
@@ -150,7 +68,7 @@ impl Agent {
     /// Removes exactly this attachment (every one of the container without an
     /// interface name); the pod leaves the mesh with its container's last
     /// attachment. An unknown attachment: done, nothing touched.
-    fn cni_del(&self, state: &CniState, pod: &Attachment) -> CniReply {
+    pub(crate) fn cni_del(&mut self, state: &CniState, pod: &Attachment) -> CniReply {
         if Attachment::check_container_id(&pod.container_id).is_err() {
             // Nothing can have been recorded under it.
             return CniReply::done();
@@ -187,14 +105,14 @@ impl Agent {
             directory.forget_cni(&format!("{namespace}/{name}"));
         }
         let netns = first.netns.clone();
-        if Self::lock(&self.pods).contains_key(&netns) {
+        if self.pods.contains_key(&netns) {
             self.gone(&netns);
         }
         tracing::info!(container = %pod.container_id, netns = %netns.display(), "CNI DEL: pod removed");
         CniReply::done()
     }
 
-    fn cni_check(&self, state: &CniState, pod: &Attachment) -> CniReply {
+    pub(crate) fn cni_check(&mut self, state: &CniState, pod: &Attachment) -> CniReply {
         let recorded = match state.find(&pod.container_id, &pod.ifname) {
             Ok(found) => match found.into_iter().next() {
                 Some(recorded) => recorded,
@@ -210,9 +128,7 @@ impl Agent {
             },
             Err(e) => return CniReply::failed(code::INVALID_ENV, format!("{e:#}")),
         };
-        let facts = Self::lock(&self.pods)
-            .get(&recorded.netns)
-            .map(|p| p.facts.clone());
+        let facts = self.pods.get(&recorded.netns).map(|p| p.facts.clone());
         let Some(facts) = facts else {
             return CniReply::failed(
                 code::NOT_MESHED,
@@ -226,9 +142,11 @@ impl Agent {
         wanted.extend(&pod.addrs);
         wanted.sort_unstable();
         wanted.dedup();
-        match self.with_datapath(|dp| dp.missing_pod_entries(facts.cookie, &wanted)) {
-            Ok(missing) if missing.is_empty() => CniReply::done(),
-            Ok(missing) => CniReply::failed(
+        let missing = self.view.missing_pod_entries(facts.cookie, &wanted);
+        if missing.is_empty() {
+            CniReply::done()
+        } else {
+            CniReply::failed(
                 code::NOT_MESHED,
                 format!(
                     "pod {} (netns cookie {}): missing from the data path: {}",
@@ -236,12 +154,11 @@ impl Agent {
                     facts.cookie,
                     missing.join(", ")
                 ),
-            ),
-            Err(e) => CniReply::failed(code::IO, crate::error_chain(&e)),
+            )
         }
     }
 
-    fn cni_gc(&self, state: &CniState, valid: &[String]) -> CniReply {
+    pub(crate) fn cni_gc(&mut self, state: &CniState, valid: &[String]) -> CniReply {
         let recorded = match state.all() {
             Ok(all) => all,
             Err(e) => return CniReply::failed(code::IO, format!("{e:#}")),
@@ -253,5 +170,46 @@ impl Agent {
         }
         tracing::info!(removed, kept = recorded.len() - removed, "CNI GC");
         CniReply::done()
+    }
+}
+
+/// With the Kubernetes pod source: the pod's name and settings when the
+/// API server says it has a sidecar; the reply to give at once when it
+/// does not (left alone), or when the watch has not seen it within
+/// [`KUBE_WAIT`] (try again later). Without: `None` (node settings).
+/// Asked before the request is queued: waiting for the watch must not
+/// hold up the pod worker.
+pub(crate) async fn kube_verdict(
+    directory: Option<&Directory>,
+    pod: &Attachment,
+) -> Result<Option<(String, PodSettings)>, CniReply> {
+    let Some(directory) = directory else {
+        return Ok(None);
+    };
+    let (Some(namespace), Some(name)) = (&pod.pod_namespace, &pod.pod_name) else {
+        tracing::info!(container = %pod.container_id, "CNI ADD without K8S_POD_NAMESPACE/K8S_POD_NAME: left alone");
+        return Err(CniReply::done());
+    };
+    let name = format!("{namespace}/{name}");
+    let deadline = Instant::now() + KUBE_WAIT;
+    loop {
+        match directory.verdict(&name) {
+            Verdict::Mesh(settings) => return Ok(Some((name, settings))),
+            Verdict::Leave => {
+                tracing::info!(pod = %name, container = %pod.container_id, "CNI ADD: no sidecar, left alone");
+                return Err(CniReply::done());
+            }
+            Verdict::Unknown if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Verdict::Unknown => {
+                return Err(CniReply::failed(
+                    code::TRY_AGAIN_LATER,
+                    format!(
+                        "pod {name} is not known to this agent's API server watch yet (waited {KUBE_WAIT:?})"
+                    ),
+                ));
+            }
+        }
     }
 }

@@ -1,31 +1,61 @@
 //! The agent's health as the kernel says it, checked every second: the data
 //! path's programs on the cgroup and its map pins ([`DataPath::kernel_gaps`]),
-//! each pod's inbound link in its namespace, and the control socket file. A
-//! difference is logged, makes `/readyz` false, and is repaired where it can
-//! be (a program attached again, a map pinned again, a pod's inbound link
-//! attached again); what stays broken keeps the agent unready and is named
-//! in `status`.
+//! each pod's inbound link in its namespace (by the pod worker, in its
+//! turn), and the control socket file. A difference is logged, makes
+//! `/readyz` false, and is repaired where it can be (a program attached
+//! again, a map pinned again, a pod's inbound link attached again); what
+//! stays broken keeps the agent unready and is named in `status`.
 
 use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
-use super::Agent;
-use netns_datapath::{DataPath, DataPathError};
+use netns_datapath::DataPathError;
+
+use super::pods::{PodTable, SharedDataPath, with_datapath};
+use super::shared::{Area, Shared};
+use super::work::Queue;
+use crate::status::ProgramStatus;
 
 /// How often the kernel is asked.
 pub(crate) const EVERY: Duration = Duration::from_secs(1);
 
-impl Agent {
-    /// Remembers the control socket file just bound at `path`.
-    pub(crate) fn note_control_socket(&self, path: &std::path::Path) {
-        *Self::lock(&self.control_socket) =
-            std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+/// The kernel check's handles.
+#[derive(Debug)]
+pub(crate) struct KernelCheck {
+    pub(crate) datapath: SharedDataPath,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) queue: Queue,
+    /// The control socket path, and the file (device, inode) the agent bound.
+    pub(crate) control_socket: (PathBuf, Option<(u64, u64)>),
+}
+
+/// The file (device, inode) at `path` now.
+pub(crate) fn file_id(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+impl KernelCheck {
+    /// Checks every [`EVERY`] until `stop` says so (or its sender is gone),
+    /// or the data path is taken out.
+    pub(crate) fn run(&self, stop: &Receiver<()>) {
+        loop {
+            match stop.recv_timeout(EVERY) {
+                Err(RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+            if !self.check() {
+                return;
+            }
+        }
     }
 
     /// One check and repair. Returns `false` once the agent is stopping.
-    pub(crate) fn check_kernel(&self) -> bool {
+    fn check(&self) -> bool {
         let mut problems = Vec::new();
-        match self.with_datapath(|dp| dp.kernel_gaps()) {
+        match with_datapath(&self.datapath, |dp| dp.kernel_gaps()) {
             Err(DataPathError::Stopping) => return false,
             Err(e) => problems.push(crate::error_chain(&e)),
             Ok(gaps) if gaps.is_empty() => {}
@@ -33,9 +63,10 @@ impl Agent {
                 for gap in &gaps {
                     tracing::warn!(%gap, "the kernel lacks part of the data path: repairing");
                 }
-                self.count_error("kernel_gap");
-                match self.with_datapath(|dp| {
+                self.shared.count_error("kernel_gap");
+                match with_datapath(&self.datapath, |dp| {
                     dp.repair(&gaps)?;
+                    self.shared.publish_programs(programs(dp));
                     dp.kernel_gaps()
                 }) {
                     Ok(left) => problems.extend(left.iter().map(|g| format!("{g} (not repaired)"))),
@@ -43,83 +74,68 @@ impl Agent {
                 }
             }
         }
-        problems.extend(self.check_inbound());
-        let bound = *Self::lock(&self.control_socket);
-        let now = std::fs::metadata(&self.config.control_socket)
-            .ok()
-            .map(|m| (m.dev(), m.ino()));
-        if bound.is_some() && now != bound {
-            problems.push(format!(
+        self.shared.set_problems(Area::DataPath, problems);
+        let (path, bound) = &self.control_socket;
+        let control = if bound.is_some() && file_id(path) != *bound {
+            vec![format!(
                 "the control socket {} was removed or replaced: status and CNI requests cannot reach this agent",
-                self.config.control_socket.display()
-            ));
-        }
-        let mut held = Self::lock(&self.problems);
-        if *held != problems {
-            if problems.is_empty() {
-                tracing::info!("the kernel holds the whole data path again: ready");
-            } else {
-                tracing::error!(problems = ?problems, "not ready");
-            }
-            *held = problems;
-        }
+                path.display()
+            )]
+        } else {
+            Vec::new()
+        };
+        self.shared.set_problems(Area::ControlSocket, control);
+        self.queue.check_inbound();
         true
     }
+}
 
+/// The programs `dp` has attached, for status.
+pub(crate) fn programs(dp: &netns_datapath::DataPath) -> Vec<ProgramStatus> {
+    dp.programs()
+        .iter()
+        .map(|p| ProgramStatus {
+            name: p.name.to_owned(),
+            id: p.id,
+        })
+        .collect()
+}
+
+impl PodTable {
     /// Each meshed pod with inbound capture has its link attached (the
-    /// kernel's word); a missing one is attached again.
-    fn check_inbound(&self) -> Vec<String> {
-        let pods: Vec<_> = Self::lock(&self.pods)
-            .values()
-            .filter_map(|p| {
-                let pass_ports = self.inbound_pass_ports(&p.settings)?;
-                Some((p.path.clone(), p.ns.clone(), p.facts.cookie, pass_ports))
-            })
-            .collect();
+    /// kernel's word); a missing one is attached again. Returns what stays
+    /// broken.
+    pub(crate) fn check_inbound(&mut self) -> Vec<String> {
         let mut problems = Vec::new();
-        for (path, ns, cookie, pass_ports) in pods {
-            // One pod at a time, between pod work: a pod that went meanwhile
-            // is not checked (nor given a link back).
-            let _turn = Self::lock(&self.pod_work);
-            let still_there = Self::lock(&self.pods)
-                .get(&path)
-                .is_some_and(|p| p.facts.cookie == cookie);
-            let in_place = |dp: &mut DataPath| Ok(dp.inbound_in_place(&ns, cookie));
-            if !still_there || self.with_datapath(in_place).unwrap_or(true) {
+        for pod in self.pods.values() {
+            let Some(pass_ports) = self.inbound_pass_ports(&pod.settings) else {
+                continue;
+            };
+            let cookie = pod.facts.cookie;
+            let in_place =
+                |dp: &mut netns_datapath::DataPath| Ok(dp.inbound_in_place(&pod.ns, cookie));
+            if with_datapath(&self.datapath, in_place).unwrap_or(true) {
                 continue;
             }
-            tracing::warn!(pod = %path.display(), cookie, "the pod's inbound link is gone: attaching it again");
-            self.count_error("kernel_gap");
-            let repaired = self.with_datapath(|dp| {
-                dp.capture_inbound(&ns, cookie, &pass_ports)?;
-                Ok(dp.inbound_in_place(&ns, cookie))
+            tracing::warn!(pod = %pod.path.display(), cookie, "the pod's inbound link is gone: attaching it again");
+            self.shared.count_error("kernel_gap");
+            let repaired = with_datapath(&self.datapath, |dp| {
+                dp.capture_inbound(&pod.ns, cookie, &pass_ports)?;
+                Ok(dp.inbound_in_place(&pod.ns, cookie))
             });
             match repaired {
                 Ok(true) => {}
                 Ok(false) => problems.push(format!(
                     "pod {}: inbound link not attached (not repaired)",
-                    path.display()
+                    pod.path.display()
                 )),
                 Err(e) => problems.push(format!(
                     "pod {}: inbound link repair failed: {}",
-                    path.display(),
+                    pod.path.display(),
                     crate::error_chain(&e)
                 )),
             }
         }
         problems
-    }
-}
-
-/// Checks every [`EVERY`] until `stop` is dropped or the agent stops.
-pub(crate) fn run(agent: &Agent, stop: &std::sync::mpsc::Receiver<()>) {
-    loop {
-        match stop.recv_timeout(EVERY) {
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            _ => return,
-        }
-        if !agent.check_kernel() {
-            return;
-        }
     }
 }

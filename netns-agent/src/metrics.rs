@@ -1,0 +1,194 @@
+//! `/metrics`: a [`Status`] in the OpenMetrics text format, through
+//! `prometheus-client`. A registry is made per exposition from the status,
+//! so a pod's series exist exactly while the pod is managed (the label set
+//! is bounded by the pods of the node); the setup-time histogram lives as
+//! long as the agent.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::status::Status;
+
+/// The content type of [`encode`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Labels = Vec<(&'static str, String)>;
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: usize) {
+    let gauge: Gauge = Gauge::default();
+    gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+    registry.register(name, help, gauge);
+}
+
+fn gauges<'a>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    samples: impl IntoIterator<Item = (&'a str, u64)>,
+) {
+    let family = Family::<Labels, Gauge>::default();
+    for (value_label, value) in samples {
+        family
+            .get_or_create(&vec![(label, value_label.to_owned())])
+            .set(i64::try_from(value).unwrap_or(i64::MAX));
+    }
+    registry.register(name, help, family);
+}
+
+fn counters<'a>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    samples: impl IntoIterator<Item = (&'a str, u64)>,
+) {
+    let family = Family::<Labels, Counter>::default();
+    for (value_label, value) in samples {
+        family
+            .get_or_create(&vec![(label, value_label.to_owned())])
+            .inc_by(value);
+    }
+    registry.register(name, help, family);
+}
+
+/// The exposition of `status`, with the pod setup times so far.
+#[must_use]
+pub fn encode_status(status: &Status, setup_seconds: &Histogram) -> String {
+    let mut registry = Registry::default();
+    gauge(
+        &mut registry,
+        "netns_agent_ready",
+        "1 when the initial listing is done, the pod source is up and the kernel holds the whole data path",
+        usize::from(status.ready),
+    );
+    gauge(
+        &mut registry,
+        "netns_agent_pods_managed",
+        "Pods the agent manages",
+        status.pods.len(),
+    );
+    gauge(
+        &mut registry,
+        "netns_agent_pods_meshed",
+        "Managed pods in the mesh, as the kernel's maps say",
+        status.pods.iter().filter(|p| p.meshed).count(),
+    );
+    gauges(
+        &mut registry,
+        "netns_agent_pod_sidecar_listening",
+        "1 when the pod's sidecar listens on the outbound port (the kernel's socket table); one series per managed pod, gone with it",
+        "pod",
+        status
+            .pods
+            .iter()
+            .map(|p| (p.name.as_str(), u64::from(p.sidecar == "listening"))),
+    );
+    gauge(
+        &mut registry,
+        "netns_agent_programs_attached",
+        "eBPF programs attached",
+        status.programs.len(),
+    );
+    gauges(
+        &mut registry,
+        "netns_agent_map_entries",
+        "Entries in a data path map",
+        "map",
+        status.maps.iter().map(|m| (m.name.as_str(), m.entries)),
+    );
+    gauges(
+        &mut registry,
+        "netns_agent_map_capacity",
+        "Capacity of a data path map",
+        "map",
+        status.maps.iter().map(|m| (m.name.as_str(), m.capacity)),
+    );
+    counters(
+        &mut registry,
+        "netns_agent_datapath",
+        "Data path counters",
+        "counter",
+        status.counters.iter().map(|(n, v)| (n.as_str(), *v)),
+    );
+    counters(
+        &mut registry,
+        "netns_agent_errors",
+        "Errors by kind",
+        "kind",
+        status.errors.iter().map(|(n, v)| (n.as_str(), *v)),
+    );
+    registry.register(
+        "netns_agent_pod_setup_seconds",
+        "Time from a namespace appearing to its map entries written",
+        setup_seconds.clone(),
+    );
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut text, &registry);
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{MapStatus, PodStatus};
+
+    fn pod(name: &str, sidecar: &str) -> PodStatus {
+        PodStatus {
+            name: name.into(),
+            path: format!("/run/netns/{name}"),
+            netns_inode: 1,
+            cookie: 2,
+            addrs: vec![],
+            meshed: true,
+            equipped: vec![],
+            sidecar: sidecar.into(),
+            inbound: false,
+            settings: netns_datapath::settings::PodSettings::default(),
+            since_unix: 0,
+        }
+    }
+
+    #[test]
+    fn every_family_is_exposed_and_a_pod_series_goes_with_its_pod() {
+        let setup = Histogram::new([0.001, 0.01]);
+        setup.observe(0.002);
+        let mut status = Status {
+            ready: true,
+            pods: vec![pod("a", "listening"), pod("b", "not listening")],
+            maps: vec![MapStatus {
+                name: "MESHED_NETNS".into(),
+                entries: 2,
+                capacity: 65536,
+            }],
+            counters: vec![("redirected".into(), 7)],
+            errors: vec![("datapath".into(), 1)],
+            ..Status::default()
+        };
+        let text = encode_status(&status, &setup);
+        for line in [
+            "netns_agent_ready 1",
+            "netns_agent_pods_managed 2",
+            "netns_agent_pods_meshed 2",
+            "netns_agent_pod_sidecar_listening{pod=\"a\"} 1",
+            "netns_agent_pod_sidecar_listening{pod=\"b\"} 0",
+            "netns_agent_map_entries{map=\"MESHED_NETNS\"} 2",
+            "netns_agent_map_capacity{map=\"MESHED_NETNS\"} 65536",
+            "netns_agent_datapath_total{counter=\"redirected\"} 7",
+            "netns_agent_errors_total{kind=\"datapath\"} 1",
+            "netns_agent_pod_setup_seconds_bucket{le=\"0.01\"} 1",
+            "netns_agent_pod_setup_seconds_count 1",
+            "# EOF",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
+        }
+        status.pods.remove(0);
+        let text = encode_status(&status, &setup);
+        assert!(!text.contains("pod=\"a\""), "{text}");
+    }
+}

@@ -1,0 +1,169 @@
+//! [`DataPathView`]: read-only handles on the data path's maps, typed and
+//! opened once, for whoever reports on the data path (status, metrics,
+//! health) without holding the [`DataPath`] itself: the kernel's maps are
+//! safe to read while the owner writes them, so a report never waits for
+//! pod work, and pod work never waits for a report.
+
+use std::net::IpAddr;
+use std::os::fd::AsFd as _;
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+use netns_ebpf::{LocalPod, OriginalDst, PodFlags, counter, names};
+
+use crate::{DataPath, DataPathError, ip6_words, map_error};
+
+/// Read-only handles on the maps of one attached data path (descriptors of
+/// the maps themselves: a pin removed under it does not change what it reads).
+pub struct DataPathView {
+    meshed: HashMap<MapData, u64, PodFlags>,
+    ips4: HashMap<MapData, u32, LocalPod>,
+    ips6: HashMap<MapData, [u32; 4], LocalPod>,
+    sidecar_seen: HashMap<MapData, u64, u8>,
+    orig_dst: HashMap<MapData, u64, OriginalDst>,
+    counters: PerCpuArray<MapData, u64>,
+    /// (name, capacity) of `meshed`, `ips4`, `ips6` and `orig_dst`.
+    capacities: [(&'static str, u64); 4],
+    inbound_pins: PathBuf,
+}
+
+impl std::fmt::Debug for DataPathView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataPathView")
+            .field("inbound_pins", &self.inbound_pins)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How full a map is: (name, entries, capacity).
+pub type MapFill = (&'static str, u64, u64);
+
+impl DataPathView {
+    /// Handles on `datapath`'s maps (duplicated descriptors).
+    pub fn of(datapath: &DataPath) -> Result<DataPathView, DataPathError> {
+        fn open(datapath: &DataPath, name: &'static str) -> Result<Map, DataPathError> {
+            let (Map::HashMap(data) | Map::LruHashMap(data) | Map::PerCpuArray(data)) =
+                datapath.map(name)?
+            else {
+                return Err(DataPathError::Missing { kind: "map", name });
+            };
+            let fd = data
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| map_error(name, "duplicate the descriptor of", e.into()))?;
+            let data = MapData::from_fd(fd).map_err(|e| map_error(name, "open", e))?;
+            Map::from_map_data(data).map_err(|e| map_error(name, "open", e))
+        }
+        fn hash<K: aya::Pod, V: aya::Pod>(
+            datapath: &DataPath,
+            name: &'static str,
+        ) -> Result<HashMap<MapData, K, V>, DataPathError> {
+            HashMap::try_from(open(datapath, name)?).map_err(|e| map_error(name, "open", e))
+        }
+        let capacity = |name: &'static str| -> Result<(&'static str, u64), DataPathError> {
+            let entries = match datapath.map(name)? {
+                Map::HashMap(d) | Map::LruHashMap(d) => d
+                    .info()
+                    .map_err(|e| map_error(name, "ask the size of", e))?
+                    .max_entries(),
+                _ => return Err(DataPathError::Missing { kind: "map", name }),
+            };
+            Ok((name, u64::from(entries)))
+        };
+        Ok(DataPathView {
+            capacities: [
+                capacity(names::MESHED_NETNS)?,
+                capacity(names::LOCAL_POD_IPS4)?,
+                capacity(names::LOCAL_POD_IPS6)?,
+                capacity(names::COOKIE_ORIG_DST)?,
+            ],
+            meshed: hash(datapath, names::MESHED_NETNS)?,
+            ips4: hash(datapath, names::LOCAL_POD_IPS4)?,
+            ips6: hash(datapath, names::LOCAL_POD_IPS6)?,
+            sidecar_seen: hash(datapath, names::SIDECAR_SEEN)?,
+            orig_dst: hash(datapath, names::COOKIE_ORIG_DST)?,
+            counters: PerCpuArray::try_from(open(datapath, names::COUNTERS)?)
+                .map_err(|e| map_error(names::COUNTERS, "open", e))?,
+            inbound_pins: datapath.inbound_pin(0).with_file_name(""),
+        })
+    }
+
+    /// What of [`DataPath::add_pod`]`(netns_cookie, addrs)` is not in the
+    /// maps, read from the kernel, one line each (empty: all there).
+    #[must_use]
+    pub fn missing_pod_entries(&self, netns_cookie: u64, addrs: &[IpAddr]) -> Vec<String> {
+        let mut missing = Vec::new();
+        if self.meshed.get(&netns_cookie, 0).is_err() {
+            missing.push(format!("{} entry", names::MESHED_NETNS));
+        }
+        for addr in addrs {
+            let owner = match addr {
+                IpAddr::V4(v4) => self.ips4.get(&u32::from_ne_bytes(v4.octets()), 0),
+                IpAddr::V6(v6) => self.ips6.get(&ip6_words(v6.octets()), 0),
+            };
+            if owner.ok().is_none_or(|p| p.netns_cookie != netns_cookie) {
+                missing.push(format!("address {addr}"));
+            }
+        }
+        missing
+    }
+
+    /// Whether pod `netns_cookie`'s sidecar has been seen (see
+    /// [`DataPath::note_sidecar_seen`]), as the kernel's map says.
+    #[must_use]
+    pub fn sidecar_seen(&self, netns_cookie: u64) -> bool {
+        self.sidecar_seen.get(&netns_cookie, 0).is_ok()
+    }
+
+    /// Whether pod `netns_cookie`'s inbound link is pinned.
+    #[must_use]
+    pub fn inbound_pinned(&self, netns_cookie: u64) -> bool {
+        self.inbound_pins.join(netns_cookie.to_string()).exists()
+    }
+
+    /// The fill of the maps that grow with pods and connections, read from
+    /// the kernel: one system call per entry, so callers do it seldom (the
+    /// agent once per kernel check, never per request).
+    #[must_use]
+    pub fn map_fill(&self) -> Vec<MapFill> {
+        fn fill<K: aya::Pod, V: aya::Pod>(
+            (name, capacity): (&'static str, u64),
+            map: &HashMap<MapData, K, V>,
+        ) -> MapFill {
+            (name, map.keys().flatten().count() as u64, capacity)
+        }
+        let [meshed, ips4, ips6, orig_dst] = self.capacities;
+        vec![
+            fill(meshed, &self.meshed),
+            fill(ips4, &self.ips4),
+            fill(ips6, &self.ips6),
+            fill(orig_dst, &self.orig_dst),
+        ]
+    }
+
+    /// The counters of [`netns_ebpf::counter`], summed over CPUs.
+    pub fn counters(&self) -> Result<[u64; counter::COUNT as usize], DataPathError> {
+        sum_counters(&self.counters)
+    }
+
+    /// Where the pods' inbound links are pinned.
+    #[must_use]
+    pub fn inbound_pin_dir(&self) -> &Path {
+        &self.inbound_pins
+    }
+}
+
+/// The counters of [`netns_ebpf::counter`] in `array`, summed over CPUs.
+pub(crate) fn sum_counters<T: std::borrow::Borrow<MapData>>(
+    array: &PerCpuArray<T, u64>,
+) -> Result<[u64; counter::COUNT as usize], DataPathError> {
+    let mut totals = [0; counter::COUNT as usize];
+    for (index, total) in (0..counter::COUNT).zip(totals.iter_mut()) {
+        let values = array
+            .get(&index, 0)
+            .map_err(|e| map_error(names::COUNTERS, "read", e))?;
+        *total = values.iter().sum();
+    }
+    Ok(totals)
+}
