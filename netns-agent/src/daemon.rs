@@ -8,11 +8,11 @@
 //! ```
 //!
 //! The source is supervised (restarted with backoff, never taking the data
-//! path down); every change to a pod goes through [`work`]'s one queue to
-//! one thread that owns the pod table ([`pods`]); the kernel check
-//! ([`health`]) repairs the data path and makes the agent unready while
-//! it cannot; reports ([`report`]) read what the stages publish
-//! ([`shared`]) and the kernel, never the data path's lock. On SIGTERM,
+//! path down); every change to a pod goes through `work`'s one queue to
+//! one thread that owns the pod table (`pods`); the kernel check
+//! (`health`) repairs the data path and makes the agent unready while
+//! it cannot; reports (`report`) read what the stages publish
+//! (`shared`) and the kernel, never the data path's lock. On SIGTERM,
 //! SIGINT or SIGHUP every thread is stopped and joined, then the data path
 //! is detached, or left attached with `keep_state`.
 

@@ -13,7 +13,7 @@
 //!
 //! A request the agent refuses as a request (malformed, too large, not
 //! root, unknown op) is answered with a [`Refusal`]; a status request with a
-//! [`Status`]; a CNI request with a [`CniReply`].
+//! [`crate::status::Status`]; a CNI request with a [`crate::cni::CniReply`].
 //!
 //! ```
 //! use netns_agent::protocol::Request;

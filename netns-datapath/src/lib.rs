@@ -58,6 +58,7 @@ mod view;
 use std::fs::File;
 use std::net::IpAddr;
 use std::os::fd::AsFd as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use aya::Ebpf;
@@ -148,7 +149,7 @@ impl DataPath {
         datapath.pin_maps()?;
         make_dir(&datapath.layout_marker())?;
         datapath.set_settings(config.settings)?;
-        datapath.attach_programs(config.settings.flags)?;
+        datapath.ensure_programs(config.settings.flags)?;
         Ok(datapath)
     }
 
@@ -208,19 +209,31 @@ impl DataPath {
             probe: None,
         };
         datapath.set_settings(config.settings)?;
-        datapath.take_over_programs(config.settings.flags)?;
+        datapath.ensure_programs(config.settings.flags)?;
         datapath.take_over_inbound()?;
         datapath.torn_down = false;
         Ok((datapath, true))
     }
 
-    /// [`DataPath::adopt`]'s program step.
-    fn take_over_programs(&mut self, flags: u16) -> Result<(), DataPathError> {
+    /// Makes the attached programs what `flags` call for, whatever is
+    /// pinned (in the manner of Cilium's socketlb): a pinned link takes the
+    /// new program in place (`BPF_LINK_UPDATE`: the hook is never empty); a
+    /// pinned link that is defunct (its cgroup was removed and made again:
+    /// `ENOLINK`) is replaced by a new one; a program without a pinned link
+    /// is attached and pinned; the pinned link of a program no longer
+    /// wanted is detached and unpinned. With nothing pinned, this attaches
+    /// everything.
+    fn ensure_programs(&mut self, flags: u16) -> Result<(), DataPathError> {
         let cgroup_fd = self.open_cgroup()?;
+        let own_cgroup = cgroup_fd.metadata().map(|m| m.ino()).ok();
         let links = self.pin_dir.join("links");
+        make_dir(&links)?;
         for spec in &PROGRAMS {
             let pin = links.join(spec.name);
-            let pinned = pin.exists();
+            let mut pinned = pin.exists();
+            if pinned && spec.hook != Hook::SkMsg {
+                pinned = self.keep_pinned_link(spec, &pin, own_cgroup)?;
+            }
             if !wanted(spec, flags) {
                 if pinned {
                     sys::detach_pinned_link(&pin).map_err(|source| DataPathError::Detach {
@@ -231,40 +244,87 @@ impl DataPath {
                 }
                 continue;
             }
-            if !pinned || spec.hook == Hook::SkMsg {
-                let link = match spec.hook {
-                    Hook::SockAddr => attach_cgroup!(self, spec, CgroupSockAddr, &cgroup_fd),
-                    Hook::Sock => attach_cgroup!(self, spec, CgroupSock, &cgroup_fd),
-                    Hook::Sockopt => {
-                        attach_cgroup!(self, spec, CgroupSockopt, &cgroup_fd, keep_link)
-                    }
-                    Hook::SockOps => attach_cgroup!(self, spec, SockOps, &cgroup_fd),
-                    Hook::SkMsg => {
-                        self.attach_sk_msg(spec)?;
-                        None
-                    }
+            if pinned && spec.hook != Hook::SkMsg {
+                let updated = match spec.hook {
+                    Hook::SockAddr => load_only::<CgroupSockAddr>(&mut self.ebpf, spec, &pin),
+                    Hook::Sock => load_only::<CgroupSock>(&mut self.ebpf, spec, &pin),
+                    Hook::Sockopt => load_only::<CgroupSockopt>(&mut self.ebpf, spec, &pin),
+                    Hook::SockOps => load_only::<SockOps>(&mut self.ebpf, spec, &pin),
+                    Hook::SkMsg => unreachable!("never pinned"),
                 };
-                if let Some(link) = link {
-                    link.pin(&pin).map_err(|e| pin_error(spec.name, &pin, e))?;
-                    self.pins.push(pin);
+                match updated {
+                    Ok(id) => {
+                        self.attached.push(AttachedProgram {
+                            name: spec.name,
+                            id,
+                        });
+                        self.pins.push(pin);
+                        continue;
+                    }
+                    Err(DataPathError::Update { source, .. })
+                        if source.raw_os_error() == Some(libc::ENOLINK) =>
+                    {
+                        tracing::warn!(program = spec.name, pin = %pin.display(), "pinned link is defunct (its cgroup went away): attaching anew");
+                        remove(&pin, std::fs::remove_file(&pin))?;
+                    }
+                    Err(e) => return Err(e),
                 }
-                continue;
             }
-            let id = match spec.hook {
-                Hook::SockAddr => load_only::<CgroupSockAddr>(&mut self.ebpf, spec, &pin)?,
-                Hook::Sock => load_only::<CgroupSock>(&mut self.ebpf, spec, &pin)?,
-                Hook::Sockopt => load_only::<CgroupSockopt>(&mut self.ebpf, spec, &pin)?,
-                Hook::SockOps => load_only::<SockOps>(&mut self.ebpf, spec, &pin)?,
-                Hook::SkMsg => unreachable!("attached above"),
-            };
-            self.attached.push(AttachedProgram {
-                name: spec.name,
-                id,
-            });
-            self.pins.push(pin);
+            self.attach_and_pin(spec, &cgroup_fd)?;
         }
         self.attached_modes =
             flags & (MeshSettings::FLAG_SOCKMAP | MeshSettings::FLAG_DNS_REDIRECT);
+        Ok(())
+    }
+
+    /// Whether the link pinned at `pin` serves this data path's cgroup (its
+    /// id `cgroup_id`). One attached to another cgroup, or to one that is
+    /// gone (removed and made again under the same path: the kernel frees
+    /// the old one's attachments a moment after the removal, and from then
+    /// on refuses updates with `ENOLINK`), is detached and unpinned.
+    fn keep_pinned_link(
+        &self,
+        spec: &ProgramSpec,
+        pin: &Path,
+        cgroup_id: Option<u64>,
+    ) -> Result<bool, DataPathError> {
+        let Ok(target) = sys::pinned_cgroup_link_target(pin) else {
+            // Not a link at all: the update says so, naming the pin.
+            return Ok(true);
+        };
+        if cgroup_id.is_none_or(|id| id == target) {
+            return Ok(true);
+        }
+        tracing::warn!(program = spec.name, pin = %pin.display(), cgroup = %self.cgroup.display(), "the pinned link serves another cgroup (the old one was removed): attaching anew");
+        // Already detached when its cgroup is gone.
+        let _ = sys::detach_pinned_link(pin);
+        remove(pin, std::fs::remove_file(pin))?;
+        Ok(false)
+    }
+
+    /// Attaches `spec` anew (cgroup programs through `cgroup_fd`; sk_msg to
+    /// the sidecar sockhash) and pins its link under `links/`.
+    fn attach_and_pin(
+        &mut self,
+        spec: &ProgramSpec,
+        cgroup_fd: &File,
+    ) -> Result<(), DataPathError> {
+        let link = match spec.hook {
+            Hook::SockAddr => attach_cgroup!(self, spec, CgroupSockAddr, cgroup_fd),
+            Hook::Sock => attach_cgroup!(self, spec, CgroupSock, cgroup_fd),
+            Hook::Sockopt => attach_cgroup!(self, spec, CgroupSockopt, cgroup_fd, keep_link),
+            Hook::SockOps => attach_cgroup!(self, spec, SockOps, cgroup_fd),
+            Hook::SkMsg => {
+                self.attach_sk_msg(spec)?;
+                None
+            }
+        };
+        if let Some(link) = link {
+            let path = self.pin_dir.join("links").join(spec.name);
+            link.pin(&path)
+                .map_err(|e| pin_error(spec.name, &path, e))?;
+            self.pins.push(path);
+        }
         Ok(())
     }
 
@@ -583,32 +643,6 @@ impl DataPath {
             map.pin(&path).map_err(|e| pin_error(name, &path, e))?;
             self.pins.push(path);
         }
-        Ok(())
-    }
-
-    fn attach_programs(&mut self, flags: u16) -> Result<(), DataPathError> {
-        let cgroup_fd = self.open_cgroup()?;
-        make_dir(&self.pin_dir.join("links"))?;
-        for spec in PROGRAMS.iter().filter(|s| wanted(s, flags)) {
-            let link = match spec.hook {
-                Hook::SockAddr => attach_cgroup!(self, spec, CgroupSockAddr, &cgroup_fd),
-                Hook::Sock => attach_cgroup!(self, spec, CgroupSock, &cgroup_fd),
-                Hook::Sockopt => attach_cgroup!(self, spec, CgroupSockopt, &cgroup_fd, keep_link),
-                Hook::SockOps => attach_cgroup!(self, spec, SockOps, &cgroup_fd),
-                Hook::SkMsg => {
-                    self.attach_sk_msg(spec)?;
-                    None
-                }
-            };
-            if let Some(link) = link {
-                let path = self.pin_dir.join("links").join(spec.name);
-                link.pin(&path)
-                    .map_err(|e| pin_error(spec.name, &path, e))?;
-                self.pins.push(path);
-            }
-        }
-        self.attached_modes =
-            flags & (MeshSettings::FLAG_SOCKMAP | MeshSettings::FLAG_DNS_REDIRECT);
         Ok(())
     }
 

@@ -11,16 +11,11 @@
 //! gone is pinned again (the map itself lives on in this process, with its
 //! entries).
 
-use aya::programs::links::FdLink;
-use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, CgroupSockopt, SockOps};
 use netns_core::NetNs;
 use netns_ebpf::names;
 
 use super::programs::{Hook, PROGRAMS};
-use super::{
-    AttachedProgram, DataPath, DataPathError, attach_cgroup, attached_program_ids, load_error,
-    make_dir, pin_error, program,
-};
+use super::{DataPath, DataPathError, attached_program_ids, make_dir, pin_error};
 use crate::sys;
 
 /// Something of the data path the kernel does not hold.
@@ -124,19 +119,8 @@ impl DataPath {
                     // Attached anew: the records of the old attachment go.
                     self.attached.retain(|p| p.name != spec.name);
                     self.pins.retain(|p| *p != path);
-                    let link: Option<FdLink> = match spec.hook {
-                        Hook::SockAddr => attach_cgroup!(self, spec, CgroupSockAddr, &cgroup_fd),
-                        Hook::Sock => attach_cgroup!(self, spec, CgroupSock, &cgroup_fd),
-                        Hook::Sockopt => {
-                            attach_cgroup!(self, spec, CgroupSockopt, &cgroup_fd, keep_link)
-                        }
-                        Hook::SockOps => attach_cgroup!(self, spec, SockOps, &cgroup_fd),
-                        Hook::SkMsg => None,
-                    };
-                    if let Some(link) = link {
-                        link.pin(&path)
-                            .map_err(|e| pin_error(spec.name, &path, e))?;
-                        self.pins.push(path);
+                    if spec.hook != Hook::SkMsg {
+                        self.attach_and_pin(spec, &cgroup_fd)?;
                     }
                 }
             }

@@ -193,18 +193,34 @@ pub(crate) struct NetnsLinkInfo {
 
 /// [`NetnsLinkInfo`] of the link pinned at `path`.
 pub(crate) fn pinned_netns_link(path: &Path) -> io::Result<NetnsLinkInfo> {
+    // The union's `netns` member is { netns_ino, attach_type }.
+    let info = pinned_link_info(path)?;
+    let word = |at: usize| u32::from_ne_bytes(info[at..at + 4].try_into().expect("4 bytes"));
+    Ok(NetnsLinkInfo {
+        prog_id: word(8),
+        netns_ino: word(16),
+    })
+}
+
+/// The id of the cgroup the link pinned at `path` is attached to (on cgroup
+/// v2, the inode of its directory); 0 once that cgroup is gone.
+pub(crate) fn pinned_cgroup_link_target(path: &Path) -> io::Result<u64> {
+    // The union's `cgroup` member is { cgroup_id, attach_type }.
+    let info = pinned_link_info(path)?;
+    Ok(u64::from_ne_bytes(
+        info[16..24].try_into().expect("8 bytes"),
+    ))
+}
+
+/// `struct bpf_link_info` of the link pinned at `path`: type, id, `prog_id`,
+/// then (8-aligned, at 16) the union of the link types' members.
+fn pinned_link_info(path: &Path) -> io::Result<[u8; 64]> {
     let link = pinned_link(path)?;
-    // struct bpf_link_info: type, id, prog_id, then (8-aligned) the union
-    // whose `netns` member is { netns_ino, attach_type }.
     let mut info = [0u8; 64];
     let mut attr = BpfAttr::new();
     attr.put_u32(0, link.as_raw_fd().cast_unsigned()); // info.bpf_fd
     attr.put_u32(4, 64); // info.info_len
     attr.put_u64(8, info.as_mut_ptr() as u64); // info.info
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    let word = |at: usize| u32::from_ne_bytes(info[at..at + 4].try_into().expect("4 bytes"));
-    Ok(NetnsLinkInfo {
-        prog_id: word(8),
-        netns_ino: word(16),
-    })
+    Ok(info)
 }

@@ -40,7 +40,7 @@ fn root_a_path_that_is_not_cgroup_v2_is_refused_before_anything_happens() {
 }
 
 /// A stale file where one of the pins will go makes the attach fail at that
-/// step; whatever came before it (maps pinned, programs attached and their
+/// step (a map's: pinning it; a link's: putting the program into it); whatever came before it (maps pinned, programs attached and their
 /// links pinned) must be undone. Tried at three depths: the last map (before
 /// any program), the getsockopt link (pinned by program id, after sock_ops is
 /// attached), and the last cgroup link (after every other program).
@@ -67,8 +67,11 @@ fn root_a_failure_half_way_leaves_nothing_attached() {
             .map(|p| p.id())
             .collect();
         let err = DataPath::attach(netns_datapath::EBPF_OBJECT, &cfg).unwrap_err();
+        // A stale map pin fails the pinning; a stale link pin is taken for
+        // a pinned link and fails the update in place.
         assert!(
-            matches!(&err, DataPathError::Pin { what, .. } if *what == stale),
+            matches!(&err, DataPathError::Pin { what, .. } if *what == stale)
+                || matches!(&err, DataPathError::Update { program, .. } if *program == stale),
             "{stale}: {err:?}"
         );
         assert!(
@@ -152,4 +155,44 @@ fn root_modes_not_attached_cannot_be_switched_on_later() {
     settings.outbound_port = 16001;
     datapath.set_settings(settings).unwrap();
     datapath.detach().unwrap();
+}
+
+/// A cgroup removed and made again under the same path (a node's pod
+/// parent recreated by its runtime) leaves the pinned links defunct: the
+/// kernel refuses to put a new program into them (`ENOLINK`). Taking over
+/// the pins attaches every program anew to the new cgroup, as
+/// `BPF_PROG_QUERY` on it shows, and re-pins the links.
+#[test]
+fn root_adopting_links_of_a_recreated_cgroup_attaches_anew() {
+    require_root();
+    let _alone = loading_alone();
+    let parent = cgroup2_mount().unwrap();
+    let name = format!("netns-errors-recreated-{}", std::process::id());
+    let cgroup = ChildCgroup::create(&parent, &name).unwrap();
+    let cfg = config(cgroup.path().to_owned(), "recreated");
+    let first = DataPath::attach(netns_datapath::EBPF_OBJECT, &cfg).unwrap();
+    let attached = first.programs().len();
+    first.keep();
+    assert_eq!(cgroup_program_ids(cgroup.path()).len(), attached);
+    drop(cgroup);
+    let cgroup = ChildCgroup::create(&parent, &name).unwrap();
+    assert!(
+        cgroup_program_ids(cgroup.path()).is_empty(),
+        "a new cgroup starts empty"
+    );
+    let (second, adopted) = DataPath::adopt(netns_datapath::EBPF_OBJECT, &cfg).unwrap();
+    assert!(adopted, "the pins were taken over");
+    let mut want: Vec<u32> = second
+        .programs()
+        .iter()
+        .filter(|p| p.name != names::prog::SK_MSG)
+        .map(|p| p.id)
+        .collect();
+    want.sort_unstable();
+    let mut now = cgroup_program_ids(cgroup.path());
+    now.sort_unstable();
+    assert_eq!(now, want, "every program attached to the new cgroup");
+    second.detach().unwrap();
+    assert_eq!(cgroup_program_ids(cgroup.path()), Vec::<u32>::new());
+    assert!(!cfg.pin_dir.exists(), "pins removed");
 }
