@@ -13,10 +13,76 @@ use prometheus_client::registry::Registry;
 
 use crate::status::Status;
 
-/// The content type of [`encode`]'s text.
+/// Pod setup latency buckets, in seconds.
+const SETUP_BUCKETS: [f64; 8] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25, 1.0];
+/// Setup phase buckets, in seconds: 20 us to 100 ms.
+const PHASE_BUCKETS: [f64; 12] = [
+    0.000_02, 0.000_05, 0.000_1, 0.000_2, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1,
+];
+
+/// How long pods took to set up: in all (from the namespace appearing to
+/// its entries written), and by phase of the agent's work: `queued` (a CNI
+/// request waiting for its turn), `open` (the namespace opened and
+/// checked), `learn` (its cookie from the probe, its address subscription
+/// and addresses), `equip` (its sidecar's open listeners found and
+/// equipped), `write` (map entries, inbound link, address watch), `record`
+/// (a CNI attachment written to the state directory).
+#[derive(Debug, Clone)]
+pub struct SetupTimes {
+    /// In all.
+    pub total: Histogram,
+    phases: Family<PhaseLabel, Histogram, fn() -> Histogram>,
+}
+
+impl Default for SetupTimes {
+    fn default() -> SetupTimes {
+        SetupTimes {
+            total: Histogram::new(SETUP_BUCKETS),
+            phases: Family::new_with_constructor(|| Histogram::new(PHASE_BUCKETS)),
+        }
+    }
+}
+
+impl SetupTimes {
+    /// Notes that `phase` took `took`.
+    pub fn observe(&self, phase: &'static str, took: std::time::Duration) {
+        self.phases
+            .get_or_create(&vec![("phase", phase)])
+            .observe(took.as_secs_f64());
+    }
+
+    /// A timer of consecutive phases, from now.
+    #[must_use]
+    pub fn phase_timer(&self) -> PhaseTimer<'_> {
+        PhaseTimer {
+            times: self,
+            since: std::time::Instant::now(),
+        }
+    }
+}
+
+/// See [`SetupTimes::phase_timer`].
+#[derive(Debug)]
+pub struct PhaseTimer<'a> {
+    times: &'a SetupTimes,
+    since: std::time::Instant,
+}
+
+impl PhaseTimer<'_> {
+    /// `phase` is done: notes its time and starts the next one.
+    pub fn done(&mut self, phase: &'static str) {
+        let now = std::time::Instant::now();
+        self.times.observe(phase, now - self.since);
+        self.since = now;
+    }
+}
+
+/// The content type of [`encode_status`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 type Labels = Vec<(&'static str, String)>;
+/// `phase="..."`.
+type PhaseLabel = Vec<(&'static str, &'static str)>;
 
 fn gauge(registry: &mut Registry, name: &str, help: &str, value: usize) {
     let gauge: Gauge = Gauge::default();
@@ -58,7 +124,7 @@ fn counters<'a>(
 
 /// The exposition of `status`, with the pod setup times so far.
 #[must_use]
-pub fn encode_status(status: &Status, setup_seconds: &Histogram) -> String {
+pub fn encode_status(status: &Status, setup: &SetupTimes) -> String {
     let mut registry = Registry::default();
     gauge(
         &mut registry,
@@ -125,7 +191,12 @@ pub fn encode_status(status: &Status, setup_seconds: &Histogram) -> String {
     registry.register(
         "netns_agent_pod_setup_seconds",
         "Time from a namespace appearing to its map entries written",
-        setup_seconds.clone(),
+        setup.total.clone(),
+    );
+    registry.register(
+        "netns_agent_pod_setup_phase_seconds",
+        "Time of each phase of a pod's setup (queued, open, learn, equip, write, record)",
+        setup.phases.clone(),
     );
     let mut text = String::new();
     // Writing into a String cannot fail.
@@ -156,8 +227,9 @@ mod tests {
 
     #[test]
     fn every_family_is_exposed_and_a_pod_series_goes_with_its_pod() {
-        let setup = Histogram::new([0.001, 0.01]);
-        setup.observe(0.002);
+        let setup = SetupTimes::default();
+        setup.total.observe(0.002);
+        setup.observe("learn", std::time::Duration::from_micros(300));
         let mut status = Status {
             ready: true,
             pods: vec![pod("a", "listening"), pod("b", "not listening")],
@@ -181,8 +253,10 @@ mod tests {
             "netns_agent_map_capacity{map=\"MESHED_NETNS\"} 65536",
             "netns_agent_datapath_total{counter=\"redirected\"} 7",
             "netns_agent_errors_total{kind=\"datapath\"} 1",
-            "netns_agent_pod_setup_seconds_bucket{le=\"0.01\"} 1",
+            "netns_agent_pod_setup_seconds_bucket{le=\"0.005\"} 1",
             "netns_agent_pod_setup_seconds_count 1",
+            "netns_agent_pod_setup_phase_seconds_bucket{le=\"0.0005\",phase=\"learn\"} 1",
+            "netns_agent_pod_setup_phase_seconds_count{phase=\"learn\"} 1",
             "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");

@@ -186,17 +186,9 @@ fn start_agent(bin: &str, dir: &Path, cgroup: &Path, metrics: SocketAddr) -> Age
 
 /// `GET /metrics`, its time.
 fn scrape(metrics: SocketAddr) -> Duration {
-    use std::io::{Read as _, Write as _};
     let started = Instant::now();
-    let mut conn = std::net::TcpStream::connect(metrics).expect("connect to /metrics");
-    write!(
-        conn,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    conn.read_to_string(&mut body).unwrap();
-    assert!(body.contains("netns_agent_map_entries"), "{body}");
+    let answer = netns_tests::agent::http_get(metrics, "/metrics");
+    assert!(answer.contains("netns_agent_map_entries"), "{answer}");
     started.elapsed()
 }
 

@@ -9,7 +9,9 @@
 //! `chain_add_p99_ms`, the same for DEL, and `cni_version_floor_*`: the same
 //! spawn of the plugin doing nothing (VERSION), what any plugin pays here,
 //! and `cni_version_after_bridge_*`: that spawn where ADD runs, right after
-//! bridge's ADD of a new pod. Environment:
+//! bridge's ADD of a new pod; and `agent_phase_*`, the agent's own time per
+//! phase of an ADD (its `/metrics` histograms: queued, open, learn, equip,
+//! write, record; the p99 as the bound of the bucket that holds it). Environment:
 //! `NETNS_BENCH_AGENT`, `NETNS_BENCH_CNI` (the binaries; `./x bench-cni`
 //! builds them in release mode), `NETNS_BENCH_PODS` (default 1000).
 
@@ -71,6 +73,17 @@ fn main() {
     }
     print("cni_add", plugin_add);
     print("chain_add", chain_add);
+    // Where the agent's part of an ADD goes, from its own histograms.
+    let metrics = chain.metrics();
+    for (phase, count, sum, p99) in
+        netns_tests::agent::histograms(&metrics, "netns_agent_pod_setup_phase_seconds", "phase")
+    {
+        println!(
+            "agent_phase_{phase}: n {count} mean_ms {:.3} p99_le_ms {:.3}",
+            sum / count.max(1.0) * 1e3,
+            p99 * 1e3
+        );
+    }
     let mut plugin_del = Vec::new();
     for (container, pod, prev) in &attached {
         let netns = pod.path().to_str().unwrap();

@@ -45,6 +45,66 @@ pub fn ready(metrics: SocketAddr) -> bool {
     first.starts_with("HTTP/1.1 200")
 }
 
+/// The whole answer (status line, headers, body) of the agent serving HTTP
+/// on `metrics` to `GET path`.
+#[must_use]
+pub fn http_get(metrics: SocketAddr, path: &str) -> String {
+    let mut conn = TcpStream::connect_timeout(&metrics, Duration::from_secs(5)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut answer).unwrap();
+    answer
+}
+
+/// `name`'s histogram in a Prometheus exposition, by the value of its
+/// `label`: (label value, count, sum, p99 upper bound: the least bucket
+/// bound holding 99 % of the samples).
+#[must_use]
+pub fn histograms(text: &str, name: &str, label: &str) -> Vec<(String, f64, f64, f64)> {
+    let value_of = |line: &str, key: &str| -> Option<String> {
+        let at = line.find(&format!("{key}=\""))? + key.len() + 2;
+        Some(line[at..].split('"').next()?.to_owned())
+    };
+    let number = |line: &str| line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+    let mut out: Vec<(String, f64, f64, f64)> = Vec::new();
+    let mut buckets: Vec<(String, f64, f64)> = Vec::new();
+    let mut sums: Vec<(String, f64)> = Vec::new();
+    for line in text.lines().filter(|l| l.starts_with(name)) {
+        let Some(which) = value_of(line, label) else {
+            continue;
+        };
+        if line.starts_with(&format!("{name}_bucket")) {
+            let le = value_of(line, "le")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(f64::INFINITY);
+            buckets.push((which, le, number(line).unwrap_or(0.0)));
+        } else if line.starts_with(&format!("{name}_count")) {
+            out.push((which, number(line).unwrap_or(0.0), 0.0, 0.0));
+        } else if line.starts_with(&format!("{name}_sum")) {
+            sums.push((which, number(line).unwrap_or(0.0)));
+        }
+    }
+    for entry in &mut out {
+        entry.2 = sums
+            .iter()
+            .find(|(w, _)| *w == entry.0)
+            .map_or(0.0, |(_, v)| *v);
+        let want = entry.1 * 0.99;
+        entry.3 = buckets
+            .iter()
+            .filter(|(w, _, n)| *w == entry.0 && *n >= want)
+            .map(|(_, le, _)| *le)
+            .fold(f64::INFINITY, f64::min);
+    }
+    out
+}
+
 /// The private places of one agent under test.
 #[derive(Debug)]
 pub struct Private {
@@ -192,5 +252,33 @@ impl Drop for Running {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn histograms_are_read_by_label_with_their_p99_bound() {
+        let text = "\
+# TYPE h histogram
+h_sum{phase=\"learn\"} 0.003
+h_count{phase=\"learn\"} 100
+h_bucket{le=\"0.0001\",phase=\"learn\"} 50
+h_bucket{le=\"0.001\",phase=\"learn\"} 98
+h_bucket{le=\"0.01\",phase=\"learn\"} 100
+h_bucket{le=\"+Inf\",phase=\"learn\"} 100
+h_sum{phase=\"open\"} 0.001
+h_count{phase=\"open\"} 10
+h_bucket{le=\"0.0001\",phase=\"open\"} 10
+h_bucket{le=\"+Inf\",phase=\"open\"} 10
+";
+        let got = super::histograms(text, "h", "phase");
+        assert_eq!(
+            got,
+            vec![
+                ("learn".to_owned(), 100.0, 0.003, 0.01),
+                ("open".to_owned(), 10.0, 0.001, 0.0001),
+            ]
+        );
     }
 }

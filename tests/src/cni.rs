@@ -157,6 +157,12 @@ impl Chain {
             .unwrap()
     }
 
+    /// The agent's `/metrics` answer now.
+    #[must_use]
+    pub fn metrics(&self) -> String {
+        crate::agent::http_get(self.metrics, "/metrics")
+    }
+
     /// The agent's log so far.
     #[must_use]
     pub fn logs(&self) -> String {

@@ -53,7 +53,10 @@ impl PodTable {
                 );
             }
         }
-        if let Err(e) = state.record(pod) {
+        let recording = Instant::now();
+        let recorded = state.record(pod);
+        self.shared.setup.observe("record", recording.elapsed());
+        if let Err(e) = recorded {
             // Unrecorded, it could not be found by DEL after a restart: undo.
             self.gone(&pod.netns);
             return CniReply::failed(code::IO, format!("record the attachment: {e:#}"));

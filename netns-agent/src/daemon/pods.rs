@@ -202,6 +202,8 @@ impl PodTable {
             }
             self.gone(path);
         }
+        let shared = Arc::clone(&self.shared);
+        let mut phase = shared.setup.phase_timer();
         let ns = match pod::open(path) {
             Ok(ns) => ns,
             // Only a file on its way to becoming a namespace is waited for.
@@ -219,6 +221,7 @@ impl PodTable {
         if let Some(taken) = self.meshed_elsewhere(path, ns.id(), described) {
             return taken;
         }
+        phase.done("open");
         let name = described.map_or_else(
             || {
                 path.file_name().map_or_else(
@@ -236,15 +239,18 @@ impl PodTable {
                 return Taken::Failed(crate::error_chain(&e));
             }
         };
+        phase.done("learn");
         // A sidecar already listening is equipped before any connection of
         // the pod is redirected to it.
         let equipped = match self.equip_listeners(path, &ns) {
             Ok(equipped) => equipped,
             Err(taken) => return taken,
         };
+        phase.done("equip");
         if let Err(taken) = self.write_pod(path, &ns, &facts, &settings, &equipped, &watch) {
             return taken;
         }
+        phase.done("write");
         let inode = ns.id().ino;
         let equipped: Vec<String> = equipped.iter().map(ToString::to_string).collect();
         if !equipped.is_empty() {
@@ -255,7 +261,8 @@ impl PodTable {
             addrs = ?facts.addrs, %settings, "pod meshed"
         );
         self.shared
-            .setup_seconds
+            .setup
+            .total
             .observe(first_seen.elapsed().as_secs_f64());
         self.pods.insert(
             path.to_owned(),

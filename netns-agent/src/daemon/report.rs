@@ -68,10 +68,7 @@ impl Reporter {
 
     /// The Prometheus exposition of a status at most a second old.
     pub(crate) fn metrics(&self) -> String {
-        crate::metrics::encode_status(
-            &self.status(Duration::from_secs(1)),
-            &self.shared.setup_seconds,
-        )
+        crate::metrics::encode_status(&self.status(Duration::from_secs(1)), &self.shared.setup)
     }
 
     fn make(&self) -> Status {

@@ -12,12 +12,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use netns_datapath::settings::PodSettings;
-use prometheus_client::metrics::histogram::Histogram;
 
+use crate::metrics::SetupTimes;
 use crate::status::{NotMeshed, ProgramStatus};
-
-/// Pod setup latency buckets, in seconds.
-const SETUP_BUCKETS: [f64; 8] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25, 1.0];
 
 /// A meshed pod as the pod worker last published it.
 #[derive(Debug, Clone)]
@@ -61,8 +58,8 @@ pub(crate) struct Shared {
     errors: Mutex<BTreeMap<&'static str, u64>>,
     pods: Mutex<Arc<Pods>>,
     programs: Mutex<Arc<Vec<ProgramStatus>>>,
-    /// Time from a pod's namespace appearing to its map entries written.
-    pub(crate) setup_seconds: Histogram,
+    /// How long pods took to set up, in all and by phase.
+    pub(crate) setup: SetupTimes,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -78,7 +75,7 @@ impl Shared {
             errors: Mutex::default(),
             pods: Mutex::default(),
             programs: Mutex::new(Arc::new(programs)),
-            setup_seconds: Histogram::new(SETUP_BUCKETS),
+            setup: SetupTimes::default(),
         }
     }
 

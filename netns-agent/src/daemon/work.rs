@@ -48,6 +48,8 @@ pub(crate) struct CniWork {
     pub(crate) described: Option<(String, PodSettings)>,
     pub(crate) deadline: Instant,
     pub(crate) reply: oneshot::Sender<CniReply>,
+    /// When it entered the queue.
+    pub(crate) queued: Instant,
 }
 
 /// Where work is sent. Cheap to clone.
@@ -91,6 +93,7 @@ impl Queue {
             described,
             deadline,
             reply,
+            queued: Instant::now(),
         });
         if !self.send(work) {
             return stopping();
@@ -147,6 +150,7 @@ pub(crate) fn run(table: &mut PodTable, queue: &Queue, rx: &Receiver<Work>, sett
                 source_event(table, &mut pending, &mut first_listing, event, settle);
             }
             Ok(Work::Cni(work)) => {
+                table.shared.setup.observe("queued", work.queued.elapsed());
                 let reply = cni(table, work.request, work.described.as_ref(), work.deadline);
                 // A client that gave up is answered by nobody: its work was
                 // dropped or rolled back by the deadline it gave.
