@@ -756,7 +756,9 @@ fn root_agent_sockets_carry_the_bypass_mark_and_json_logs_name_the_pod() {
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         let fields = &value["fields"];
         if fields["message"] == "pod meshed" {
-            assert_eq!(fields["pod"], path.as_str(), "{line}");
+            // The pod is named once, by the span its work logs under.
+            assert_eq!(value["span"]["name"], "pod", "{line}");
+            assert_eq!(value["span"]["pod"], path.as_str(), "{line}");
             assert_eq!(fields["netns_inode"], inode, "{line}");
             meshed_line = true;
         }

@@ -117,7 +117,8 @@ impl PodTable {
             if with_datapath(&self.datapath, in_place).unwrap_or(true) {
                 continue;
             }
-            tracing::warn!(pod = %pod.path.display(), cookie, "the pod's inbound link is gone: attaching it again");
+            let _span = super::pods::pod_span(&pod.path);
+            tracing::warn!(cookie, "the pod's inbound link is gone: attaching it again");
             self.shared.count_error("kernel_gap");
             let repaired = with_datapath(&self.datapath, |dp| {
                 dp.capture_inbound(&pod.ns, cookie, &pass_ports)?;

@@ -172,6 +172,7 @@ impl PodTable {
         given: &[IpAddr],
         described: Option<(&str, &PodSettings)>,
     ) -> Taken {
+        let _span = pod_span(path);
         let taken = self.set_up(path, first_seen, settle, given, described);
         if let Taken::Failed(reason) = &taken {
             self.skipped
@@ -218,7 +219,7 @@ impl PodTable {
             return self.skip(path, format!("{whose}: never a pod"), "node_netns_refused");
         }
         self.skipped.remove(path);
-        if let Some(taken) = self.meshed_elsewhere(path, ns.id(), described) {
+        if let Some(taken) = self.meshed_elsewhere(ns.id(), described) {
             return taken;
         }
         phase.done("open");
@@ -235,29 +236,28 @@ impl PodTable {
         let (watch, facts) = match self.learn(path, &ns, given) {
             Ok(done) => done,
             Err(e) => {
-                self.pod_failed(path, &e);
+                self.pod_failed(&e);
                 return Taken::Failed(crate::error_chain(&e));
             }
         };
         phase.done("learn");
         // A sidecar already listening is equipped before any connection of
         // the pod is redirected to it.
-        let equipped = match self.equip_listeners(path, &ns) {
+        let equipped = match self.equip_listeners(&ns) {
             Ok(equipped) => equipped,
             Err(taken) => return taken,
         };
         phase.done("equip");
-        if let Err(taken) = self.write_pod(path, &ns, &facts, &settings, &equipped, &watch) {
+        if let Err(taken) = self.write_pod(&ns, &facts, &settings, &equipped, &watch) {
             return taken;
         }
         phase.done("write");
         let inode = ns.id().ino;
         let equipped: Vec<String> = equipped.iter().map(ToString::to_string).collect();
         if !equipped.is_empty() {
-            tracing::info!(pod = %path.display(), listeners = ?equipped, "equipped sidecar listeners that predate the agent");
+            tracing::info!(listeners = ?equipped, "equipped sidecar listeners that predate the agent");
         }
-        tracing::info!(
-            pod = %path.display(), name, netns_inode = inode, cookie = facts.cookie,
+        tracing::info!(name, netns_inode = inode, cookie = facts.cookie,
             addrs = ?facts.addrs, %settings, "pod meshed"
         );
         self.shared
@@ -285,7 +285,6 @@ impl PodTable {
     /// address watch. On failure, undoes whatever part was written.
     fn write_pod(
         &mut self,
-        path: &Path,
         ns: &netns_core::NetNs,
         facts: &pod::PodFacts,
         settings: &PodSettings,
@@ -327,7 +326,7 @@ impl PodTable {
                 dp.remove_pod(facts.cookie, &facts.addrs)?;
                 dp.clear_pod_settings(facts.cookie, settings)
             });
-            tracing::error!(pod = %path.display(), error = %format!("{e:#}"), "pod setup failed, rolled back");
+            tracing::error!(error = %format!("{e:#}"), "pod setup failed, rolled back");
             self.shared.count_error("datapath");
             return Err(Taken::Failed(format!("{e:#}")));
         }
@@ -375,7 +374,6 @@ impl PodTable {
     /// going): logged, counted, and [`Taken::Failed`].
     fn equip_listeners(
         &mut self,
-        path: &Path,
         ns: &netns_core::NetNs,
     ) -> Result<Vec<crate::sidecar::Equipped>, Taken> {
         let s = &self.config.datapath.settings;
@@ -389,7 +387,7 @@ impl PodTable {
             })
             .map_err(|e| {
                 let reason = crate::error_chain(&e);
-                tracing::error!(pod = %path.display(), error = %reason, "sidecar listener that predates the agent cannot be equipped: pod left out of the mesh");
+                tracing::error!(error = %reason, "sidecar listener that predates the agent cannot be equipped: pod left out of the mesh");
                 self.shared.count_error("sidecar_unequipped");
                 Taken::Failed(reason)
             })
@@ -400,7 +398,6 @@ impl PodTable {
     /// a known pod's, what became of it (its settings applied if described).
     fn meshed_elsewhere(
         &mut self,
-        path: &Path,
         id: netns_core::NsId,
         described: Option<(&str, &PodSettings)>,
     ) -> Option<Taken> {
@@ -409,7 +406,7 @@ impl PodTable {
             .iter()
             .find(|(_, pod)| pod.id() == id)
             .map(|(known, _)| known.clone())?;
-        tracing::debug!(pod = %path.display(), known = %known.display(), "already meshed under another path");
+        tracing::debug!(known = %known.display(), "already meshed under another path");
         Some(match described {
             Some((_, settings)) => self.settings_changed(&known, settings),
             None => Taken::Done,
@@ -425,6 +422,7 @@ impl PodTable {
     /// A known pod's settings changed: write the new ones and take out
     /// exactly what the old ones had and the new lack.
     fn settings_changed(&mut self, path: &Path, settings: &PodSettings) -> Taken {
+        let _span = pod_span(path);
         let Some(pod) = self.pods.get_mut(path) else {
             return Taken::Done;
         };
@@ -455,26 +453,27 @@ impl PodTable {
         });
         match result {
             Ok(()) => {
-                tracing::info!(pod = %path.display(), name = pod.name, before = %pod.settings, after = %settings, "pod settings changed");
+                tracing::info!(name = pod.name, before = %pod.settings, after = %settings, "pod settings changed");
                 pod.settings = settings.clone();
                 Taken::Done
             }
             Err(e) => {
                 let reason = crate::error_chain(&e);
-                tracing::error!(pod = %path.display(), error = %reason, "pod settings update failed");
+                tracing::error!(error = %reason, "pod settings update failed");
                 self.shared.count_error("datapath");
                 Taken::Failed(reason)
             }
         }
     }
 
-    fn pod_failed(&mut self, path: &Path, e: &PodError) {
-        tracing::warn!(pod = %path.display(), error = %crate::error_chain(e), "pod setup failed");
+    fn pod_failed(&mut self, e: &PodError) {
+        tracing::warn!(error = %crate::error_chain(e), "pod setup failed");
         self.shared.count_error("pod_setup");
     }
 
     /// A namespace file went away: undo exactly what was written for it.
     pub(super) fn gone(&mut self, path: &Path) {
+        let _span = pod_span(path);
         self.skipped.remove(path);
         let Some(pod) = self.pods.remove(path) else {
             return;
@@ -490,10 +489,10 @@ impl PodTable {
         });
         match removed {
             Ok(()) => {
-                tracing::info!(pod = %path.display(), netns_inode = pod.id().ino, "pod removed");
+                tracing::info!(netns_inode = pod.id().ino, "pod removed");
             }
             Err(e) => {
-                tracing::error!(pod = %path.display(), error = %crate::error_chain(&e), "pod removal failed");
+                tracing::error!(error = %crate::error_chain(&e), "pod removal failed");
                 self.shared.count_error("datapath");
             }
         }
@@ -550,10 +549,11 @@ impl PodTable {
         let Some((path, ns, before)) = found else {
             return;
         };
+        let _span = pod_span(&path);
         let now = match pod::addresses(&ns) {
             Ok(now) => now,
             Err(e) => {
-                tracing::warn!(pod = %path.display(), error = %crate::error_chain(&e), "cannot read the pod's addresses");
+                tracing::warn!(error = %crate::error_chain(&e), "cannot read the pod's addresses");
                 return;
             }
         };
@@ -581,15 +581,30 @@ impl PodTable {
         });
         match result {
             Ok(()) => {
-                tracing::info!(pod = %path.display(), netns_inode = pod.id().ino, ?added, ?removed, "pod addresses changed");
+                tracing::info!(
+                    netns_inode = pod.id().ino,
+                    ?added,
+                    ?removed,
+                    "pod addresses changed"
+                );
                 pod.facts.addrs = now;
             }
             Err(e) => {
-                tracing::error!(pod = %path.display(), error = %crate::error_chain(&e), "address update failed");
+                tracing::error!(error = %crate::error_chain(&e), "address update failed");
                 self.shared.count_error("datapath");
             }
         }
     }
+}
+
+/// A span naming the pod `path` that log lines inside it carry, entered
+/// now (unless one for a pod is entered already: work on a pod that
+/// touches it again logs under the one span).
+pub(crate) fn pod_span(path: &Path) -> Option<tracing::span::EnteredSpan> {
+    let inside = tracing::Span::current()
+        .metadata()
+        .is_some_and(|m| m.name() == "pod");
+    (!inside).then(|| tracing::info_span!("pod", pod = %path.display()).entered())
 }
 
 /// The ports inbound capture leaves alone for a pod with `settings` on a
