@@ -54,6 +54,11 @@ pub(crate) enum Taken {
 /// See the module's documentation.
 pub(crate) struct PodTable {
     pub(super) pods: BTreeMap<PathBuf, Pod>,
+    /// What reports see of each pod, kept in step with `pods` (made again
+    /// only for the pod that changed: publishing copies pointers).
+    records: BTreeMap<PathBuf, Arc<PodRecord>>,
+    /// Something reports see changed since the last publication.
+    dirty: bool,
     /// Paths seen that are not pods, with why (logged once each).
     skipped: BTreeMap<PathBuf, String>,
     pub(super) datapath: SharedDataPath,
@@ -77,6 +82,8 @@ impl PodTable {
     ) -> PodTable {
         PodTable {
             pods: BTreeMap::new(),
+            records: BTreeMap::new(),
+            dirty: true,
             skipped: BTreeMap::new(),
             datapath,
             watcher,
@@ -87,23 +94,13 @@ impl PodTable {
         }
     }
 
-    /// Publishes the pods as they are now, for reports.
-    pub(crate) fn publish(&self) {
+    /// Publishes the pods as they are now, for reports, if anything changed.
+    pub(crate) fn publish(&mut self) {
+        if !std::mem::take(&mut self.dirty) {
+            return;
+        }
         self.shared.publish_pods(Pods {
-            meshed: self
-                .pods
-                .values()
-                .map(|p| PodRecord {
-                    name: p.name.clone(),
-                    path: p.path.clone(),
-                    ns: p.ns.clone(),
-                    cookie: p.facts.cookie,
-                    addrs: p.facts.addrs.clone(),
-                    equipped: p.equipped.clone(),
-                    settings: p.settings.clone(),
-                    since: p.since,
-                })
-                .collect(),
+            meshed: self.records.values().cloned().collect(),
             not_meshed: self
                 .skipped
                 .iter()
@@ -113,6 +110,29 @@ impl PodTable {
                 })
                 .collect(),
         });
+    }
+
+    /// The pod at `path` changed (or went): its record follows.
+    fn changed(&mut self, path: &Path) {
+        self.dirty = true;
+        match self.pods.get(path) {
+            None => {
+                self.records.remove(path);
+            }
+            Some(p) => {
+                let record = PodRecord {
+                    name: p.name.clone(),
+                    path: p.path.clone(),
+                    ns: p.ns.clone(),
+                    cookie: p.facts.cookie,
+                    addrs: p.facts.addrs.clone(),
+                    equipped: p.equipped.clone(),
+                    settings: p.settings.clone(),
+                    since: p.since,
+                };
+                self.records.insert(path.to_owned(), Arc::new(record));
+            }
+        }
     }
 
     /// A namespace file appeared (or is present): take the pod on. A file
@@ -141,6 +161,7 @@ impl PodTable {
         if skipped.get(path) != Some(&reason) {
             tracing::warn!(path = %path.display(), error = %reason, "not a pod: skipped");
             skipped.insert(path.to_owned(), reason.clone());
+            self.dirty = true;
             self.shared.count_error(kind);
         }
         Taken::NotNamespace(reason)
@@ -158,7 +179,7 @@ impl PodTable {
         )
     }
 
-    /// [`Agent::appeared`], with addresses the pod is known to have besides
+    /// [`PodTable::appeared`], with addresses the pod is known to have besides
     /// those read inside it (a CNI request's `prevResult`), and the pod's
     /// name and settings when its source knows them (`None`: a pod already
     /// known keeps its own, a new one gets the defaults). A pod whose setup
@@ -177,11 +198,12 @@ impl PodTable {
         if let Taken::Failed(reason) = &taken {
             self.skipped
                 .insert(path.to_owned(), format!("setup failed: {reason}"));
+            self.dirty = true;
         }
         taken
     }
 
-    /// [`Agent::take_on`]'s work.
+    /// [`PodTable::take_on`]'s work.
     fn set_up(
         &mut self,
         path: &Path,
@@ -218,7 +240,7 @@ impl PodTable {
         if let Some(whose) = node_netns(ns.id()) {
             return self.skip(path, format!("{whose}: never a pod"), "node_netns_refused");
         }
-        self.skipped.remove(path);
+        self.dirty |= self.skipped.remove(path).is_some();
         if let Some(taken) = self.meshed_elsewhere(ns.id(), described) {
             return taken;
         }
@@ -277,6 +299,7 @@ impl PodTable {
                 since: SystemTime::now(),
             },
         );
+        self.changed(path);
         Taken::Done
     }
 
@@ -455,6 +478,7 @@ impl PodTable {
             Ok(()) => {
                 tracing::info!(name = pod.name, before = %pod.settings, after = %settings, "pod settings changed");
                 pod.settings = settings.clone();
+                self.changed(path);
                 Taken::Done
             }
             Err(e) => {
@@ -474,10 +498,11 @@ impl PodTable {
     /// A namespace file went away: undo exactly what was written for it.
     pub(super) fn gone(&mut self, path: &Path) {
         let _span = pod_span(path);
-        self.skipped.remove(path);
+        self.dirty |= self.skipped.remove(path).is_some();
         let Some(pod) = self.pods.remove(path) else {
             return;
         };
+        self.changed(path);
         let inbound = self.inbound_pass_ports(&pod.settings);
         let removed = with_datapath(&self.datapath, |dp| {
             // The pod's link first, then the entries it reads.
@@ -588,6 +613,7 @@ impl PodTable {
                     "pod addresses changed"
                 );
                 pod.facts.addrs = now;
+                self.changed(&path);
             }
             Err(e) => {
                 tracing::error!(error = %crate::error_chain(&e), "address update failed");

@@ -32,7 +32,7 @@ pub(crate) struct PodRecord {
 /// The pod worker's view of its pods, published after each piece of work.
 #[derive(Debug, Default)]
 pub(crate) struct Pods {
-    pub(crate) meshed: Vec<PodRecord>,
+    pub(crate) meshed: Vec<Arc<PodRecord>>,
     pub(crate) not_meshed: Vec<NotMeshed>,
 }
 
