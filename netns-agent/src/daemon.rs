@@ -249,6 +249,7 @@ impl Threads {
         let (stop_check, stop) = std::sync::mpsc::channel::<()>();
         let check = health::KernelCheck {
             datapath: Arc::clone(datapath),
+            view: Arc::clone(view),
             shared: Arc::clone(shared),
             queue: queue.clone(),
             control_socket: (

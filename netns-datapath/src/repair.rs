@@ -136,7 +136,13 @@ impl DataPath {
         let Some(id) = self.inbound_program_id() else {
             return false;
         };
-        self.inbound_pin(netns_cookie).exists()
+        inbound_link_serves(&self.inbound_pin(netns_cookie), ns)
             && super::attached_inbound_ids(ns).is_ok_and(|ids| ids.contains(&id))
     }
+}
+
+/// Whether the link pinned at `pin` is attached to `ns` (the kernel's
+/// word: a link detached, or whose namespace is gone, says inode 0).
+pub(crate) fn inbound_link_serves(pin: &std::path::Path, ns: &NetNs) -> bool {
+    sys::pinned_netns_link(pin).is_ok_and(|link| u64::from(link.netns_ino) == ns.id().ino)
 }

@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 use std::os::fd::AsFd as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use netns_ebpf::{LocalPod, OriginalDst, PodFlags, counter, names};
@@ -116,10 +116,12 @@ impl DataPathView {
         self.sidecar_seen.get(&netns_cookie, 0).is_ok()
     }
 
-    /// Whether pod `netns_cookie`'s inbound link is pinned.
+    /// Whether pod `ns` (netns cookie `netns_cookie`) has its inbound link
+    /// pinned and attached to its namespace, as the kernel says (two system
+    /// calls: cheap enough for every pod every second, and no lock).
     #[must_use]
-    pub fn inbound_pinned(&self, netns_cookie: u64) -> bool {
-        self.inbound_pins.join(netns_cookie.to_string()).exists()
+    pub fn inbound_in_place(&self, ns: &netns_core::NetNs, netns_cookie: u64) -> bool {
+        crate::repair::inbound_link_serves(&self.inbound_pins.join(netns_cookie.to_string()), ns)
     }
 
     /// The fill of the maps that grow with pods and connections, read from
@@ -145,12 +147,6 @@ impl DataPathView {
     /// The counters of [`netns_ebpf::counter`], summed over CPUs.
     pub fn counters(&self) -> Result<[u64; counter::COUNT as usize], DataPathError> {
         sum_counters(&self.counters)
-    }
-
-    /// Where the pods' inbound links are pinned.
-    #[must_use]
-    pub fn inbound_pin_dir(&self) -> &Path {
-        &self.inbound_pins
     }
 }
 

@@ -1,7 +1,8 @@
 //! The agent's health as the kernel says it, checked every second: the data
 //! path's programs on the cgroup and its map pins ([`DataPath::kernel_gaps`]),
-//! each pod's inbound link in its namespace (by the pod worker, in its
-//! turn), and the control socket file. A difference is logged, makes
+//! each pod's inbound link in its namespace (read through the view, without
+//! the pod worker; a missing one is repaired by the worker in its turn),
+//! and the control socket file. A difference is logged, makes
 //! `/readyz` false, and is repaired where it can be (a program attached
 //! again, a map pinned again, a pod's inbound link attached again); what
 //! stays broken keeps the agent unready and is named in `status`.
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
-use netns_datapath::DataPathError;
+use netns_datapath::{DataPathError, DataPathView};
 
 use super::pods::{PodTable, SharedDataPath, with_datapath};
 use super::shared::{Area, Shared};
@@ -26,6 +27,7 @@ pub(crate) const EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub(crate) struct KernelCheck {
     pub(crate) datapath: SharedDataPath,
+    pub(crate) view: Arc<DataPathView>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) queue: Queue,
     /// The control socket path, and the file (device, inode) the agent bound.
@@ -85,7 +87,16 @@ impl KernelCheck {
             Vec::new()
         };
         self.shared.set_problems(Area::ControlSocket, control);
-        self.queue.check_inbound();
+        let pods = self.shared.pods();
+        let gap = pods
+            .meshed
+            .iter()
+            .any(|p| p.inbound && !self.view.inbound_in_place(&p.ns, p.cookie));
+        if gap {
+            self.queue.check_inbound();
+        } else {
+            self.shared.set_problems(Area::Inbound, Vec::new());
+        }
         true
     }
 }

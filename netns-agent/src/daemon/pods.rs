@@ -129,6 +129,7 @@ impl PodTable {
                     equipped: p.equipped.clone(),
                     settings: p.settings.clone(),
                     since: p.since,
+                    inbound: inbound_pass_ports(&self.config, &p.settings).is_some(),
                 };
                 self.records.insert(path.to_owned(), Arc::new(record));
             }

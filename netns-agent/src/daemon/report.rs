@@ -94,7 +94,7 @@ impl Reporter {
                     meshed: self.view.missing_pod_entries(p.cookie, &p.addrs).is_empty(),
                     equipped: p.equipped.clone(),
                     sidecar: self.sidecar_state(&p.ns, p.cookie, outbound_port),
-                    inbound: self.view.inbound_pinned(p.cookie),
+                    inbound: self.view.inbound_in_place(&p.ns, p.cookie),
                     settings: p.settings.clone(),
                     since_unix: p
                         .since

@@ -27,6 +27,8 @@ pub(crate) struct PodRecord {
     pub(crate) equipped: Vec<String>,
     pub(crate) settings: PodSettings,
     pub(crate) since: SystemTime,
+    /// Whether it has inbound capture (on for the node and for the pod).
+    pub(crate) inbound: bool,
 }
 
 /// The pod worker's view of its pods, published after each piece of work.
