@@ -96,6 +96,12 @@ impl Watcher {
 }
 
 impl Subscription {
+    /// The cookie of the pod's namespace, read from the subscription's own
+    /// socket (`SO_NETNS_COOKIE`, Linux 5.14+; an error on older kernels).
+    pub fn netns_cookie(&self) -> io::Result<u64> {
+        netns_core::netns_cookie(&self.0)
+    }
+
     /// Reads and discards what is queued (the news is only that something
     /// changed: the caller reads the addresses again).
     pub fn drain(&self) {

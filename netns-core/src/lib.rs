@@ -77,5 +77,5 @@ pub use error::{NsError, Result};
 pub use named::{NETNS_RUN_DIR, TempNetNs};
 pub use netns::{NetNs, NsId, validate};
 pub use ns_type::NsType;
-pub use socket::{NsSockets, SO_MARK, SO_ORIGINAL_DST, mark, original_dst, set_mark};
+pub use socket::{NsSockets, SO_MARK, SO_ORIGINAL_DST, mark, netns_cookie, original_dst, set_mark};
 pub use thread::{NsGuard, forget_thread_netns, gettid, setns, with_netns_path};

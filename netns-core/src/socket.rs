@@ -30,6 +30,22 @@ pub fn set_mark(socket: impl AsFd, mark: u32) -> io::Result<()> {
     SockRef::from(&socket).set_mark(mark)
 }
 
+/// The cookie of the network namespace `socket` belongs to: the 64-bit id
+/// eBPF programs get from `bpf_get_netns_cookie` (`SO_NETNS_COOKIE`, Linux
+/// 5.14+; older kernels answer `ENOPROTOOPT`). Any socket made inside a
+/// namespace tells its cookie, so a caller that already holds one there
+/// needs no other trip into it.
+///
+/// ```no_run
+/// let ns = netns_core::NetNs::open("/run/netns/pod-a")?;
+/// let sock = ns.sockets().raw(socket2::Domain::UNIX, socket2::Type::DGRAM, None)?;
+/// let cookie = netns_core::netns_cookie(&sock)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn netns_cookie(socket: impl AsFd) -> io::Result<u64> {
+    crate::sys::netns_cookie(socket)
+}
+
 /// Reads `SO_MARK` back from a socket.
 pub fn mark(socket: impl AsFd) -> io::Result<u32> {
     SockRef::from(&socket).mark()
@@ -105,7 +121,7 @@ impl NetNs {
     /// `bpf_get_netns_cookie` (read through `SO_NETNS_COOKIE`, Linux 5.14+).
     pub fn cookie(&self) -> Result<u64> {
         let sock = self.sockets().raw(Domain::UNIX, Type::DGRAM, None)?;
-        crate::sys::netns_cookie(&sock).map_err(|source| NsError::Socket {
+        netns_cookie(&sock).map_err(|source| NsError::Socket {
             path: self.path().to_owned(),
             op: "read SO_NETNS_COOKIE (needs Linux 5.14+)".into(),
             source,

@@ -59,6 +59,9 @@ pub(crate) struct PodTable {
     records: BTreeMap<PathBuf, Arc<PodRecord>>,
     /// Something reports see changed since the last publication.
     dirty: bool,
+    /// Whether `SO_NETNS_COOKIE` tells a pod's netns cookie on this kernel
+    /// (5.14+), learned at the first pod; `None`: not known yet.
+    cookie_by_sockopt: Option<bool>,
     /// Paths seen that are not pods, with why (logged once each).
     skipped: BTreeMap<PathBuf, String>,
     pub(super) datapath: SharedDataPath,
@@ -84,6 +87,7 @@ impl PodTable {
             pods: BTreeMap::new(),
             records: BTreeMap::new(),
             dirty: true,
+            cookie_by_sockopt: None,
             skipped: BTreeMap::new(),
             datapath,
             watcher,
@@ -366,23 +370,39 @@ impl PodTable {
         ns: &netns_core::NetNs,
         given: &[IpAddr],
     ) -> Result<(crate::addr_watch::Subscription, pod::PodFacts), PodError> {
-        // The cookie probe works while this thread subscribes to the pod's
-        // address changes (before reading them: no change falls between) and
-        // reads its addresses.
-        let asked = with_datapath(&self.datapath, |dp| dp.ask_netns_cookie(ns));
+        // The netns cookie: from the address subscription's own socket on
+        // 5.14+ (no trip to the probe), else from the cookie probe, which
+        // works while this thread subscribes to the pod's address changes
+        // (before reading them: no change falls between) and reads its
+        // addresses. Which one works is learned at the first pod.
+        let probe = self.cookie_by_sockopt != Some(true);
+        let asked = probe.then(|| with_datapath(&self.datapath, |dp| dp.ask_netns_cookie(ns)));
         let local = crate::addr_watch::subscribe(ns)
             .map_err(|source| PodError::Namespace {
                 path: path.to_owned(),
                 source,
             })
             .and_then(|watch| Ok((watch, pod::addresses(ns)?)));
+        let by_sockopt = match (&local, self.cookie_by_sockopt) {
+            (Ok((watch, _)), None | Some(true)) => watch.netns_cookie().ok(),
+            _ => None,
+        };
+        if local.is_ok() && self.cookie_by_sockopt.is_none() {
+            self.cookie_by_sockopt = Some(by_sockopt.is_some());
+        }
         // A question asked is always answered, also when the local work failed.
-        let cookie = asked
-            .and_then(|()| with_datapath(&self.datapath, |dp| dp.netns_cookie_answer(ns)))
-            .map_err(|source| PodError::Cookie {
-                path: path.to_owned(),
-                source: Box::new(source),
-            });
+        let answered = asked.map(|asked| {
+            asked.and_then(|()| with_datapath(&self.datapath, |dp| dp.netns_cookie_answer(ns)))
+        });
+        let cookie = match (by_sockopt, answered) {
+            (Some(cookie), _) => Ok(cookie),
+            (None, Some(answer)) => answer,
+            (None, None) => with_datapath(&self.datapath, |dp| dp.netns_cookie(ns)),
+        }
+        .map_err(|source| PodError::Cookie {
+            path: path.to_owned(),
+            source: Box::new(source),
+        });
         let (watch, mut addrs) = local?;
         let cookie = cookie?;
         addrs.extend(given.iter().filter(|a| !a.is_loopback()));
