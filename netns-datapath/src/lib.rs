@@ -449,19 +449,7 @@ impl DataPath {
             pad: 0,
         };
         for addr in addrs {
-            match addr {
-                IpAddr::V4(v4) => {
-                    let mut map: HashMap<_, u32, LocalPod> = self.hash(names::LOCAL_POD_IPS4)?;
-                    map.insert(&u32::from_ne_bytes(v4.octets()), &pod, 0)
-                        .map_err(|e| map_error(names::LOCAL_POD_IPS4, &op, e))?;
-                }
-                IpAddr::V6(v6) => {
-                    let mut map: HashMap<_, [u32; 4], LocalPod> =
-                        self.hash(names::LOCAL_POD_IPS6)?;
-                    map.insert(&ip6_words(v6.octets()), &pod, 0)
-                        .map_err(|e| map_error(names::LOCAL_POD_IPS6, &op, e))?;
-                }
-            }
+            self.local_addr(*addr, Some(&pod), &op)?;
         }
         // A pod already meshed keeps its flags (see `DataPath::set_pod_settings`).
         let mut meshed: HashMap<_, u64, PodFlags> = self.hash(names::MESHED_NETNS)?;
@@ -497,19 +485,7 @@ impl DataPath {
         let mut seen: HashMap<_, u64, u8> = self.hash(names::SIDECAR_SEEN)?;
         remove_present(seen.remove(&netns_cookie), names::SIDECAR_SEEN, &op)?;
         for addr in addrs {
-            match addr {
-                IpAddr::V4(v4) => {
-                    let mut map: HashMap<_, u32, LocalPod> = self.hash(names::LOCAL_POD_IPS4)?;
-                    let key = u32::from_ne_bytes(v4.octets());
-                    remove_present(map.remove(&key), names::LOCAL_POD_IPS4, &op)?;
-                }
-                IpAddr::V6(v6) => {
-                    let mut map: HashMap<_, [u32; 4], LocalPod> =
-                        self.hash(names::LOCAL_POD_IPS6)?;
-                    let key = ip6_words(v6.octets());
-                    remove_present(map.remove(&key), names::LOCAL_POD_IPS6, &op)?;
-                }
-            }
+            self.local_addr(*addr, None, &op)?;
         }
         Ok(())
     }
@@ -572,19 +548,7 @@ impl DataPath {
     pub fn remove_addrs(&mut self, addrs: &[IpAddr]) -> Result<(), DataPathError> {
         let op = "remove a pod address from";
         for addr in addrs {
-            match addr {
-                IpAddr::V4(v4) => {
-                    let mut map: HashMap<_, u32, LocalPod> = self.hash(names::LOCAL_POD_IPS4)?;
-                    let key = u32::from_ne_bytes(v4.octets());
-                    remove_present(map.remove(&key), names::LOCAL_POD_IPS4, op)?;
-                }
-                IpAddr::V6(v6) => {
-                    let mut map: HashMap<_, [u32; 4], LocalPod> =
-                        self.hash(names::LOCAL_POD_IPS6)?;
-                    let key = ip6_words(v6.octets());
-                    remove_present(map.remove(&key), names::LOCAL_POD_IPS6, op)?;
-                }
-            }
+            self.local_addr(*addr, None, op)?;
         }
         Ok(())
     }
@@ -687,6 +651,44 @@ impl DataPath {
         self.ebpf
             .map_mut(name)
             .ok_or(DataPathError::Missing { kind: "map", name })
+    }
+
+    /// Files `addr` as `pod`'s in the local-pod map of its family, or with
+    /// `None` removes it (an entry already gone is no error).
+    fn local_addr(
+        &mut self,
+        addr: IpAddr,
+        pod: Option<&LocalPod>,
+        op: &str,
+    ) -> Result<(), DataPathError> {
+        fn apply<K: aya::Pod>(
+            mut map: HashMap<&mut MapData, K, LocalPod>,
+            name: &'static str,
+            key: &K,
+            pod: Option<&LocalPod>,
+            op: &str,
+        ) -> Result<(), DataPathError> {
+            match pod {
+                Some(pod) => map.insert(key, pod, 0).map_err(|e| map_error(name, op, e)),
+                None => remove_present(map.remove(key), name, op),
+            }
+        }
+        match addr {
+            IpAddr::V4(v4) => {
+                let name = names::LOCAL_POD_IPS4;
+                apply(
+                    self.hash(name)?,
+                    name,
+                    &u32::from_ne_bytes(v4.octets()),
+                    pod,
+                    op,
+                )
+            }
+            IpAddr::V6(v6) => {
+                let name = names::LOCAL_POD_IPS6;
+                apply(self.hash(name)?, name, &ip6_words(v6.octets()), pod, op)
+            }
+        }
     }
 
     fn hash<K: aya::Pod, V: aya::Pod>(
