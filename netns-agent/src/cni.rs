@@ -15,8 +15,10 @@
 //! <- {"ok":false,"code":101,"error":"no attachment on record for container c2"}
 //! ```
 
+mod client;
 pub mod install;
 pub mod plugin;
+mod verbs;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
