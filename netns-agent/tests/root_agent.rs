@@ -168,6 +168,13 @@ impl Drop for Fixture {
     fn drop(&mut self) {
         // Only the process this fixture started, by its PID.
         drop(self.agent.take());
+        if std::thread::panicking() {
+            // What the agent said, for a failure seen only in a guest.
+            let log = std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(80)..];
+            eprintln!("agent log (last {} lines):\n{}", tail.len(), tail.join("\n"));
+        }
         let _ = netns_datapath::cleanup(&self.bpffs());
         if let Ok(entries) = std::fs::read_dir(self.netns_dir()) {
             for entry in entries.flatten() {
