@@ -36,10 +36,43 @@ struct Fixture {
     cgroup: ChildCgroup,
     metrics: SocketAddr,
     agent: Option<Running>,
+    /// Held for the test's whole run (dropped last).
+    _turn: Turn,
+}
+
+/// The burst test runs alone: its 1,000 namespaces load an emulated guest
+/// for minutes (namespace creation and teardown take kernel-wide locks
+/// every agent's pod work needs), and it shrinks the inotify queue that an
+/// agent started meanwhile would get. The others run side by side.
+static TURNS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+#[allow(dead_code)] // held, never read
+enum Turn {
+    Shared(std::sync::RwLockReadGuard<'static, ()>),
+    Alone(std::sync::RwLockWriteGuard<'static, ()>),
 }
 
 impl Fixture {
     fn new(tag: &str) -> Fixture {
+        let turn = Turn::Shared(
+            TURNS
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        Fixture::with_turn(tag, turn)
+    }
+
+    /// A fixture whose test runs with no other test of this file.
+    fn alone(tag: &str) -> Fixture {
+        let turn = Turn::Alone(
+            TURNS
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        Fixture::with_turn(tag, turn)
+    }
+
+    fn with_turn(tag: &str, turn: Turn) -> Fixture {
         let netns_tests::agent::Private {
             dir,
             cgroup,
@@ -51,6 +84,7 @@ impl Fixture {
             cgroup,
             metrics,
             agent: None,
+            _turn: turn,
         }
     }
 
@@ -173,7 +207,11 @@ impl Drop for Fixture {
             let log = std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default();
             let lines: Vec<&str> = log.lines().collect();
             let tail = &lines[lines.len().saturating_sub(80)..];
-            eprintln!("agent log (last {} lines):\n{}", tail.len(), tail.join("\n"));
+            eprintln!(
+                "agent log (last {} lines):\n{}",
+                tail.len(),
+                tail.join("\n")
+            );
         }
         let _ = netns_datapath::cleanup(&self.bpffs());
         if let Ok(entries) = std::fs::read_dir(self.netns_dir()) {
@@ -842,7 +880,7 @@ fn root_agent_meshes_every_pod_of_a_burst_of_1000() {
     // No periodic listing during the test: only inotify (and the listing an
     // overflow triggers) can deliver the pods.
     const NO_RESYNC: &[&str] = &["--resync-secs", "3600"];
-    let mut f = Fixture::new("burst");
+    let mut f = Fixture::alone("burst");
     let overflow = netns_tests::in_vm();
     if overflow {
         // Read when an inotify instance is made: only the agent's gets it.
