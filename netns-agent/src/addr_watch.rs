@@ -65,9 +65,18 @@ impl Watcher {
 
     /// Watches `sub`, reporting `token` when it has news. Closing the
     /// subscription removes it from the set.
+    ///
+    /// Edge-triggered: `token` is reported once per arrival of news, not
+    /// again and again until someone drains the subscription. The waiting
+    /// thread only passes tokens on (to the pod worker, which drains and
+    /// reads the addresses in its turn); level-triggered, it would report
+    /// the same news in a loop until then, flooding the worker with
+    /// re-reads (seen in an emulated 5.10 guest: the worker busy for over a
+    /// minute after one address change).
     pub fn add(&self, sub: &Subscription, token: u64) -> io::Result<()> {
+        let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLET;
         self.epoll
-            .add(sub.0.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token))
+            .add(sub.0.as_fd(), EpollEvent::new(flags, token))
             .map_err(io::Error::from)
     }
 

@@ -188,6 +188,13 @@ pub fn encode_status(status: &Status, setup: &SetupTimes) -> String {
         "kind",
         status.errors.iter().map(|(n, v)| (n.as_str(), *v)),
     );
+    counters(
+        &mut registry,
+        "netns_agent_pod_work",
+        "Pieces of pod work done by the pod worker, by kind",
+        "kind",
+        status.work.iter().map(|(n, v)| (n.as_str(), *v)),
+    );
     registry.register(
         "netns_agent_pod_setup_seconds",
         "Time from a namespace appearing to its map entries written",

@@ -34,6 +34,10 @@ pub struct Status {
     pub counters: Vec<(String, u64)>,
     /// Errors since start, by kind.
     pub errors: Vec<(String, u64)>,
+    /// Pieces of pod work done since start, by kind (`source`, `cni`,
+    /// `addresses`, `inbound_check`).
+    #[serde(default)]
+    pub work: Vec<(String, u64)>,
     /// Paths the pod source named that are not in the mesh, and why (not a
     /// network namespace, the node's own, a symlink, or a setup that failed,
     /// such as a sidecar listener that could not be equipped).

@@ -123,6 +123,7 @@ impl Reporter {
                 },
             ),
             errors: self.shared.errors(),
+            work: self.shared.work(),
             not_meshed: pods.not_meshed.clone(),
         }
     }

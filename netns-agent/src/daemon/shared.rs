@@ -58,6 +58,7 @@ pub(crate) struct Shared {
     source_up: AtomicBool,
     problems: Mutex<BTreeMap<Area, Vec<String>>>,
     errors: Mutex<BTreeMap<&'static str, u64>>,
+    work: Mutex<BTreeMap<&'static str, u64>>,
     pods: Mutex<Arc<Pods>>,
     programs: Mutex<Arc<Vec<ProgramStatus>>>,
     /// How long pods took to set up, in all and by phase.
@@ -75,6 +76,7 @@ impl Shared {
             source_up: AtomicBool::new(false),
             problems: Mutex::default(),
             errors: Mutex::default(),
+            work: Mutex::default(),
             pods: Mutex::default(),
             programs: Mutex::new(Arc::new(programs)),
             setup: SetupTimes::default(),
@@ -125,6 +127,18 @@ impl Shared {
 
     pub(crate) fn errors(&self) -> Vec<(String, u64)> {
         lock(&self.errors)
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect()
+    }
+
+    /// The pod worker took a piece of work of `kind`.
+    pub(crate) fn count_work(&self, kind: &'static str) {
+        *lock(&self.work).entry(kind).or_default() += 1;
+    }
+
+    pub(crate) fn work(&self) -> Vec<(String, u64)> {
+        lock(&self.work)
             .iter()
             .map(|(k, v)| ((*k).to_owned(), *v))
             .collect()

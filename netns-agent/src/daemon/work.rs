@@ -39,6 +39,19 @@ pub(crate) enum Work {
     Stop,
 }
 
+impl Work {
+    /// What kind of work it is, for the `work` counts of status and metrics.
+    fn kind(&self) -> &'static str {
+        match self {
+            Work::Source(_) => "source",
+            Work::Cni(_) => "cni",
+            Work::Addresses(_) => "addresses",
+            Work::CheckInbound => "inbound_check",
+            Work::Stop => "stop",
+        }
+    }
+}
+
 /// A CNI request in the queue.
 #[derive(Debug)]
 pub(crate) struct CniWork {
@@ -144,6 +157,9 @@ pub(crate) fn run(table: &mut PodTable, queue: &Queue, rx: &Receiver<Work>, sett
         if queue.stopping.load(SeqCst) {
             refuse_all(work.ok(), rx);
             return;
+        }
+        if let Ok(work) = &work {
+            table.shared.count_work(work.kind());
         }
         match work {
             Ok(Work::Source(event)) => {
