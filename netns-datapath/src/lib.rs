@@ -498,49 +498,16 @@ impl DataPath {
         let cookies: Vec<u64> = pods.iter().map(|(c, _)| *c).collect();
         let owns =
             |addr: IpAddr, cookie: u64| pods.iter().any(|(c, a)| *c == cookie && a.contains(&addr));
-        let mut removed = 0;
-        let mut meshed: HashMap<_, u64, PodFlags> = self.hash(names::MESHED_NETNS)?;
-        let stale: Vec<u64> = meshed
-            .keys()
-            .flatten()
-            .filter(|c| !cookies.contains(c))
-            .collect();
-        for cookie in stale {
-            remove_present(meshed.remove(&cookie), names::MESHED_NETNS, op)?;
-            removed += 1;
-        }
-        let mut seen: HashMap<_, u64, u8> = self.hash(names::SIDECAR_SEEN)?;
-        let stale: Vec<u64> = seen
-            .keys()
-            .flatten()
-            .filter(|c| !cookies.contains(c))
-            .collect();
-        for cookie in stale {
-            remove_present(seen.remove(&cookie), names::SIDECAR_SEEN, op)?;
-            removed += 1;
-        }
-        let mut v4: HashMap<_, u32, LocalPod> = self.hash(names::LOCAL_POD_IPS4)?;
-        let stale: Vec<u32> = v4
-            .iter()
-            .flatten()
-            .filter(|(k, v)| !owns(IpAddr::from(k.to_ne_bytes()), v.netns_cookie))
-            .map(|(k, _)| k)
-            .collect();
-        for key in stale {
-            remove_present(v4.remove(&key), names::LOCAL_POD_IPS4, op)?;
-            removed += 1;
-        }
-        let mut v6: HashMap<_, [u32; 4], LocalPod> = self.hash(names::LOCAL_POD_IPS6)?;
-        let stale: Vec<[u32; 4]> = v6
-            .iter()
-            .flatten()
-            .filter(|(k, v)| !owns(IpAddr::from(ip6_octets(*k)), v.netns_cookie))
-            .map(|(k, _)| k)
-            .collect();
-        for key in stale {
-            remove_present(v6.remove(&key), names::LOCAL_POD_IPS6, op)?;
-            removed += 1;
-        }
+        let live = |cookie: &u64| cookies.contains(cookie);
+        let removed = self
+            .remove_stale::<u64, PodFlags>(names::MESHED_NETNS, op, |c, _| live(c))?
+            + self.remove_stale::<u64, u8>(names::SIDECAR_SEEN, op, |c, _| live(c))?
+            + self.remove_stale::<u32, LocalPod>(names::LOCAL_POD_IPS4, op, |k, v| {
+                owns(IpAddr::from(k.to_ne_bytes()), v.netns_cookie)
+            })?
+            + self.remove_stale::<[u32; 4], LocalPod>(names::LOCAL_POD_IPS6, op, |k, v| {
+                owns(IpAddr::from(ip6_octets(*k)), v.netns_cookie)
+            })?;
         Ok(removed + self.retain_inbound(&cookies)? + self.retain_pod_settings(&cookies)?)
     }
 
@@ -651,6 +618,27 @@ impl DataPath {
         self.ebpf
             .map_mut(name)
             .ok_or(DataPathError::Missing { kind: "map", name })
+    }
+
+    /// Removes the entries of hash map `name` that `keep` does not keep;
+    /// returns how many.
+    fn remove_stale<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        op: &str,
+        keep: impl Fn(&K, &V) -> bool,
+    ) -> Result<usize, DataPathError> {
+        let mut map: HashMap<_, K, V> = self.hash(name)?;
+        let stale: Vec<K> = map
+            .iter()
+            .flatten()
+            .filter(|(k, v)| !keep(k, v))
+            .map(|(k, _)| k)
+            .collect();
+        for key in &stale {
+            remove_present(map.remove(key), name, op)?;
+        }
+        Ok(stale.len())
     }
 
     /// Files `addr` as `pod`'s in the local-pod map of its family, or with

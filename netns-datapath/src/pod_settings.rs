@@ -175,16 +175,9 @@ impl DataPath {
         name: &'static str,
         cookies: &[u64],
     ) -> Result<usize, DataPathError> {
-        let mut map: HashMap<_, PodPort, u8> = self.hash(name)?;
-        let stale: Vec<PodPort> = map
-            .keys()
-            .flatten()
-            .filter(|k| !cookies.contains(&k.netns_cookie))
-            .collect();
-        for key in &stale {
-            remove_present(map.remove(key), name, "drop stale entries from")?;
-        }
-        Ok(stale.len())
+        self.remove_stale::<PodPort, u8>(name, "drop stale entries from", |k, _| {
+            cookies.contains(&k.netns_cookie)
+        })
     }
 
     fn trie(
