@@ -22,8 +22,8 @@ pub struct DataPathView {
     sidecar_seen: HashMap<MapData, u64, u8>,
     orig_dst: HashMap<MapData, u64, OriginalDst>,
     counters: PerCpuArray<MapData, u64>,
-    /// (name, capacity) of `meshed`, `ips4`, `ips6` and `orig_dst`.
-    capacities: [(&'static str, u64); 4],
+    /// The capacities of `meshed`, `ips4`, `ips6` and `orig_dst`.
+    capacities: [Capacity; 4],
     inbound_pins: PathBuf,
 }
 
@@ -35,13 +35,17 @@ impl std::fmt::Debug for DataPathView {
     }
 }
 
+/// A map's capacity: (name, `max_entries`).
+type Capacity = (&'static str, u64);
+
 /// How full a map is: (name, entries, capacity).
 pub type MapFill = (&'static str, u64, u64);
 
 impl DataPathView {
     /// Handles on `datapath`'s maps (duplicated descriptors).
     pub fn of(datapath: &DataPath) -> Result<DataPathView, DataPathError> {
-        fn open(datapath: &DataPath, name: &'static str) -> Result<Map, DataPathError> {
+        /// A handle of its own on map `name`, and the map's capacity.
+        fn open(datapath: &DataPath, name: &'static str) -> Result<(Map, u64), DataPathError> {
             let (Map::HashMap(data) | Map::LruHashMap(data) | Map::PerCpuArray(data)) =
                 datapath.map(name)?
             else {
@@ -53,38 +57,36 @@ impl DataPathView {
                 .try_clone_to_owned()
                 .map_err(|e| map_error(name, "duplicate the descriptor of", e.into()))?;
             let data = MapData::from_fd(fd).map_err(|e| map_error(name, "open", e))?;
-            Map::from_map_data(data).map_err(|e| map_error(name, "open", e))
+            let capacity = data
+                .info()
+                .map_err(|e| map_error(name, "ask the size of", e))?
+                .max_entries();
+            let map = Map::from_map_data(data).map_err(|e| map_error(name, "open", e))?;
+            Ok((map, u64::from(capacity)))
         }
         fn hash<K: aya::Pod, V: aya::Pod>(
             datapath: &DataPath,
             name: &'static str,
-        ) -> Result<HashMap<MapData, K, V>, DataPathError> {
-            HashMap::try_from(open(datapath, name)?).map_err(|e| map_error(name, "open", e))
+        ) -> Result<(HashMap<MapData, K, V>, Capacity), DataPathError> {
+            let (map, capacity) = open(datapath, name)?;
+            let map = HashMap::try_from(map).map_err(|e| map_error(name, "open", e))?;
+            Ok((map, (name, capacity)))
         }
-        let capacity = |name: &'static str| -> Result<(&'static str, u64), DataPathError> {
-            let entries = match datapath.map(name)? {
-                Map::HashMap(d) | Map::LruHashMap(d) => d
-                    .info()
-                    .map_err(|e| map_error(name, "ask the size of", e))?
-                    .max_entries(),
-                _ => return Err(DataPathError::Missing { kind: "map", name }),
-            };
-            Ok((name, u64::from(entries)))
-        };
+        let (meshed, meshed_size) = hash(datapath, names::MESHED_NETNS)?;
+        let (ips4, ips4_size) = hash(datapath, names::LOCAL_POD_IPS4)?;
+        let (ips6, ips6_size) = hash(datapath, names::LOCAL_POD_IPS6)?;
+        let (orig_dst, orig_dst_size) = hash(datapath, names::COOKIE_ORIG_DST)?;
+        let (sidecar_seen, _) = hash(datapath, names::SIDECAR_SEEN)?;
+        let (counters, _) = open(datapath, names::COUNTERS)?;
         Ok(DataPathView {
-            capacities: [
-                capacity(names::MESHED_NETNS)?,
-                capacity(names::LOCAL_POD_IPS4)?,
-                capacity(names::LOCAL_POD_IPS6)?,
-                capacity(names::COOKIE_ORIG_DST)?,
-            ],
-            meshed: hash(datapath, names::MESHED_NETNS)?,
-            ips4: hash(datapath, names::LOCAL_POD_IPS4)?,
-            ips6: hash(datapath, names::LOCAL_POD_IPS6)?,
-            sidecar_seen: hash(datapath, names::SIDECAR_SEEN)?,
-            orig_dst: hash(datapath, names::COOKIE_ORIG_DST)?,
-            counters: PerCpuArray::try_from(open(datapath, names::COUNTERS)?)
+            meshed,
+            ips4,
+            ips6,
+            sidecar_seen,
+            orig_dst,
+            counters: PerCpuArray::try_from(counters)
                 .map_err(|e| map_error(names::COUNTERS, "open", e))?,
+            capacities: [meshed_size, ips4_size, ips6_size, orig_dst_size],
             inbound_pins: datapath.inbound_pin(0).with_file_name(""),
         })
     }
@@ -130,7 +132,7 @@ impl DataPathView {
     #[must_use]
     pub fn map_fill(&self) -> Vec<MapFill> {
         fn fill<K: aya::Pod, V: aya::Pod>(
-            (name, capacity): (&'static str, u64),
+            (name, capacity): Capacity,
             map: &HashMap<MapData, K, V>,
         ) -> MapFill {
             (name, map.keys().flatten().count() as u64, capacity)
