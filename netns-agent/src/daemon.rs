@@ -38,6 +38,7 @@ use crate::cni::{CniReply, CniRequest};
 use crate::source::cni::CniState;
 use crate::source::{PodEvent, PodSource};
 use crate::status::Status;
+use netns_datapath::settings::PodSettings;
 use netns_datapath::{DataPath, DataPathConfig, DataPathView};
 
 /// How the agent runs.
@@ -67,6 +68,15 @@ pub struct AgentConfig {
     /// With the Kubernetes pod source: what it knows of each pod, so that
     /// a CNI ADD meshes exactly the pods with a sidecar, with their settings.
     pub kube_directory: Option<crate::source::kubernetes::Directory>,
+}
+
+impl AgentConfig {
+    /// The ports inbound capture leaves alone for a pod with `settings`;
+    /// `None`: no inbound capture for it (off on the node, or for the pod).
+    fn inbound_pass_ports(&self, settings: &PodSettings) -> Option<Vec<u16>> {
+        let node = self.inbound_pass_ports.as_deref()?;
+        settings.inbound.then(|| settings.inbound_pass_ports(node))
+    }
 }
 
 /// The handles the control socket and HTTP get: reports and the work queue,

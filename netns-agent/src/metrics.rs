@@ -4,7 +4,9 @@
 //! is bounded by the pods of the node); the setup-time histogram lives as
 //! long as the agent.
 
+use prometheus_client::encoding::EncodeMetric;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::TypedMetric;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -86,40 +88,38 @@ type PhaseLabel = Vec<(&'static str, &'static str)>;
 
 fn gauge(registry: &mut Registry, name: &str, help: &str, value: usize) {
     let gauge: Gauge = Gauge::default();
-    gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+    set_gauge(&gauge, value as u64);
     registry.register(name, help, gauge);
 }
 
-fn gauges<'a>(
+/// A family `name` of metrics `M`, one per value of `label`, each set by
+/// `set` from its sample.
+fn family<'a, M>(
     registry: &mut Registry,
     name: &str,
     help: &str,
     label: &'static str,
     samples: impl IntoIterator<Item = (&'a str, u64)>,
-) {
-    let family = Family::<Labels, Gauge>::default();
+    set: impl Fn(&M, u64),
+) where
+    M: EncodeMetric + TypedMetric + Default + std::fmt::Debug + Send + Sync + 'static,
+{
+    let family = Family::<Labels, M>::default();
     for (value_label, value) in samples {
-        family
-            .get_or_create(&vec![(label, value_label.to_owned())])
-            .set(i64::try_from(value).unwrap_or(i64::MAX));
+        set(
+            &family.get_or_create(&vec![(label, value_label.to_owned())]),
+            value,
+        );
     }
     registry.register(name, help, family);
 }
 
-fn counters<'a>(
-    registry: &mut Registry,
-    name: &str,
-    help: &str,
-    label: &'static str,
-    samples: impl IntoIterator<Item = (&'a str, u64)>,
-) {
-    let family = Family::<Labels, Counter>::default();
-    for (value_label, value) in samples {
-        family
-            .get_or_create(&vec![(label, value_label.to_owned())])
-            .inc_by(value);
-    }
-    registry.register(name, help, family);
+fn set_gauge(gauge: &Gauge, value: u64) {
+    gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+}
+
+fn add_to_counter(counter: &Counter, value: u64) {
+    counter.inc_by(value);
 }
 
 /// The exposition of `status`, with the pod setup times so far.
@@ -144,7 +144,7 @@ pub fn encode_status(status: &Status, setup: &SetupTimes) -> String {
         "Managed pods in the mesh, as the kernel's maps say",
         status.pods.iter().filter(|p| p.meshed).count(),
     );
-    gauges(
+    family::<Gauge>(
         &mut registry,
         "netns_agent_pod_sidecar_listening",
         "1 when the pod's sidecar listens on the outbound port (the kernel's socket table); one series per managed pod, gone with it",
@@ -153,6 +153,7 @@ pub fn encode_status(status: &Status, setup: &SetupTimes) -> String {
             .pods
             .iter()
             .map(|p| (p.name.as_str(), u64::from(p.sidecar == "listening"))),
+        set_gauge,
     );
     gauge(
         &mut registry,
@@ -160,40 +161,45 @@ pub fn encode_status(status: &Status, setup: &SetupTimes) -> String {
         "eBPF programs attached",
         status.programs.len(),
     );
-    gauges(
+    family::<Gauge>(
         &mut registry,
         "netns_agent_map_entries",
         "Entries in a data path map",
         "map",
         status.maps.iter().map(|m| (m.name.as_str(), m.entries)),
+        set_gauge,
     );
-    gauges(
+    family::<Gauge>(
         &mut registry,
         "netns_agent_map_capacity",
         "Capacity of a data path map",
         "map",
         status.maps.iter().map(|m| (m.name.as_str(), m.capacity)),
+        set_gauge,
     );
-    counters(
+    family::<Counter>(
         &mut registry,
         "netns_agent_datapath",
         "Data path counters",
         "counter",
         status.counters.iter().map(|(n, v)| (n.as_str(), *v)),
+        add_to_counter,
     );
-    counters(
+    family::<Counter>(
         &mut registry,
         "netns_agent_errors",
         "Errors by kind",
         "kind",
         status.errors.iter().map(|(n, v)| (n.as_str(), *v)),
+        add_to_counter,
     );
-    counters(
+    family::<Counter>(
         &mut registry,
         "netns_agent_pod_work",
         "Pieces of pod work done by the pod worker, by kind",
         "kind",
         status.work.iter().map(|(n, v)| (n.as_str(), *v)),
+        add_to_counter,
     );
     registry.register(
         "netns_agent_pod_setup_seconds",

@@ -119,7 +119,7 @@ impl PodTable {
     pub(crate) fn check_inbound(&mut self) -> Vec<String> {
         let mut problems = Vec::new();
         for pod in self.pods.values() {
-            let Some(pass_ports) = self.inbound_pass_ports(&pod.settings) else {
+            let Some(pass_ports) = self.config.inbound_pass_ports(&pod.settings) else {
                 continue;
             };
             let cookie = pod.facts.cookie;

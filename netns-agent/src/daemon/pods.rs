@@ -133,7 +133,7 @@ impl PodTable {
                     equipped: p.equipped.clone(),
                     settings: p.settings.clone(),
                     since: p.since,
-                    inbound: inbound_pass_ports(&self.config, &p.settings).is_some(),
+                    inbound: self.config.inbound_pass_ports(&p.settings).is_some(),
                 };
                 self.records.insert(path.to_owned(), Arc::new(record));
             }
@@ -319,7 +319,7 @@ impl PodTable {
         equipped: &[crate::sidecar::Equipped],
         watch: &crate::addr_watch::Subscription,
     ) -> Result<(), Taken> {
-        let inbound = self.inbound_pass_ports(settings);
+        let inbound = self.config.inbound_pass_ports(settings);
         let inbound_port = self.config.datapath.settings.inbound_port;
         let written = with_datapath(&self.datapath, |dp| {
             // The pod's own settings first: connect reads them as soon
@@ -457,12 +457,6 @@ impl PodTable {
         })
     }
 
-    /// The ports inbound capture leaves alone for a pod with `settings`;
-    /// `None`: no inbound capture for it (off on the node, or for the pod).
-    pub(super) fn inbound_pass_ports(&self, settings: &PodSettings) -> Option<Vec<u16>> {
-        inbound_pass_ports(&self.config, settings)
-    }
-
     /// A known pod's settings changed: write the new ones and take out
     /// exactly what the old ones had and the new lack.
     fn settings_changed(&mut self, path: &Path, settings: &PodSettings) -> Taken {
@@ -474,8 +468,8 @@ impl PodTable {
             return Taken::Done;
         }
         let (before, after) = (
-            inbound_pass_ports(&self.config, &pod.settings),
-            inbound_pass_ports(&self.config, settings),
+            self.config.inbound_pass_ports(&pod.settings),
+            self.config.inbound_pass_ports(settings),
         );
         let cookie = pod.facts.cookie;
         let result = with_datapath(&self.datapath, |dp| {
@@ -524,7 +518,7 @@ impl PodTable {
             return;
         };
         self.changed(path);
-        let inbound = self.inbound_pass_ports(&pod.settings);
+        let inbound = self.config.inbound_pass_ports(&pod.settings);
         let removed = with_datapath(&self.datapath, |dp| {
             // The pod's link first, then the entries it reads.
             if let Some(pass_ports) = &inbound {
@@ -652,14 +646,6 @@ pub(crate) fn pod_span(path: &Path) -> Option<tracing::span::EnteredSpan> {
         .metadata()
         .is_some_and(|m| m.name() == "pod");
     (!inside).then(|| tracing::info_span!("pod", pod = %path.display()).entered())
-}
-
-/// The ports inbound capture leaves alone for a pod with `settings` on a
-/// node configured with `config`; `None`: no inbound capture for it (off on
-/// the node, or for the pod).
-fn inbound_pass_ports(config: &AgentConfig, settings: &PodSettings) -> Option<Vec<u16>> {
-    let node = config.inbound_pass_ports.as_deref()?;
-    settings.inbound.then(|| settings.inbound_pass_ports(node))
 }
 
 /// Whose namespace `id` is when it is the node's own: the agent's, or the
