@@ -23,7 +23,7 @@ use crate::status::Status;
 pub trait Handler: Send + Sync + 'static {
     /// The agent's status, made after the request came (may block: it is
     /// called on a blocking thread).
-    fn status(&self) -> Status;
+    fn status(&self) -> Arc<Status>;
     /// Does a CNI request by `deadline`: not started if its turn comes too
     /// late, rolled back if an ADD ends too late.
     fn cni(
@@ -145,7 +145,7 @@ async fn read_request(conn: &mut UnixStream, handler: Arc<dyn Handler>) -> Strin
         Ok((Request::Status, _)) => {
             let status = tokio::task::spawn_blocking(move || handler.status()).await;
             match status {
-                Ok(status) => encoded(serde_json::to_string(&status)),
+                Ok(status) => encoded(serde_json::to_string(&*status)),
                 Err(e) => refuse(format!("status failed: {e}")),
             }
         }

@@ -89,8 +89,8 @@ struct Handles {
 }
 
 impl crate::control::Handler for Handles {
-    fn status(&self) -> Status {
-        self.reporter.status(Duration::ZERO).as_ref().clone()
+    fn status(&self) -> Arc<Status> {
+        self.reporter.status(Duration::ZERO)
     }
 
     fn cni(
