@@ -53,8 +53,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::{Path as FsPath, PathBuf};
 use std::time::Duration;
 
+use netns_datapath::cgroup::{ChildCgroup, cgroup2_mount};
 use netns_ebpf::{MeshSettings, counter};
 use netns_tests::bench::{env_flag, env_list, env_u32, median, ratio_range};
 use netns_tests::mesh::{Mesh, POD_A, POD_B, Place, Proc, SVC, field};
@@ -75,6 +77,12 @@ const RR_P99: &str = "rr_p99_us";
 const CONN_RATE: &str = "conn_rate_per_s";
 const CONN_P50: &str = "conn_p50_us";
 const BULK: &str = "bulk_mb_per_s";
+// CPU time per unit of work, of every process of the path together (see `cpu_accounting`).
+const CPU_CONN: &str = "cpu_us_per_conn";
+const CPU_REQUEST: &str = "cpu_us_per_request";
+const CPU_MB: &str = "cpu_us_per_mb";
+/// ksoftirqd's run time as a share of the cgroup's, in percent.
+const KSOFTIRQD_SHARE: &str = "ksoftirqd_share_pct";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Path {
@@ -225,6 +233,8 @@ struct Setup {
     leg: Option<Mesh>,
     /// Servers and sidecars, kept to read their error lines at the end.
     procs: Vec<Proc>,
+    /// The cgroup holding every process of the benchmark (see [`Cpu`]).
+    cpu_cgroup: PathBuf,
 }
 
 /// Runs `command...` inside `place`'s network namespace (meshtest `exec`).
@@ -330,12 +340,12 @@ fn check_orig(line: &str, local: &str, orig: &str, what: &str) {
 }
 
 impl Setup {
-    fn new(cfg: &Config) -> Setup {
+    fn new(cfg: &Config, cpu_cgroup: &FsPath) -> Setup {
         let mut procs = Vec::new();
         let svc_echo = format!("{SVC}:{ECHO_PORT}");
         let outbound = format!("127.0.0.1:{}", MeshSettings::istio().outbound_port);
 
-        let mut main = Mesh::new(MESHTEST, MeshSettings::istio());
+        let mut main = Mesh::new_under(MESHTEST, MeshSettings::istio(), cpu_cgroup);
         tune_ports(&main, Place::PodAUncaptured);
         start_servers(&mut main, Place::Svc, SVC, &mut procs);
         let mut sidecar = start_sidecar(&mut main, Place::PodA, &outbound);
@@ -359,7 +369,7 @@ impl Setup {
             }
         }
 
-        let mut ipt = Mesh::new(MESHTEST, MeshSettings::istio());
+        let mut ipt = Mesh::new_under(MESHTEST, MeshSettings::istio(), cpu_cgroup);
         ipt.datapath
             .take()
             .expect("attached")
@@ -375,6 +385,7 @@ impl Setup {
             ipt,
             leg: None,
             procs: Vec::new(),
+            cpu_cgroup: cpu_cgroup.to_owned(),
         };
         // Every path answers, and the capture paths reach the sidecar with the
         // original destination.
@@ -407,7 +418,7 @@ impl Setup {
         if cfg.wants(Path::LegSockmap) {
             let mut settings = MeshSettings::istio();
             settings.flags = MeshSettings::FLAG_SOCKMAP;
-            let mut leg = Mesh::new(MESHTEST, settings);
+            let mut leg = Mesh::new_under(MESHTEST, settings, cpu_cgroup);
             tune_ports(&leg, Place::PodAUncaptured);
             tune_ports(&leg, Place::PodB);
             start_servers(&mut leg, Place::PodB, POD_B, &mut procs);
@@ -523,6 +534,7 @@ impl Setup {
     /// Runs one client role on `path` and returns its `done` line. Checks,
     /// from the data path's counters, that the capture happened as it should.
     fn run_client(&mut self, path: Path, role: &[&str], port: u16) -> String {
+        let meter = self.cpu_cgroup.display().to_string();
         let (mesh, place, addr) = self.client(path);
         if path.is_leg() {
             let mut settings = MeshSettings::istio();
@@ -544,7 +556,7 @@ impl Setup {
             (_, port) => port,
         };
         let target = format!("{addr}:{port}");
-        let mut args = vec![role[0], "--connect", &target];
+        let mut args = vec!["--cpu-meter", &meter, role[0], "--connect", &target];
         args.extend_from_slice(&role[1..]);
         let out = mesh.run(place, None, &args);
         let done = out
@@ -611,6 +623,11 @@ impl Figures {
         self.0.get(&(path, figure))?.last().copied()
     }
 
+    /// Every round's value.
+    fn all(&self, path: Path, figure: &'static str) -> Option<&[f64]> {
+        self.0.get(&(path, figure)).map(Vec::as_slice)
+    }
+
     fn median(&self, path: Path, figure: &'static str) -> Option<f64> {
         self.0.get(&(path, figure)).map(|v| median(v.clone()))
     }
@@ -635,17 +652,29 @@ fn measure(setup: &mut Setup, cfg: &Config, path: Path, kind: Kind, figures: &mu
                 setup.run_client(path, &["rr", "--count", &count, "--size", &size], ECHO_PORT);
             figures.push(path, RR_P50, number(&done, "p50_us"));
             figures.push(path, RR_P99, number(&done, "p99_us"));
+            push_cpu(figures, path, &done, CPU_REQUEST, f64::from(cfg.rr_count));
         }
         Kind::Conn => {
             let done = setup.run_client(path, &["connrate", "--count", &conns], ECHO_PORT);
             figures.push(path, CONN_RATE, number(&done, "conns_per_s"));
             figures.push(path, CONN_P50, number(&done, "p50_us"));
+            push_cpu(figures, path, &done, CPU_CONN, f64::from(cfg.conns));
         }
         Kind::Bulk => {
             let done = setup.run_client(path, &["bulk", "--mib", &mib], DRAIN_PORT);
             figures.push(path, BULK, number(&done, "mb_per_s"));
+            let mb = f64::from(cfg.bulk_mib) * 1.048_576;
+            push_cpu(figures, path, &done, CPU_MB, mb);
         }
     }
+}
+
+/// The CPU time a client's `done` line reports, per `units` of work.
+fn push_cpu(figures: &mut Figures, path: Path, done: &str, figure: &'static str, units: f64) {
+    let (cgroup, softirqd) = (number(done, "cpu_us"), number(done, "ksoftirqd_us"));
+    let cpu = cgroup + softirqd;
+    figures.push(path, figure, cpu / units);
+    figures.push(path, KSOFTIRQD_SHARE, 100.0 * softirqd / cpu.max(1.0));
 }
 
 fn run_rounds(setup: &mut Setup, cfg: &Config) -> Figures {
@@ -1002,6 +1031,224 @@ fn measure_unrelated_getsockopt(setup: &mut Setup, cfg: &Config) {
     println!("getsockopt_unrelated_captured_vs_uncaptured_per_round: {lo:.2}..{hi:.2}");
 }
 
+/// The CPU-cost report: what every process of a path together spent per
+/// connection, per request and per MB, and the ratios between paths.
+mod cpu {
+    use super::{
+        CPU_CONN, CPU_MB, CPU_REQUEST, Figures, KSOFTIRQD_SHARE, Path, median, ratio_range,
+    };
+
+    /// A ratio `a / b` of `figure`, and the most it may be (lower is better).
+    struct Ratio {
+        name: &'static str,
+        a: Path,
+        b: Path,
+        figure: &'static str,
+        target: Option<f64>,
+    }
+
+    const fn r(
+        name: &'static str,
+        a: Path,
+        b: Path,
+        figure: &'static str,
+        target: Option<f64>,
+    ) -> Ratio {
+        Ratio {
+            name,
+            a,
+            b,
+            figure,
+            target,
+        }
+    }
+
+    /// The targets: outbound within 3 % of the sidecar-only limit per
+    /// request and per MB, 5 % per connection; inbound and outbound at least
+    /// 10 % cheaper than iptables per connection.
+    const RATIOS: [Ratio; 9] = [
+        r(
+            "bpf_vs_limit_cpu_per_conn",
+            Path::Bpf,
+            Path::Limit,
+            CPU_CONN,
+            Some(1.05),
+        ),
+        r(
+            "bpf_vs_limit_cpu_per_request",
+            Path::Bpf,
+            Path::Limit,
+            CPU_REQUEST,
+            Some(1.03),
+        ),
+        r(
+            "bpf_vs_limit_cpu_per_mb",
+            Path::Bpf,
+            Path::Limit,
+            CPU_MB,
+            Some(1.03),
+        ),
+        r(
+            "bpf_vs_iptables_cpu_per_conn",
+            Path::Bpf,
+            Path::Iptables,
+            CPU_CONN,
+            Some(0.90),
+        ),
+        r(
+            "bpf_vs_iptables_cpu_per_request",
+            Path::Bpf,
+            Path::Iptables,
+            CPU_REQUEST,
+            None,
+        ),
+        r(
+            "bpf_vs_iptables_cpu_per_mb",
+            Path::Bpf,
+            Path::Iptables,
+            CPU_MB,
+            None,
+        ),
+        r(
+            "bpf_vs_iptables_inbound_cpu_per_conn",
+            Path::InboundBpf,
+            Path::InboundIptables,
+            CPU_CONN,
+            Some(0.90),
+        ),
+        r(
+            "bpf_vs_iptables_inbound_cpu_per_request",
+            Path::InboundBpf,
+            Path::InboundIptables,
+            CPU_REQUEST,
+            None,
+        ),
+        r(
+            "bpf_vs_iptables_inbound_cpu_per_mb",
+            Path::InboundBpf,
+            Path::InboundIptables,
+            CPU_MB,
+            None,
+        ),
+    ];
+
+    /// Half the smallest difference the report should tell apart (3 %).
+    const RESOLUTION: f64 = 0.015;
+
+    /// What the kernel charges to a cgroup, from its build configuration.
+    pub(super) fn accounting() -> String {
+        let config = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "zcat /proc/config.gz 2>/dev/null || cat /boot/config-$(uname -r) 2>/dev/null",
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let set = |name: &str| config.lines().any(|l| l == format!("{name}=y"));
+        if config.is_empty() {
+            return "unknown (no kernel config to read); cgroup usage_usec plus ksoftirqd".into();
+        }
+        let irq = if set("CONFIG_IRQ_TIME_ACCOUNTING") {
+            "softirq work done on a task's way out of a system call is NOT in its cgroup's \
+             usage (CONFIG_IRQ_TIME_ACCOUNTING=y): loopback receive work is missing below"
+        } else {
+            "softirq work done on a task's way out of a system call (a loopback packet's \
+             receive path) is charged to that task's cgroup (CONFIG_IRQ_TIME_ACCOUNTING off)"
+        };
+        let steal = if set("CONFIG_PARAVIRT_TIME_ACCOUNTING") {
+            "time the hypervisor stole is not charged (CONFIG_PARAVIRT_TIME_ACCOUNTING=y)"
+        } else {
+            "time the hypervisor stole IS charged (no CONFIG_PARAVIRT_TIME_ACCOUNTING)"
+        };
+        format!("cgroup usage_usec plus ksoftirqd; {irq}; {steal}")
+    }
+
+    /// The per-round ratios of `r`, paired by round.
+    fn per_round(figures: &Figures, r: &Ratio) -> Option<Vec<f64>> {
+        let (xs, ys) = (figures.all(r.a, r.figure)?, figures.all(r.b, r.figure)?);
+        Some(xs.iter().zip(ys).map(|(x, y)| x / y).collect())
+    }
+
+    /// Mean and sample standard deviation.
+    fn mean_sd(xs: &[f64]) -> (f64, f64) {
+        #[allow(clippy::cast_precision_loss)]
+        let n = xs.len() as f64;
+        let mean = xs.iter().sum::<f64>() / n;
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+        (mean, var.sqrt())
+    }
+
+    fn verdict(target: f64, lo: f64, hi: f64, ci: (f64, f64)) -> String {
+        if hi <= target {
+            format!("met (every round <= {target:.2})")
+        } else if lo > target {
+            format!("missed (every round > {target:.2})")
+        } else if ci.1 <= target {
+            format!(
+                "met at 95 % (mean's interval {:.3}..{:.3} <= {target:.2}; single rounds straddle)",
+                ci.0, ci.1
+            )
+        } else if ci.0 > target {
+            format!(
+                "missed at 95 % (mean's interval {:.3}..{:.3} > {target:.2}; single rounds straddle)",
+                ci.0, ci.1
+            )
+        } else {
+            format!(
+                "undecided (the mean's interval {:.3}..{:.3} straddles {target:.2})",
+                ci.0, ci.1
+            )
+        }
+    }
+
+    pub(super) fn print(paths: &[Path], figures: &Figures) {
+        for &path in paths {
+            for figure in [CPU_CONN, CPU_REQUEST, CPU_MB] {
+                if let Some(v) = figures.median(path, figure) {
+                    println!("{}_{figure}: {v:.2}", path.name());
+                }
+            }
+        }
+        let share = paths
+            .iter()
+            .filter_map(|&p| figures.all(p, KSOFTIRQD_SHARE))
+            .flatten()
+            .fold(0.0f64, |a, &b| a.max(b));
+        println!(
+            "ksoftirqd_share_max_pct: {share:.2} (of the cgroup's CPU time; any path, kind, round)"
+        );
+        for r in &RATIOS {
+            let Some(ratios) = per_round(figures, r) else {
+                continue;
+            };
+            let (mean, sd) = mean_sd(&ratios);
+            #[allow(clippy::cast_precision_loss)]
+            let n = ratios.len() as f64;
+            let half = 1.96 * sd / n.sqrt();
+            let need = (1.96 * sd / (RESOLUTION * mean)).powi(2).ceil().max(1.0);
+            let (lo, hi) = ratio_range(
+                figures.all(r.a, r.figure).expect("checked"),
+                figures.all(r.b, r.figure).expect("checked"),
+            );
+            println!(
+                "{}: {:.3} per_round {lo:.3}..{hi:.3} sd {:.1}% mean {mean:.3}±{half:.3} \
+                 (rounds for ±1.5 %: {need:.0})",
+                r.name,
+                median(ratios.clone()),
+                100.0 * sd / mean,
+            );
+            if let Some(target) = r.target {
+                println!(
+                    "{}_target: {}",
+                    r.name,
+                    verdict(target, lo, hi, (mean - half, mean + half))
+                );
+            }
+        }
+    }
+}
+
 fn main() {
     // `cargo bench` passes --bench; filters are not supported here.
     assert!(
@@ -1026,10 +1273,23 @@ fn main() {
     );
     let names: Vec<&str> = cfg.paths.iter().map(|p| p.name()).collect();
     println!("paths: {}", names.join(" "));
-    let mut setup = Setup::new(&cfg);
+    println!("cpu_accounting: {}", cpu::accounting());
+    // Every process of the benchmark lives under one cgroup, whose CPU time
+    // the clients read around their timed part: this process in `harness`,
+    // the captured pods in each mesh's cgroup, the rest inherit `harness`.
+    let mount = cgroup2_mount().expect("cgroup v2 mounted");
+    let bench_cgroup = ChildCgroup::create(&mount, &format!("netns-bench-{}", std::process::id()))
+        .expect("create the benchmark's cgroup");
+    let harness =
+        ChildCgroup::create(bench_cgroup.path(), "harness").expect("create the harness cgroup");
+    harness
+        .add_process(std::process::id())
+        .expect("move the benchmark into its cgroup");
+    let mut setup = Setup::new(&cfg, bench_cgroup.path());
     let figures = run_rounds(&mut setup, &cfg);
     print_figures(&cfg, &figures);
     print_ratios(&figures);
+    cpu::print(&cfg.paths, &figures);
     let errors = setup.errors();
     println!("server_and_sidecar_errors: {}", errors.len());
     for e in errors.iter().take(5) {

@@ -125,18 +125,28 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 impl Mesh {
     /// Builds the mesh and attaches the data path with `settings`.
     /// `meshtest` is the helper binary (`env!("CARGO_BIN_EXE_meshtest")`).
+    #[must_use]
     pub fn new(meshtest: &str, settings: MeshSettings) -> Mesh {
+        Mesh::new_under(
+            meshtest,
+            settings,
+            &cgroup2_mount().expect("cgroup v2 mounted"),
+        )
+    }
+
+    /// [`Mesh::new`] with the captured cgroup made under `parent` (a cgroup v2
+    /// directory): the benchmark keeps all its processes under one cgroup
+    /// to read their CPU time.
+    #[must_use]
+    pub fn new_under(meshtest: &str, settings: MeshSettings, parent: &Path) -> Mesh {
         crate::require_root();
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{}-{n}", std::process::id());
         let pod_a = TempNetNs::new("mesh-a").expect("create pod A");
         let pod_b = TempNetNs::new("mesh-b").expect("create pod B");
         let svc = TempNetNs::new("mesh-svc").expect("create svc");
-        let cgroup = ChildCgroup::create(
-            &cgroup2_mount().expect("cgroup v2 mounted"),
-            &format!("netns-mesh-{tag}"),
-        )
-        .expect("create test cgroup");
+        let cgroup =
+            ChildCgroup::create(parent, &format!("netns-mesh-{tag}")).expect("create test cgroup");
         let mut mesh = Mesh {
             meshtest: meshtest.into(),
             processes: Vec::new(),

@@ -3,6 +3,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -73,6 +74,106 @@ pub(crate) fn drain_conn(mut conn: TcpStream) {
     let _ = conn.write_all(&count.to_be_bytes());
 }
 
+/// The CPU time every process of a benchmark path spends, read from the
+/// cgroup v2 directory that holds them all (`cpu.stat` `usage_usec`, which
+/// counts descendants), plus the run time of the `ksoftirqd` threads of the
+/// CPUs this process may run on: softirq work the kernel defers to them is
+/// charged to them, not to the cgroup. Softirq work done on the way out of a
+/// system call (a loopback packet's receive path, mostly) is charged to the
+/// task that made the call when the kernel lacks
+/// `CONFIG_IRQ_TIME_ACCOUNTING`, and to nobody's cgroup when it has it: the
+/// harness reports which.
+pub(crate) struct CpuMeter {
+    stat: PathBuf,
+    ksoftirqd: Vec<PathBuf>,
+}
+
+/// One reading of a [`CpuMeter`].
+#[derive(Clone, Copy)]
+pub(crate) struct CpuReading {
+    cgroup_us: u64,
+    ksoftirqd_ns: u64,
+}
+
+impl CpuMeter {
+    pub(crate) fn new(cgroup: &Path) -> anyhow::Result<CpuMeter> {
+        let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))?;
+        let mut ksoftirqd = Vec::new();
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            let Some(cpu) = comm.trim().strip_prefix("ksoftirqd/") else {
+                continue;
+            };
+            if cpu
+                .parse()
+                .is_ok_and(|cpu| allowed.is_set(cpu).unwrap_or(false))
+            {
+                ksoftirqd.push(entry.path().join("schedstat"));
+            }
+        }
+        let meter = CpuMeter {
+            stat: cgroup.join("cpu.stat"),
+            ksoftirqd,
+        };
+        meter.read()?;
+        Ok(meter)
+    }
+
+    /// The counters now. The calling thread's own run time is brought up to
+    /// date first (reading its CPU clock makes the scheduler account the time
+    /// since it last ran the books, which it otherwise does only at a tick or
+    /// a switch), so a reading taken by a busy thread is exact.
+    pub(crate) fn read(&self) -> anyhow::Result<CpuReading> {
+        let _ = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)?;
+        let stat = std::fs::read_to_string(&self.stat)
+            .with_context(|| format!("read {}", self.stat.display()))?;
+        let cgroup_us = stat
+            .lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no usage_usec in {}", self.stat.display()))?;
+        let mut ksoftirqd_ns = 0;
+        for path in &self.ksoftirqd {
+            // The first field of /proc/PID/schedstat: time on the CPU, in ns.
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            ksoftirqd_ns += text
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        Ok(CpuReading {
+            cgroup_us,
+            ksoftirqd_ns,
+        })
+    }
+
+    /// ` cpu_us=N ksoftirqd_us=M` since `start`, for a `done` line.
+    pub(crate) fn since(&self, start: CpuReading) -> anyhow::Result<String> {
+        let now = self.read()?;
+        // Run times of one benchmark run: far below 2^52 ns.
+        #[allow(clippy::cast_precision_loss)]
+        Ok(format!(
+            " cpu_us={} ksoftirqd_us={:.1}",
+            now.cgroup_us.saturating_sub(start.cgroup_us),
+            now.ksoftirqd_ns.saturating_sub(start.ksoftirqd_ns) as f64 / 1e3,
+        ))
+    }
+}
+
+/// Starts `meter`, if any.
+fn meter_start(meter: Option<&CpuMeter>) -> anyhow::Result<Option<CpuReading>> {
+    meter.map(CpuMeter::read).transpose()
+}
+
+/// What `meter` counted since `start`, or nothing without a meter.
+fn meter_since(meter: Option<&CpuMeter>, start: Option<CpuReading>) -> anyhow::Result<String> {
+    match (meter, start) {
+        (Some(m), Some(s)) => m.since(s),
+        _ => Ok(String::new()),
+    }
+}
+
 /// The value at `per_mille` of `sorted` (nearest rank below).
 fn percentile(sorted: &[f64], per_mille: usize) -> f64 {
     sorted[(sorted.len() - 1) * per_mille / 1000]
@@ -82,7 +183,13 @@ fn micros(elapsed: std::time::Duration) -> f64 {
     elapsed.as_secs_f64() * 1e6
 }
 
-pub(crate) fn rr(connect: SocketAddr, count: u32, size: usize, warmup: u32) -> anyhow::Result<()> {
+pub(crate) fn rr(
+    connect: SocketAddr,
+    count: u32,
+    size: usize,
+    warmup: u32,
+    meter: Option<&CpuMeter>,
+) -> anyhow::Result<()> {
     anyhow::ensure!(count > 0 && size > 0, "count and size must be positive");
     let mut stream = TcpStream::connect(connect).with_context(|| format!("connect {connect}"))?;
     stream.set_nodelay(true)?;
@@ -93,18 +200,20 @@ pub(crate) fn rr(connect: SocketAddr, count: u32, size: usize, warmup: u32) -> a
         stream.read_exact(&mut response)?;
     }
     let mut took = Vec::with_capacity(count as usize);
+    let cpu = meter_start(meter)?;
     for _ in 0..count {
         let started = Instant::now();
         stream.write_all(&request)?;
         stream.read_exact(&mut response)?;
         took.push(micros(started.elapsed()));
     }
+    let cpu = meter_since(meter, cpu)?;
     let ok = response == request;
     took.sort_by(f64::total_cmp);
     let mean = took.iter().sum::<f64>() / f64::from(count);
     say(&format!(
         "done ok={ok} count={count} size={size} p50_us={:.2} p90_us={:.2} p99_us={:.2} \
-         mean_us={mean:.2} min_us={:.2} max_us={:.2}",
+         mean_us={mean:.2} min_us={:.2} max_us={:.2}{cpu}",
         percentile(&took, 500),
         percentile(&took, 900),
         percentile(&took, 990),
@@ -114,7 +223,12 @@ pub(crate) fn rr(connect: SocketAddr, count: u32, size: usize, warmup: u32) -> a
     Ok(())
 }
 
-pub(crate) fn connrate(connect: SocketAddr, count: u32, warmup: u32) -> anyhow::Result<()> {
+pub(crate) fn connrate(
+    connect: SocketAddr,
+    count: u32,
+    warmup: u32,
+    meter: Option<&CpuMeter>,
+) -> anyhow::Result<()> {
     anyhow::ensure!(count > 0, "count must be positive");
     let one = |byte: &mut [u8; 1]| -> anyhow::Result<()> {
         let mut stream =
@@ -128,6 +242,7 @@ pub(crate) fn connrate(connect: SocketAddr, count: u32, warmup: u32) -> anyhow::
         one(&mut byte)?;
     }
     let mut took = Vec::with_capacity(count as usize);
+    let cpu = meter_start(meter)?;
     let started = Instant::now();
     for _ in 0..count {
         let t = Instant::now();
@@ -135,9 +250,10 @@ pub(crate) fn connrate(connect: SocketAddr, count: u32, warmup: u32) -> anyhow::
         took.push(micros(t.elapsed()));
     }
     let per_s = f64::from(count) / started.elapsed().as_secs_f64();
+    let cpu = meter_since(meter, cpu)?;
     took.sort_by(f64::total_cmp);
     say(&format!(
-        "done ok={} count={count} conns_per_s={per_s:.1} p50_us={:.2} p99_us={:.2}",
+        "done ok={} count={count} conns_per_s={per_s:.1} p50_us={:.2} p99_us={:.2}{cpu}",
         byte == *b"x",
         percentile(&took, 500),
         percentile(&took, 990),
@@ -145,10 +261,11 @@ pub(crate) fn connrate(connect: SocketAddr, count: u32, warmup: u32) -> anyhow::
     Ok(())
 }
 
-pub(crate) fn bulk(connect: SocketAddr, mib: u32) -> anyhow::Result<()> {
+pub(crate) fn bulk(connect: SocketAddr, mib: u32, meter: Option<&CpuMeter>) -> anyhow::Result<()> {
     const CHUNK: usize = 256 * 1024;
     let chunk = pattern(CHUNK);
     let bytes = u64::from(mib) << 20;
+    let cpu = meter_start(meter)?;
     let started = Instant::now();
     let mut stream = TcpStream::connect(connect).with_context(|| format!("connect {connect}"))?;
     for _ in 0..(bytes / CHUNK as u64) {
@@ -158,9 +275,10 @@ pub(crate) fn bulk(connect: SocketAddr, mib: u32) -> anyhow::Result<()> {
     let mut answer = [0u8; 8];
     stream.read_exact(&mut answer)?;
     let secs = started.elapsed().as_secs_f64();
+    let cpu = meter_since(meter, cpu)?;
     let got = u64::from_be_bytes(answer);
     say(&format!(
-        "done ok={} mib={mib} secs={secs:.3} mb_per_s={:.1}",
+        "done ok={} mib={mib} secs={secs:.3} mb_per_s={:.1}{cpu}",
         got == bytes,
         f64::from(mib) * 1.048_576 / secs,
     ));

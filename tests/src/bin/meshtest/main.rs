@@ -44,6 +44,10 @@ struct Cli {
     /// User id to switch to after joining (drops root's capabilities).
     #[arg(long)]
     uid: Option<u32>,
+    /// Benchmark clients (rr, connrate, bulk): also report the CPU time all
+    /// processes under this cgroup v2 directory spent in the timed part.
+    #[arg(long)]
+    cpu_meter: Option<PathBuf>,
     #[command(subcommand)]
     role: Role,
 }
@@ -220,6 +224,11 @@ enum Role {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let meter = cli
+        .cpu_meter
+        .as_deref()
+        .map(bench::CpuMeter::new)
+        .transpose()?;
     if let Some(cgroup) = &cli.cgroup {
         std::fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string())
             .with_context(|| format!("join cgroup {}", cgroup.display()))?;
@@ -284,13 +293,13 @@ fn main() -> anyhow::Result<()> {
             count,
             size,
             warmup,
-        } => rr(connect, count, size, warmup),
+        } => rr(connect, count, size, warmup, meter.as_ref()),
         Role::Connrate {
             connect,
             count,
             warmup,
-        } => connrate(connect, count, warmup),
-        Role::Bulk { connect, mib } => bulk(connect, mib),
+        } => connrate(connect, count, warmup, meter.as_ref()),
+        Role::Bulk { connect, mib } => bulk(connect, mib, meter.as_ref()),
         Role::Exec { command } => {
             let err = std::os::unix::process::CommandExt::exec(
                 std::process::Command::new(&command[0]).args(&command[1..]),
