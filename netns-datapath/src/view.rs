@@ -9,7 +9,7 @@ use std::os::fd::AsFd as _;
 use std::path::PathBuf;
 
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
-use netns_ebpf::{LocalPod, OriginalDst, PodFlags, counter, names};
+use netns_ebpf::{LocalPod, PodFlags, counter, names};
 
 use crate::{DataPath, DataPathError, ip6_words, map_error};
 
@@ -20,10 +20,9 @@ pub struct DataPathView {
     ips4: HashMap<MapData, u32, LocalPod>,
     ips6: HashMap<MapData, [u32; 4], LocalPod>,
     sidecar_seen: HashMap<MapData, u64, u8>,
-    orig_dst: HashMap<MapData, u64, OriginalDst>,
     counters: PerCpuArray<MapData, u64>,
-    /// The capacities of `meshed`, `ips4`, `ips6` and `orig_dst`.
-    capacities: [Capacity; 4],
+    /// The capacities of `meshed`, `ips4` and `ips6`.
+    capacities: [Capacity; 3],
     inbound_pins: PathBuf,
 }
 
@@ -75,7 +74,6 @@ impl DataPathView {
         let (meshed, meshed_size) = hash(datapath, names::MESHED_NETNS)?;
         let (ips4, ips4_size) = hash(datapath, names::LOCAL_POD_IPS4)?;
         let (ips6, ips6_size) = hash(datapath, names::LOCAL_POD_IPS6)?;
-        let (orig_dst, orig_dst_size) = hash(datapath, names::COOKIE_ORIG_DST)?;
         let (sidecar_seen, _) = hash(datapath, names::SIDECAR_SEEN)?;
         let (counters, _) = open(datapath, names::COUNTERS)?;
         Ok(DataPathView {
@@ -83,10 +81,9 @@ impl DataPathView {
             ips4,
             ips6,
             sidecar_seen,
-            orig_dst,
             counters: PerCpuArray::try_from(counters)
                 .map_err(|e| map_error(names::COUNTERS, "open", e))?,
-            capacities: [meshed_size, ips4_size, ips6_size, orig_dst_size],
+            capacities: [meshed_size, ips4_size, ips6_size],
             inbound_pins: datapath.inbound_pin(0).with_file_name(""),
         })
     }
@@ -126,9 +123,10 @@ impl DataPathView {
         crate::repair::inbound_link_serves(&self.inbound_pins.join(netns_cookie.to_string()), ns)
     }
 
-    /// The fill of the maps that grow with pods and connections, read from
-    /// the kernel: one system call per entry, so callers do it seldom (the
-    /// agent once per kernel check, never per request).
+    /// The fill of the maps that grow with pods, read from the kernel: one
+    /// system call per entry, so callers do it seldom (the agent once per
+    /// kernel check, never per request). Connections keep their state in
+    /// socket storage, which grows with the sockets and has no capacity.
     #[must_use]
     pub fn map_fill(&self) -> Vec<MapFill> {
         fn fill<K: aya::Pod, V: aya::Pod>(
@@ -137,12 +135,11 @@ impl DataPathView {
         ) -> MapFill {
             (name, map.keys().flatten().count() as u64, capacity)
         }
-        let [meshed, ips4, ips6, orig_dst] = self.capacities;
+        let [meshed, ips4, ips6] = self.capacities;
         vec![
             fill(meshed, &self.meshed),
             fill(ips4, &self.ips4),
             fill(ips6, &self.ips6),
-            fill(orig_dst, &self.orig_dst),
         ]
     }
 

@@ -42,7 +42,7 @@ pub struct MeshSettings {
 /// or a key, value or counter changes (the layout test below fails until
 /// its expectations are updated, as a reminder): an agent finding another
 /// marker recreates the maps instead of reading them wrongly.
-pub const LAYOUT_MARKER: &str = "layout-v6";
+pub const LAYOUT_MARKER: &str = "layout-v7";
 
 impl MeshSettings {
     /// Redirect DNS (UDP port 53) of meshed pods to `dns_port` on loopback.
@@ -78,7 +78,7 @@ impl MeshSettings {
 }
 
 /// Where a redirected connection was going: the value of the original-destination
-/// maps ([`names::COOKIE_ORIG_DST`] for the app's socket,
+/// maps ([`names::DIALED_DST`] for the app's socket,
 /// [`names::SOCK_ORIG_DST`] for the sidecar's), and what `SO_ORIGINAL_DST` and
 /// `getpeername` answer.
 #[repr(C)]
@@ -281,7 +281,7 @@ mod tests {
     #[test]
     fn layouts_are_pinned() {
         // Any change below, to the maps or to the counters bumps LAYOUT_MARKER.
-        assert_eq!(LAYOUT_MARKER, "layout-v6");
+        assert_eq!(LAYOUT_MARKER, "layout-v7");
         assert_eq!(names::ALL_MAPS.len(), 20);
         assert_eq!(counter::COUNT, 13);
 

@@ -22,8 +22,10 @@ pub const POD_EXCLUDED_CIDRS: &str = "POD_EXCLUDED_CIDRS";
 /// `LpmTrie<PodCidr, u8>`: with `PodFlags::FLAG_INCLUDE_ONLY`, the only
 /// destination CIDRs the pod redirects.
 pub const POD_INCLUDED_CIDRS: &str = "POD_INCLUDED_CIDRS";
-/// `LruHashMap<u64 socket cookie, OriginalDst>`: written at connect.
-pub const COOKIE_ORIG_DST: &str = "COOKIE_ORIG_DST";
+/// `SkStorage<OriginalDst>`: socket-local storage of a socket connect
+/// redirected (the app's, or a sidecar's dialing a local pod), holding the
+/// destination it dialed; freed with the socket.
+pub const DIALED_DST: &str = "DIALED_DST";
 /// `SkStorage<OriginalDst>`: socket-local storage of the sidecar's accepted
 /// socket, filled from the SYN's option when the connection is established.
 pub const SOCK_ORIG_DST: &str = "SOCK_ORIG_DST";
@@ -62,7 +64,7 @@ pub const ALL_MAPS: [&str; 20] = [
     POD_EXCLUDED_PORTS,
     POD_EXCLUDED_CIDRS,
     POD_INCLUDED_CIDRS,
-    COOKIE_ORIG_DST,
+    DIALED_DST,
     SOCK_ORIG_DST,
     SIDECAR_COOKIES,
     SIDECAR_PAIRS,

@@ -7,11 +7,9 @@
 //! it, that each sidecar only ever learns its own pod's destination, and that a
 //! process that is not a sidecar learns nothing. Needs root and iproute2.
 
-use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use aya::maps::{HashMap, Map, MapData};
-use netns_ebpf::{AF_INET, MeshSettings, OriginalDst, names};
+use netns_ebpf::{MeshSettings, names};
 use netns_tests::mesh::{Mesh, POD_A_TO_B, Place, Proc, SVC, SVC6, field, learned_nothing};
 
 const MESHTEST: &str = env!("CARGO_BIN_EXE_meshtest");
@@ -141,34 +139,26 @@ fn root_a_process_that_is_not_the_sidecar_learns_nothing() {
     );
 }
 
-/// Files a forged original destination for the socket `forger` made (by its
-/// cookie, where connect would have), lets it connect, and returns what the
+/// Files a forged original destination for the socket `forger` made (in its
+/// own storage, where connect would have), lets it connect, and returns what the
 /// probe behind `target` is told.
 fn forged(mesh: &mut Mesh, from: Place, target: &str, claim: &str, probe: &mut Proc) -> String {
     let mark = MeshSettings::istio().bypass_mark.to_string();
     // The bypass mark keeps connect from redirecting it; sock_ops still writes
     // the option for a socket that has an entry.
-    let role = ["forge", "--connect", target, "--mark", &mark];
-    let mut forger = mesh.start_until(from, None, &role, "cookie");
-    let cookie: u64 = forger.seen[0]
-        .strip_prefix("cookie=")
-        .and_then(|c| c.parse().ok())
-        .expect("cookie line");
-    let claim: SocketAddr = claim.parse().unwrap();
-    let orig = OriginalDst {
-        addr: match claim.ip() {
-            IpAddr::V4(v4) => [u32::from_ne_bytes(v4.octets()), 0, 0, 0],
-            IpAddr::V6(_) => unreachable!("IPv4 claims only"),
-        },
-        port: claim.port(),
-        family: AF_INET,
-    };
-    let pin = mesh.map_pin(names::COOKIE_ORIG_DST);
-    let map = Map::HashMap(MapData::from_pin(&pin).expect("open the pinned cookie map"));
-    let mut by_cookie: HashMap<_, u64, OriginalDst> = HashMap::try_from(map).unwrap();
-    by_cookie
-        .insert(&cookie, &orig, 0)
-        .expect("file the forged destination");
+    let pin = mesh.map_pin(names::DIALED_DST).display().to_string();
+    let role = [
+        "forge",
+        "--connect",
+        target,
+        "--mark",
+        &mark,
+        "--claim",
+        claim,
+        "--dialed-map",
+        &pin,
+    ];
+    let mut forger = mesh.start_until(from, None, &role, "filed");
     forger.send("go");
     assert!(
         forger.wait_for("connected", WAIT).is_some(),

@@ -21,8 +21,8 @@ use netns_ebpf::{
 
 use crate::addr::{self, LOOPBACK4, LOOPBACK6, LOOPBACK6_MAPPED};
 use crate::maps::{
-    COOKIE_ORIG_DST, EXCLUDED_CIDRS4, EXCLUDED_CIDRS6, EXCLUDED_PORTS, MESHED_NETNS,
-    POD_EXCLUDED_CIDRS, POD_EXCLUDED_PORTS, POD_INCLUDED_CIDRS, SIDECAR_COOKIES, count, settings,
+    DIALED_DST, EXCLUDED_CIDRS4, EXCLUDED_CIDRS6, EXCLUDED_PORTS, MESHED_NETNS, POD_EXCLUDED_CIDRS,
+    POD_EXCLUDED_PORTS, POD_INCLUDED_CIDRS, SIDECAR_COOKIES, count, settings, sk_storage,
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -139,17 +139,19 @@ fn loopback<const V6: bool>() -> [u32; 4] {
     if V6 { LOOPBACK6 } else { [LOOPBACK4, 0, 0, 0] }
 }
 
+/// Files `d` in the calling socket's own storage ([`DIALED_DST`]): sock_ops
+/// carries it in the SYN, getpeername shows it. The kernel frees it with
+/// the socket: nothing has to watch for the close.
 #[inline(always)]
-fn remember(sa: *mut bpf_sock_addr, d: &Dest) -> u64 {
-    // SAFETY: bpf_get_socket_cookie takes the sock_addr context.
-    let cookie = unsafe { bpf_get_socket_cookie(sa.cast::<c_void>()) };
-    let orig = OriginalDst {
-        addr: d.addr,
-        port: d.port,
-        family: d.family,
-    };
-    let _ = COOKIE_ORIG_DST.insert(&cookie, &orig, 0);
-    cookie
+fn remember(sa: *mut bpf_sock_addr, d: &Dest) {
+    // SAFETY: `sk` of a sock_addr context is the calling (full) socket.
+    if let Some(slot) = unsafe { sk_storage(&DIALED_DST, (*sa).__bindgen_anon_1.sk, true) } {
+        *slot = OriginalDst {
+            addr: d.addr,
+            port: d.port,
+            family: d.family,
+        };
+    }
 }
 
 /// The calling socket's namespace cookie and, when that namespace is a
@@ -394,10 +396,12 @@ fn sidecar_to_local_pod<const V6: bool>(sa: *mut bpf_sock_addr, s: &MeshSettings
     if pod_netns == own_netns {
         return; // the sidecar talking to its own app
     }
-    let cookie = remember(sa, d);
+    remember(sa, d);
     rewrite::<V6>(sa, &d.addr, s.inbound_port);
     count(counter::REDIRECTED_INBOUND);
     if s.flags & MeshSettings::FLAG_SOCKMAP != 0 {
+        // SAFETY: bpf_get_socket_cookie takes the sock_addr context.
+        let cookie = unsafe { bpf_get_socket_cookie(sa.cast::<c_void>()) };
         let _ = SIDECAR_COOKIES.insert(&cookie, &1, 0);
     }
 }
@@ -445,10 +449,11 @@ fn restore_peer<const V6: bool>(ctx: &SockAddrContext, only_from_port: Option<u1
             return;
         }
     }
-    // SAFETY: bpf_get_socket_cookie takes the sock_addr context.
-    let cookie = unsafe { bpf_get_socket_cookie(sa.cast::<c_void>()) };
-    // SAFETY: the value is copied out at once.
-    let Some(orig) = (unsafe { COOKIE_ORIG_DST.get(&cookie) }).copied() else {
+    // SAFETY: `sk` of a sock_addr context is the calling (full) socket; the
+    // value is copied out at once.
+    let Some(orig) =
+        (unsafe { sk_storage(&DIALED_DST, (*sa).__bindgen_anon_1.sk, false) }).map(|o| *o)
+    else {
         return;
     };
     if orig.family == family::<V6>() {

@@ -35,9 +35,10 @@ pub static POD_EXCLUDED_CIDRS: LpmTrie<PodCidr, u8> =
 #[map]
 pub static POD_INCLUDED_CIDRS: LpmTrie<PodCidr, u8> =
     LpmTrie::with_max_entries(16_384, BPF_F_NO_PREALLOC);
-#[map]
-pub static COOKIE_ORIG_DST: LruHashMap<u64, OriginalDst> =
-    LruHashMap::with_max_entries(CONNECTION_MAP_ENTRIES, 0);
+/// Per socket (the app's redirected one): where it dialed. Freed with the
+/// socket, so nothing has to watch for its close.
+#[btf_map]
+pub static DIALED_DST: SkStorage<OriginalDst> = SkStorage::new();
 /// Per socket, so no key can collide across pods; freed with the socket.
 /// A BTF map: the kernel refuses socket storage without BTF.
 #[btf_map]
@@ -86,6 +87,31 @@ pub fn local_pod(family: u16, addr: &[u32; 4]) -> Option<u64> {
         } else {
             LOCAL_POD_IPS6.get(addr).map(|p| p.netns_cookie)
         }
+    }
+}
+
+/// The value of socket storage `map` on socket `sk`, created (zeroed) when
+/// `create` and absent; `None` when absent or the kernel could not allocate it.
+///
+/// # Safety
+/// `sk` must be a full socket the verifier knows as one (a context's `sk`).
+#[inline(always)]
+pub unsafe fn sk_storage<T>(
+    map: &SkStorage<T>,
+    sk: *mut aya_ebpf::bindings::bpf_sock,
+    create: bool,
+) -> Option<&'static mut T> {
+    let flags = if create {
+        u64::from(aya_ebpf::bindings::BPF_SK_STORAGE_GET_F_CREATE)
+    } else {
+        0
+    };
+    // SAFETY: the caller vouches for `sk`; the pointer returned is the
+    // socket's own storage, valid for this program run, checked for null.
+    unsafe {
+        aya_ebpf::helpers::bpf_sk_storage_get(map_ptr(map), sk.cast(), core::ptr::null_mut(), flags)
+            .cast::<T>()
+            .as_mut()
     }
 }
 

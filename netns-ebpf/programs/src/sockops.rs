@@ -31,8 +31,8 @@ use netns_ebpf::{AF_INET, AF_INET6, MeshSettings, OriginalDst, SockPair, counter
 
 use crate::addr;
 use crate::maps::{
-    COOKIE_ORIG_DST, SIDECAR_COOKIES, SIDECAR_PAIRS, SIDECAR_SOCKS, SOCK_ORIG_DST, count, map_ptr,
-    settings,
+    DIALED_DST, SIDECAR_COOKIES, SIDECAR_PAIRS, SIDECAR_SOCKS, SOCK_ORIG_DST, count, map_ptr,
+    settings, sk_storage,
 };
 
 const TCP_CLOSE: u32 = 7;
@@ -102,8 +102,15 @@ fn cookie(ctx: &SockOpsContext) -> u64 {
 /// The original destination connect4/6 filed for this (app) socket, as the
 /// sidecar will ask for it: a dial of `::ffff:a.b.c.d` is an IPv4 destination.
 fn app_orig_dst(ctx: &SockOpsContext) -> Option<OriginalDst> {
-    // SAFETY: the value is copied out at once.
-    let mut orig = unsafe { COOKIE_ORIG_DST.get(&cookie(ctx)) }.copied()?;
+    // SAFETY: `sk` of the sock_ops context, checked for null (a request
+    // socket has none); the value is copied out at once.
+    let mut orig = unsafe {
+        let sk = (*ctx.ops).__bindgen_anon_2.sk;
+        if sk.is_null() {
+            return None;
+        }
+        *sk_storage(&DIALED_DST, sk, false)?
+    };
     if orig.family == AF_INET6 && addr::is_v4_mapped(&orig.addr) {
         orig.family = AF_INET;
         orig.addr = [orig.addr[3], 0, 0, 0];
@@ -115,16 +122,22 @@ fn set_flags(ctx: &SockOpsContext, set: u32, clear: u32) {
     let _ = ctx.set_cb_flags(((ctx.cb_flags() | set) & !clear) as i32);
 }
 
-/// Right before a redirected socket sends its SYN: ask to write the option,
-/// and to be told at close (to drop the cookie entry).
+/// Right before a redirected socket sends its SYN: ask to write the option.
+/// Only a sidecar socket the sockmap mode tracks asks to be told at close
+/// (to drop its entries); an app socket's destination lives in its own
+/// storage and goes with it, so the app's socket costs no state callbacks.
 fn on_connect(ctx: &SockOpsContext) {
-    if app_orig_dst(ctx).is_some() {
-        set_flags(
-            ctx,
-            BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG,
-            0,
-        );
+    if app_orig_dst(ctx).is_none() {
+        return;
     }
+    // SAFETY: only checked for presence.
+    let tracked = sockmap_mode() && unsafe { SIDECAR_COOKIES.get(&cookie(ctx)) }.is_some();
+    let state = if tracked {
+        BPF_SOCK_OPS_STATE_CB_FLAG
+    } else {
+        0
+    };
+    set_flags(ctx, BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG | state, 0);
 }
 
 /// Is the packet being written a SYN (not a SYN-ACK)?
@@ -348,10 +361,10 @@ fn add_to_sockmap(ctx: &SockOpsContext, mut pair: SockPair) {
     }
 }
 
+/// A sidecar socket of the sockmap mode closes (no other socket asks for
+/// state callbacks): its entries go.
 fn on_close(ctx: &SockOpsContext) {
-    let cookie = cookie(ctx);
-    let _ = COOKIE_ORIG_DST.remove(&cookie);
-    let _ = SIDECAR_COOKIES.remove(&cookie);
+    let _ = SIDECAR_COOKIES.remove(&cookie(ctx));
     if let Some(pair) = own_pair(ctx) {
         let _ = SIDECAR_PAIRS.remove(&pair);
     }

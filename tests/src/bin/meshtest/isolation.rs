@@ -10,7 +10,7 @@ use netns_core::original_dst;
 
 use crate::say;
 
-pub(crate) fn hold(connect: SocketAddr, bind_port: u16) -> anyhow::Result<()> {
+pub(crate) fn hold(connect: SocketAddr, bind_port: u16, ask_peer: bool) -> anyhow::Result<()> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(connect),
         socket2::Type::STREAM,
@@ -34,8 +34,27 @@ pub(crate) fn hold(connect: SocketAddr, bind_port: u16) -> anyhow::Result<()> {
         stream.local_addr()?,
         stream.peer_addr()?
     ));
+    let questions = if ask_peer {
+        let asked = stream.try_clone()?;
+        Some(std::thread::spawn(move || {
+            for line in std::io::stdin().lines() {
+                if line.is_err() {
+                    break;
+                }
+                match asked.peer_addr() {
+                    Ok(peer) => say(&format!("peer now={peer}")),
+                    Err(e) => say(&format!("peer error={e}")),
+                }
+            }
+        }))
+    } else {
+        None
+    };
     let mut rest = Vec::new();
     let _ = stream.read_to_end(&mut rest);
+    if let Some(questions) = questions {
+        let _ = questions.join();
+    }
     Ok(())
 }
 
@@ -62,7 +81,12 @@ pub(crate) fn orig_answer(conn: &TcpStream) -> String {
     }
 }
 
-pub(crate) fn forge(connect: SocketAddr, mark: Option<u32>) -> anyhow::Result<()> {
+pub(crate) fn forge(
+    connect: SocketAddr,
+    mark: Option<u32>,
+    claim: SocketAddr,
+    dialed_map: &std::path::Path,
+) -> anyhow::Result<()> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(connect),
         socket2::Type::STREAM,
@@ -71,7 +95,23 @@ pub(crate) fn forge(connect: SocketAddr, mark: Option<u32>) -> anyhow::Result<()
     if let Some(mark) = mark {
         socket.set_mark(mark)?;
     }
-    say(&format!("cookie={}", socket_cookie(&socket)?));
+    let std::net::IpAddr::V4(v4) = claim.ip() else {
+        anyhow::bail!("IPv4 claims only: {claim}");
+    };
+    let orig = netns_ebpf::OriginalDst {
+        addr: [u32::from_ne_bytes(v4.octets()), 0, 0, 0],
+        port: claim.port(),
+        family: netns_ebpf::AF_INET,
+    };
+    // Where connect would have filed it: this socket's own storage.
+    let data = aya::maps::MapData::from_pin(dialed_map)
+        .with_context(|| format!("open {}", dialed_map.display()))?;
+    let mut dialed: aya::maps::SkStorage<_, netns_ebpf::OriginalDst> =
+        aya::maps::SkStorage::try_from(aya::maps::Map::SkStorage(data))?;
+    dialed
+        .insert(&socket, &orig, 0)
+        .context("file the forged destination")?;
+    say("filed");
     let mut go = String::new();
     std::io::stdin().read_line(&mut go)?;
     socket
@@ -82,26 +122,4 @@ pub(crate) fn forge(connect: SocketAddr, mark: Option<u32>) -> anyhow::Result<()
     let mut rest = Vec::new();
     let _ = stream.read_to_end(&mut rest);
     Ok(())
-}
-
-/// `SO_COOKIE`: the kernel's 64-bit id of a socket.
-fn socket_cookie(socket: &socket2::Socket) -> std::io::Result<u64> {
-    use std::os::fd::AsRawFd as _;
-    let mut cookie = 0u64;
-    let mut len: libc::socklen_t = 8;
-    // SAFETY: `cookie` is a live u64 and `len` says so; the kernel writes at
-    // most `len` bytes.
-    let ret = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_COOKIE,
-            (&raw mut cookie).cast(),
-            &raw mut len,
-        )
-    };
-    if ret < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(cookie)
 }

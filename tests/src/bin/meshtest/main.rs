@@ -104,12 +104,15 @@ enum Role {
     },
     /// Connect from a fixed source port (bound before connecting, as a
     /// hostile app can), print `connected local=.. peer=..`, then read until
-    /// the peer closes.
+    /// the peer closes. With `--ask-peer`: for each line on stdin, print
+    /// `peer now=..` (getpeername again), and keep the socket until stdin closes.
     Hold {
         #[arg(long)]
         connect: SocketAddr,
         #[arg(long)]
         bind_port: u16,
+        #[arg(long)]
+        ask_peer: bool,
     },
     /// A sidecar that only answers questions: for each line on stdin, accept
     /// one connection, print what `SO_ORIGINAL_DST` says about it
@@ -131,15 +134,21 @@ enum Role {
         #[arg(long, default_value_t = 200_000)]
         iters: u32,
     },
-    /// A socket whose SYN the test controls: make it (with `--mark`), print
-    /// `cookie=N` (`SO_COOKIE`, the key the data path files a socket's original
-    /// destination under), wait for a line on stdin, connect, print
-    /// `connected`, read until the peer closes.
+    /// A socket whose SYN the test controls: make it (with `--mark`), file
+    /// `--claim` in its own `DIALED_DST` storage (where connect files a
+    /// redirected socket's destination), print `filed`, wait for a line on
+    /// stdin, connect, print `connected`, read until the peer closes.
     Forge {
         #[arg(long)]
         connect: SocketAddr,
         #[arg(long)]
         mark: Option<u32>,
+        /// The destination to claim (IPv4).
+        #[arg(long)]
+        claim: SocketAddr,
+        /// The pinned `DIALED_DST` map to file the claim in.
+        #[arg(long)]
+        dialed_map: PathBuf,
     },
     /// Accept connections and drop them at once.
     Sink {
@@ -268,7 +277,11 @@ fn main() -> anyhow::Result<()> {
             hold_ms,
             mark,
         } => client(connect, size, count, hold_ms, mark),
-        Role::Hold { connect, bind_port } => hold(connect, bind_port),
+        Role::Hold {
+            connect,
+            bind_port,
+            ask_peer,
+        } => hold(connect, bind_port, ask_peer),
         Role::Probe { listen } => probe(listen),
         Role::Ask { connect } => {
             let stream =
@@ -277,7 +290,12 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Role::SockoptLoop { iters } => sockopt_loop(iters),
-        Role::Forge { connect, mark } => forge(connect, mark),
+        Role::Forge {
+            connect,
+            mark,
+            claim,
+            dialed_map,
+        } => forge(connect, mark, claim, &dialed_map),
         Role::Sink { listen } => sink(listen),
         Role::Churn { connect, count } => churn(connect, count),
         Role::UdpEcho { listen } => udp_echo(listen),
