@@ -51,3 +51,69 @@ pub fn ratio_range(xs: &[f64], ys: &[f64]) -> (f64, f64) {
             (lo.min(r), hi.max(r))
         })
 }
+
+/// A distribution-free 95 % confidence interval for the median of `xs`:
+/// the order statistics `x(k)..x(n+1-k)` with the largest `k` for which
+/// `P(Binomial(n, 1/2) < k) <= 2.5 %`. One wild round cannot move it, unlike
+/// an interval built on the mean. With fewer than 6 values no such `k`
+/// exists and the whole range is returned.
+#[must_use]
+pub fn median_ci95(xs: &[f64]) -> (f64, f64) {
+    let mut sorted = xs.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    // P(X <= j) for X ~ Binomial(n, 1/2), summed term by term.
+    let mut below = 0.0; // P(X < k)
+    let mut term = 0.5f64.powi(i32::try_from(n).unwrap_or(i32::MAX)); // P(X = 0)
+    let mut k = 0;
+    for j in 0..n {
+        if below + term > 0.025 {
+            break;
+        }
+        below += term;
+        k = j + 1;
+        // P(X = j+1) = P(X = j) * (n - j) / (j + 1)
+        #[allow(clippy::cast_precision_loss)]
+        {
+            term *= (n - j) as f64 / (j + 1) as f64;
+        }
+    }
+    if k == 0 {
+        return (sorted[0], sorted[n - 1]);
+    }
+    (sorted[k - 1], sorted[n - k])
+}
+
+/// A standard deviation that single wild values cannot inflate: the median
+/// absolute deviation, scaled to match the standard deviation of normal data.
+#[must_use]
+pub fn robust_sd(xs: &[f64]) -> f64 {
+    let m = median(xs.to_vec());
+    1.4826 * median(xs.iter().map(|x| (x - m).abs()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_median_interval_uses_the_binomial_order_statistics() {
+        let xs: Vec<f64> = (1..=9).map(f64::from).collect();
+        // n = 9: P(X <= 1) = 10/512 <= 2.5 %, P(X <= 2) = 46/512 > 2.5 %.
+        assert_eq!(median_ci95(&xs), (2.0, 8.0));
+        let xs: Vec<f64> = (1..=21).map(f64::from).collect();
+        // n = 21: P(X <= 5) = 1.33 %, P(X <= 6) = 3.9 %.
+        assert_eq!(median_ci95(&xs), (6.0, 16.0));
+        assert_eq!(median_ci95(&[3.0, 1.0, 2.0]), (1.0, 3.0));
+    }
+
+    #[test]
+    fn one_wild_value_moves_neither_the_interval_much_nor_the_robust_sd() {
+        let mut xs = vec![1.0, 1.01, 0.99, 1.02, 0.98, 1.0, 1.01, 0.99, 1.0];
+        let calm = robust_sd(&xs);
+        xs[3] = 1.5;
+        assert!((robust_sd(&xs) - calm).abs() < 0.01, "{}", robust_sd(&xs));
+        let (lo, hi) = median_ci95(&xs);
+        assert!(lo >= 0.98 && hi <= 1.02, "{lo}..{hi}");
+    }
+}

@@ -7,7 +7,7 @@ use crate::{apt, cmd, ebpf};
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// Interleaved rounds (plus one discarded warm-up); figures are medians.
-    #[arg(long, default_value_t = 9)]
+    #[arg(long, default_value_t = 21)]
     rounds: u32,
     /// Pin every process of the benchmark to one CPU (the default).
     #[arg(long, overrides_with = "no_pin")]
