@@ -1,4 +1,4 @@
-//! The flags of `run`, `status`, `cleanup` and `exec` (each with an
+//! The flags of `run`, `status`, `monitor`, `cleanup` and `exec` (each with an
 //! environment variable), and the agent they describe
 //! ([`RunArgs::agent`]). What each command does is in `cmd/`.
 
@@ -228,6 +228,41 @@ pub(crate) struct StatusArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MonitorArgs {
+    /// The running agent's control socket.
+    #[arg(long, env = "NETNS_AGENT_CONTROL_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub(crate) control_socket: PathBuf,
+    /// Only this pod's decisions (its name, as status shows it).
+    #[arg(long)]
+    pub(crate) pod: Option<String>,
+    /// Only these verdicts (repeat, or comma-separated): captured,
+    /// excluded_port, excluded_cidr, not_included, sidecar_uid, bypass_mark,
+    /// sidecar_not_listening, refused_no_sidecar, loopback, to_local_pod,
+    /// original_dst_received, no_saved_syn, no_option, option_not_believed,
+    /// answered, not_answered, inbound_captured, inbound_pass_port,
+    /// inbound_loop_guard, inbound_refused, dns_redirected,
+    /// dns_sidecar_not_listening.
+    #[arg(long = "verdict", value_delimiter = ',')]
+    pub(crate) verdicts: Vec<String>,
+    /// One JSON object per line (stable field names) instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TopArgs {
+    /// The running agent's control socket.
+    #[arg(long, env = "NETNS_AGENT_CONTROL_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub(crate) control_socket: PathBuf,
+    /// Only this pod's row.
+    #[arg(long)]
+    pub(crate) pod: Option<String>,
+    /// Draw the screen once, after a second, and exit (for scripts).
+    #[arg(long)]
+    pub(crate) once: bool,
 }
 
 #[derive(Debug, Args)]

@@ -1,10 +1,12 @@
-//! The commands: what `run`, `status`, `cleanup` and `exec` do with their
+//! The commands: what `run`, `status`, `monitor`, `cleanup` and `exec` do with their
 //! flags ([`crate::cli`]).
 
 pub(crate) mod cleanup;
 pub(crate) mod exec;
+pub(crate) mod monitor;
 pub(crate) mod run;
 pub(crate) mod status;
+pub(crate) mod top;
 
 /// Writes `text` to stdout; a reader that went away (`status | head -1`) is
 /// not an error: what it wanted it has.

@@ -1,8 +1,9 @@
 //! The control socket: a root-only unix socket (mode 0600, peer credentials
 //! checked) that answers one request per connection ([`crate::protocol`]).
-//! `netns-agent status` talks to it, and the `netns-cni` plugin (`cni_*`
-//! ops, see [`crate::cni`]). What a request does is the [`Handler`]'s
-//! business; this module only reads, bounds and answers.
+//! `netns-agent status` and `monitor` talk to it, and the `netns-cni`
+//! plugin (`cni_*` ops, see [`crate::cni`]). What a request does is the
+//! [`Handler`]'s business; this module only reads, bounds and answers. A
+//! monitor's answer is a stream: lines until either side closes.
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
@@ -19,8 +20,26 @@ use crate::cni::{CniReply, CniRequest, code};
 use crate::protocol::{Refusal, Request, parse_reply};
 use crate::status::Status;
 
+/// A monitor's lines (JSON, without newline), as the agent produces them;
+/// the subscription ends when this is dropped.
+pub struct MonitorStream {
+    /// The lines; the channel closes when the agent stops.
+    pub lines: tokio::sync::mpsc::Receiver<Arc<str>>,
+    /// Ends the subscription when dropped.
+    pub guard: Box<dyn Send>,
+}
+
+impl std::fmt::Debug for MonitorStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MonitorStream").finish_non_exhaustive()
+    }
+}
+
 /// What answers the control socket's requests (the daemon's handles).
 pub trait Handler: Send + Sync + 'static {
+    /// Subscribes a monitor, or says why not (an unknown verdict, too many
+    /// monitors).
+    fn monitor(&self, filter: crate::monitor::MonitorFilter) -> Result<MonitorStream, String>;
     /// The agent's status, made after the request came (may block: it is
     /// called on a blocking thread).
     fn status(&self) -> Arc<Status>;
@@ -105,14 +124,24 @@ pub async fn serve(listener: UnixListener, handler: Arc<dyn Handler>) -> anyhow:
     }
 }
 
+/// An answer: one line, or a monitor's stream.
+enum Answer {
+    Line(String),
+    Stream(MonitorStream),
+}
+
 async fn answer(mut conn: UnixStream, handler: Arc<dyn Handler>) -> std::io::Result<()> {
-    let reply = match conn.peer_cred() {
+    let answer = match conn.peer_cred() {
         Ok(cred) if cred.uid() == 0 => read_request(&mut conn, handler).await,
-        Ok(cred) => refuse(format!(
+        Ok(cred) => Answer::Line(refuse(format!(
             "permission denied: the control socket answers root only (your uid is {})",
             cred.uid()
-        )),
-        Err(e) => refuse(format!("cannot read peer credentials: {e}")),
+        ))),
+        Err(e) => Answer::Line(refuse(format!("cannot read peer credentials: {e}"))),
+    };
+    let reply = match answer {
+        Answer::Line(reply) => reply,
+        Answer::Stream(stream) => return stream_lines(conn, stream).await,
     };
     // A client that does not read cannot hold its slot (and its answer's
     // memory) for longer than this.
@@ -126,29 +155,55 @@ async fn answer(mut conn: UnixStream, handler: Arc<dyn Handler>) -> std::io::Res
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
-async fn read_request(conn: &mut UnixStream, handler: Arc<dyn Handler>) -> String {
+/// Writes a monitor's lines until the agent ends the stream or the client
+/// goes. A client that stops reading blocks only this task: the agent
+/// drops what its queue cannot hold and counts it.
+async fn stream_lines(mut conn: UnixStream, mut stream: MonitorStream) -> std::io::Result<()> {
+    let (mut reader, mut writer) = conn.split();
+    let mut ignored = [0u8; 64];
+    loop {
+        tokio::select! {
+            line = stream.lines.recv() => {
+                let Some(line) = line else { break };
+                writer.write_all(line.as_bytes()).await?;
+                writer.write_all(b"\n").await?;
+            }
+            // The client closed its end (or sent something): done.
+            _ = reader.read(&mut ignored) => break,
+        }
+    }
+    writer.shutdown().await
+}
+
+async fn read_request(conn: &mut UnixStream, handler: Arc<dyn Handler>) -> Answer {
     let mut line = Vec::new();
     let mut reader = BufReader::new(conn.take(MAX_REQUEST as u64 + 1));
     let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await;
+    let refused = |error: String| Answer::Line(refuse(error));
     match read {
-        Err(_) => return refuse(format!("no request within {REQUEST_TIMEOUT:?}")),
-        Ok(Err(e)) => return refuse(format!("cannot read the request: {e}")),
+        Err(_) => return refused(format!("no request within {REQUEST_TIMEOUT:?}")),
+        Ok(Err(e)) => return refused(format!("cannot read the request: {e}")),
         Ok(Ok(_)) => {}
     }
     if line.len() > MAX_REQUEST {
-        return refuse(format!("request larger than {MAX_REQUEST} bytes"));
+        return refused(format!("request larger than {MAX_REQUEST} bytes"));
     }
-    let encoded =
-        |reply: Result<String, serde_json::Error>| reply.unwrap_or_else(|e| refuse(e.to_string()));
+    let encoded = |reply: Result<String, serde_json::Error>| {
+        Answer::Line(reply.unwrap_or_else(|e| refuse(e.to_string())))
+    };
     match Request::parse(&line) {
-        Err(error) => refuse(error),
+        Err(error) => refused(error),
         Ok((Request::Status, _)) => {
             let status = tokio::task::spawn_blocking(move || handler.status()).await;
             match status {
                 Ok(status) => encoded(serde_json::to_string(&*status)),
-                Err(e) => refuse(format!("status failed: {e}")),
+                Err(e) => refused(format!("status failed: {e}")),
             }
         }
+        Ok((Request::Monitor(filter), _)) => match handler.monitor(filter) {
+            Ok(stream) => Answer::Stream(stream),
+            Err(error) => refused(error),
+        },
         Ok((Request::Cni(request), budget)) => {
             let budget = budget.unwrap_or(CNI_TIMEOUT).min(MAX_CNI_BUDGET);
             let reply = handler.cni(request, Instant::now() + budget).await;

@@ -26,6 +26,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 mod cni;
+mod decisions;
 mod health;
 mod pending;
 mod pods;
@@ -86,9 +87,19 @@ struct Handles {
     reporter: report::Reporter,
     queue: work::Queue,
     kube_directory: Option<crate::source::kubernetes::Directory>,
+    monitors: Arc<decisions::Monitors>,
+    shared: Arc<shared::Shared>,
 }
 
 impl crate::control::Handler for Handles {
+    fn monitor(
+        &self,
+        filter: crate::monitor::MonitorFilter,
+    ) -> Result<crate::control::MonitorStream, String> {
+        let pods = self.shared.pods().meshed.len();
+        self.monitors.subscribe(filter, pods)
+    }
+
     fn status(&self) -> Arc<Status> {
         self.reporter.status(Duration::ZERO)
     }
@@ -159,9 +170,22 @@ pub async fn run(config: AgentConfig, source: Box<dyn PodSource>) -> anyhow::Res
         .collect();
     tracing::info!(cgroup = %config.datapath.cgroup.display(), programs = %names.join(" "), "data path attached");
     let view = Arc::new(datapath.view()?);
+    let mut decisions = datapath.decisions()?;
+    // Left on by an agent that was killed while monitored: off until a
+    // monitor attaches.
+    decisions.set_reporting(false)?;
     let shared = Arc::new(shared::Shared::new(health::programs(&datapath)));
     let datapath: pods::SharedDataPath = Arc::new(Mutex::new(Some(datapath)));
-    let result = serve(&config, source, &mut signals, &datapath, &shared, view).await;
+    let result = serve(
+        &config,
+        source,
+        &mut signals,
+        &datapath,
+        &shared,
+        view,
+        decisions,
+    )
+    .await;
     let datapath = datapath
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -205,6 +229,9 @@ struct Threads {
     address_watch: std::thread::JoinHandle<()>,
     stop_check: std::sync::mpsc::Sender<()>,
     kernel_check: std::thread::JoinHandle<()>,
+    monitors: Arc<decisions::Monitors>,
+    stop_decisions: Arc<std::sync::atomic::AtomicBool>,
+    decisions: std::thread::JoinHandle<()>,
 }
 
 impl Threads {
@@ -214,6 +241,7 @@ impl Threads {
         datapath: &pods::SharedDataPath,
         shared: &Arc<shared::Shared>,
         view: &Arc<DataPathView>,
+        stream: netns_datapath::DecisionStream,
     ) -> anyhow::Result<Threads> {
         let (queue, work) = work::Queue::new();
         let watcher = Arc::new(Watcher::new().context("create the address-change epoll set")?);
@@ -268,6 +296,17 @@ impl Threads {
             ),
         };
         let kernel_check = spawn("kernel-check", move || check.run(&stop))?;
+        let monitors = Arc::new(decisions::Monitors::default());
+        let stop_decisions = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = decisions::Reader {
+            stream,
+            monitors: Arc::clone(&monitors),
+            shared: Arc::clone(shared),
+            view: Arc::clone(view),
+            settings: config.datapath.settings,
+            stop: Arc::clone(&stop_decisions),
+        };
+        let decisions = spawn("decisions", move || reader.run())?;
         Ok(Threads {
             queue,
             worker,
@@ -275,6 +314,9 @@ impl Threads {
             address_watch,
             stop_check,
             kernel_check,
+            monitors,
+            stop_decisions,
+            decisions,
         })
     }
 
@@ -284,7 +326,10 @@ impl Threads {
         self.queue.stop();
         self.watcher.stop();
         drop(self.stop_check);
+        self.stop_decisions
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         for (name, thread) in [
+            ("decisions", self.decisions),
             ("kernel-check", self.kernel_check),
             ("address-watch", self.address_watch),
             ("pod-worker", self.worker),
@@ -313,11 +358,12 @@ async fn serve(
     datapath: &pods::SharedDataPath,
     shared: &Arc<shared::Shared>,
     view: Arc<DataPathView>,
+    decisions: netns_datapath::DecisionStream,
 ) -> anyhow::Result<()> {
     let control = crate::control::listen(&config.control_socket)?;
     let http = crate::http::listen(config.metrics_addr, config.datapath.settings.bypass_mark)?;
     let config = Arc::new(config.clone());
-    let threads = Threads::start(&config, source.name(), datapath, shared, &view)?;
+    let threads = Threads::start(&config, source.name(), datapath, shared, &view, decisions)?;
     let handles = Arc::new(Handles {
         reporter: report::Reporter::new(
             Arc::clone(shared),
@@ -331,6 +377,8 @@ async fn serve(
         ),
         queue: threads.queue.clone(),
         kube_directory: config.kube_directory.clone(),
+        monitors: Arc::clone(&threads.monitors),
+        shared: Arc::clone(shared),
     });
     let (tx, mut rx) = mpsc::channel(1024);
     let mut tasks = tokio::task::JoinSet::new();

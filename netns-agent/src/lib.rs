@@ -20,6 +20,7 @@ pub mod daemon;
 pub mod http;
 pub mod instance;
 pub mod metrics;
+pub mod monitor;
 pub mod pod;
 pub mod protocol;
 pub mod sidecar;

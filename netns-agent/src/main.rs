@@ -46,6 +46,23 @@ enum Command {
     ///
     /// Example: netns-agent status --json
     Status(cli::StatusArgs),
+    /// Watch the data path decide, live: one line per decision of a meshed
+    /// pod's connection (captured, or left alone and why; what its sidecar
+    /// was told; inbound captured or refused), until Ctrl-C or the agent
+    /// stops. Decisions the kernel or this monitor could not keep up with
+    /// are counted and shown, never silently dropped. Costs the data path
+    /// nothing while no monitor is attached. Root only.
+    ///
+    /// Example: netns-agent monitor --pod pod-a --verdict sidecar_not_listening,captured
+    Monitor(cli::MonitorArgs),
+    /// A live picture of the pods' traffic, refreshed each second: one row
+    /// per pod with connections captured and not captured per second (and
+    /// why not, in all), SO_ORIGINAL_DST answered against asked, inbound
+    /// captured and refused. Built from the same decisions as `monitor`; q
+    /// then Enter, or Ctrl-C, quits. Root only.
+    ///
+    /// Example: netns-agent top
+    Top(cli::TopArgs),
     /// Detach and unpin everything a previous run left under --bpffs, from the
     /// pins alone. Safe to repeat; says what it removed.
     ///
@@ -106,6 +123,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Demo { requests } => demo::run(*requests),
         Command::Run(args) => cmd::run::run(args),
         Command::Status(args) => cmd::status::status(args),
+        Command::Monitor(args) => cmd::monitor::monitor(args),
+        Command::Top(args) => cmd::top::top(args),
         Command::Cleanup(args) => cmd::cleanup::cleanup(args),
         Command::Exec(args) => cmd::exec::exec(args),
         Command::DemoPod { netns, cgroup } => demo_pod::run_pod(netns, cgroup),

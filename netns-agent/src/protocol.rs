@@ -7,13 +7,17 @@
 //! <- {"pid":...,"ready":true,...}
 //! -> {"op":"cni_add","container_id":"c1","netns":"/run/netns/cni-1","ifname":"eth0","addrs":["198.18.5.3"],"budget_ms":4500}
 //! <- {"ok":true}
+//! -> {"op":"monitor","pod":"pod-a","verdicts":["captured"]}
+//! <- {"kind":"subscribed","pods":3}
+//! <- {"kind":"decision",...}          (one line per decision, until either side closes)
 //! -> {"op":"nonsense"}
-//! <- {"error":"unknown op \"nonsense\" (known: status, cni_add, cni_del, cni_check, cni_gc)"}
+//! <- {"error":"unknown op \"nonsense\" (known: status, monitor, cni_add, cni_del, cni_check, cni_gc)"}
 //! ```
 //!
 //! A request the agent refuses as a request (malformed, too large, not
 //! root, unknown op) is answered with a [`Refusal`]; a status request with a
-//! [`crate::status::Status`]; a CNI request with a [`crate::cni::CniReply`].
+//! [`crate::status::Status`]; a CNI request with a [`crate::cni::CniReply`];
+//! a monitor request with [`crate::monitor::MonitorLine`]s, a line each.
 //!
 //! ```
 //! use netns_agent::protocol::Request;
@@ -37,13 +41,22 @@ use serde_json::Value;
 use crate::cni::CniRequest;
 
 /// Every op the agent knows, as the wire names it.
-pub const OPS: [&str; 5] = ["status", "cni_add", "cni_del", "cni_check", "cni_gc"];
+pub const OPS: [&str; 6] = [
+    "status",
+    "monitor",
+    "cni_add",
+    "cni_del",
+    "cni_check",
+    "cni_gc",
+];
 
 /// A request to the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// The agent's status ([`crate::status::Status`]).
     Status,
+    /// The data path's decisions, streamed ([`crate::monitor`]).
+    Monitor(crate::monitor::MonitorFilter),
     /// A CNI request from the plugin.
     Cni(CniRequest),
 }
@@ -62,6 +75,11 @@ impl Request {
     pub fn to_line(&self, budget: Option<Duration>) -> Vec<u8> {
         let mut body = match self {
             Request::Status => serde_json::json!({"op": "status"}),
+            Request::Monitor(filter) => {
+                let mut body = serde_json::to_value(filter).unwrap_or(Value::Null);
+                body["op"] = "monitor".into();
+                body
+            }
             Request::Cni(request) => serde_json::to_value(request).unwrap_or(Value::Null),
         };
         if let Some(budget) = budget {
@@ -88,6 +106,10 @@ impl Request {
             .map(Duration::from_millis);
         let request = match op.as_str() {
             "status" => Request::Status,
+            "monitor" => Request::Monitor(
+                serde_json::from_value(body)
+                    .map_err(|e| format!("malformed monitor request: {e}"))?,
+            ),
             op if OPS.contains(&op) => Request::Cni(
                 serde_json::from_value(body).map_err(|e| format!("malformed {op} request: {e}"))?,
             ),
@@ -139,6 +161,11 @@ mod tests {
         let budget = Some(Duration::from_millis(4500));
         for request in [
             Request::Status,
+            Request::Monitor(crate::monitor::MonitorFilter::default()),
+            Request::Monitor(crate::monitor::MonitorFilter {
+                pod: Some("pod-a".into()),
+                verdicts: vec!["captured".into()],
+            }),
             Request::Cni(CniRequest::CniAdd(attachment())),
             Request::Cni(CniRequest::CniDel(attachment())),
             Request::Cni(CniRequest::CniCheck(attachment())),
@@ -161,7 +188,7 @@ mod tests {
         assert!(err(b"{}").contains("no \"op\""));
         assert_eq!(
             err(b"{\"op\":\"reboot\"}"),
-            "unknown op \"reboot\" (known: status, cni_add, cni_del, cni_check, cni_gc)"
+            "unknown op \"reboot\" (known: status, monitor, cni_add, cni_del, cni_check, cni_gc)"
         );
         assert!(err(b"{\"op\":\"cni_add\"}").starts_with("malformed cni_add request"));
     }

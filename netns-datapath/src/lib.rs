@@ -49,6 +49,7 @@ mod sys;
 
 mod error;
 mod inbound;
+mod monitor;
 mod pod_settings;
 mod probe;
 mod programs;
@@ -71,6 +72,7 @@ use netns_ebpf::{LocalPod, MeshSettings, PodFlags, SockPair, names};
 
 pub use error::DataPathError;
 pub use inbound::{InboundCapture, attached_inbound_ids};
+pub use monitor::DecisionStream;
 pub use pod_settings::{PodEntries, flags as pod_flags};
 pub use probe::CookieProbe;
 use programs::{Hook, PROGRAMS, ProgramSpec, When};

@@ -34,6 +34,28 @@ impl std::fmt::Debug for DataPathView {
     }
 }
 
+/// A handle of its own on `datapath`'s map `name` (a duplicated descriptor:
+/// it outlives the [`DataPath`] and any pin).
+pub(crate) fn own_handle(
+    datapath: &DataPath,
+    name: &'static str,
+) -> Result<MapData, DataPathError> {
+    let (Map::HashMap(data)
+    | Map::LruHashMap(data)
+    | Map::PerCpuArray(data)
+    | Map::Array(data)
+    | Map::RingBuf(data)) = datapath.map(name)?
+    else {
+        return Err(DataPathError::Missing { kind: "map", name });
+    };
+    let fd = data
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| map_error(name, "duplicate the descriptor of", e.into()))?;
+    MapData::from_fd(fd).map_err(|e| map_error(name, "open", e))
+}
+
 /// A map's capacity: (name, `max_entries`).
 type Capacity = (&'static str, u64);
 
@@ -45,17 +67,7 @@ impl DataPathView {
     pub fn of(datapath: &DataPath) -> Result<DataPathView, DataPathError> {
         /// A handle of its own on map `name`, and the map's capacity.
         fn open(datapath: &DataPath, name: &'static str) -> Result<(Map, u64), DataPathError> {
-            let (Map::HashMap(data) | Map::LruHashMap(data) | Map::PerCpuArray(data)) =
-                datapath.map(name)?
-            else {
-                return Err(DataPathError::Missing { kind: "map", name });
-            };
-            let fd = data
-                .fd()
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|e| map_error(name, "duplicate the descriptor of", e.into()))?;
-            let data = MapData::from_fd(fd).map_err(|e| map_error(name, "open", e))?;
+            let data = own_handle(datapath, name)?;
             let capacity = data
                 .info()
                 .map_err(|e| map_error(name, "ask the size of", e))?

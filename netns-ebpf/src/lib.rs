@@ -42,7 +42,7 @@ pub struct MeshSettings {
 /// or a key, value or counter changes (the layout test below fails until
 /// its expectations are updated, as a reminder): an agent finding another
 /// marker recreates the maps instead of reading them wrongly.
-pub const LAYOUT_MARKER: &str = "layout-v7";
+pub const LAYOUT_MARKER: &str = "layout-v8";
 
 impl MeshSettings {
     /// Redirect DNS (UDP port 53) of meshed pods to `dns_port` on loopback.
@@ -197,6 +197,124 @@ pub struct PodPort {
     pub pad: [u16; 3],
 }
 
+/// One capture decision, as the programs report it on the
+/// [`names::DECISIONS`] ring buffer while someone listens
+/// ([`names::MONITORING`] non-zero). What it is about: the destination the
+/// connection asked for (outbound), the address it arrived at (inbound), or
+/// the original destination a sidecar's socket was told (sidecar side).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Decision {
+    /// The pod's network namespace cookie; 0 where the hook cannot tell it
+    /// (the sidecar side of an outbound connection, see `docs/monitor.md`).
+    pub netns_cookie: u64,
+    /// The socket's cookie (`SO_COOKIE`); 0 where the hook has none (inbound).
+    pub socket_cookie: u64,
+    /// Address, network order words (IPv4 in word 0).
+    pub addr: [u32; 4],
+    /// Port, host order.
+    pub port: u16,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u16,
+    /// One of [`verdict`].
+    pub verdict: u8,
+    /// Always zero (fills the struct to 48 bytes: no implicit padding).
+    pub pad: [u8; 11],
+}
+
+/// What a [`Decision`] decided, and why. The numbers are the wire format
+/// of the ring buffer; [`verdict::NAMES`] are the names `monitor`, `status`
+/// and `/metrics` use.
+pub mod verdict {
+    /// Outbound: sent to the sidecar.
+    pub const CAPTURED: u8 = 1;
+    /// Outbound, left alone: an excluded destination port (node or pod).
+    pub const EXCLUDED_PORT: u8 = 2;
+    /// Outbound, left alone: an excluded destination CIDR (node or pod).
+    pub const EXCLUDED_CIDR: u8 = 3;
+    /// Outbound, left alone: outside the pod's included CIDRs.
+    pub const NOT_INCLUDED: u8 = 4;
+    /// Outbound, left alone: the sidecar's own uid.
+    pub const SIDECAR_UID: u8 = 5;
+    /// Outbound, left alone: the socket carries the bypass `SO_MARK`.
+    pub const BYPASS_MARK: u8 = 6;
+    /// Outbound, left alone: nothing listened on the sidecar's port.
+    pub const SIDECAR_NOT_LISTENING: u8 = 7;
+    /// Outbound, refused: the sidecar listened before and does not now.
+    pub const REFUSED_NO_SIDECAR: u8 = 8;
+    /// Outbound, left alone: a loopback destination.
+    pub const LOOPBACK: u8 = 9;
+    /// The sidecar dialing a meshed pod on this node: sent to its inbound port.
+    pub const TO_LOCAL_POD: u8 = 10;
+    /// Sidecar side: the SYN's option was filed for the sidecar's socket.
+    pub const ORIGINAL_DST_RECEIVED: u8 = 11;
+    /// Sidecar side: the listener kept no SYN (it listened before the
+    /// agent, or the connection came through a SYN cookie).
+    pub const NO_SAVED_SYN: u8 = 12;
+    /// Sidecar side: the SYN carried no original-destination option.
+    pub const NO_OPTION: u8 = 13;
+    /// Sidecar side: the option was not believed (inbound port, about
+    /// another address; outbound port, not from the pod's loopback).
+    pub const OPTION_NOT_BELIEVED: u8 = 14;
+    /// Sidecar side: `SO_ORIGINAL_DST` answered.
+    pub const ANSWERED: u8 = 15;
+    /// Sidecar side: `SO_ORIGINAL_DST` asked about a socket with no answer.
+    pub const NOT_ANSWERED: u8 = 16;
+    /// Inbound: handed to the pod's sidecar.
+    pub const INBOUND_CAPTURED: u8 = 17;
+    /// Inbound, left alone: a port the pod leaves alone.
+    pub const INBOUND_PASS_PORT: u8 = 18;
+    /// Inbound, left alone: from the pod itself (the sidecar reaching its app).
+    pub const INBOUND_LOOP_GUARD: u8 = 19;
+    /// Inbound, refused: the pod's sidecar has no inbound listener.
+    pub const INBOUND_REFUSED: u8 = 20;
+    /// DNS sent to the sidecar's DNS port.
+    pub const DNS_REDIRECTED: u8 = 21;
+    /// DNS left alone: nothing listened on the sidecar's DNS port.
+    pub const DNS_SIDECAR_NOT_LISTENING: u8 = 22;
+    /// One more than the largest verdict.
+    pub const COUNT: u8 = 23;
+
+    /// Names by number (index 0 is unused).
+    pub const NAMES: [&str; COUNT as usize] = [
+        "none",
+        "captured",
+        "excluded_port",
+        "excluded_cidr",
+        "not_included",
+        "sidecar_uid",
+        "bypass_mark",
+        "sidecar_not_listening",
+        "refused_no_sidecar",
+        "loopback",
+        "to_local_pod",
+        "original_dst_received",
+        "no_saved_syn",
+        "no_option",
+        "option_not_believed",
+        "answered",
+        "not_answered",
+        "inbound_captured",
+        "inbound_pass_port",
+        "inbound_loop_guard",
+        "inbound_refused",
+        "dns_redirected",
+        "dns_sidecar_not_listening",
+    ];
+
+    /// Where a verdict is decided: `outbound`, `sidecar`, `inbound` or `dns`.
+    #[must_use]
+    pub const fn hook(verdict: u8) -> &'static str {
+        match verdict {
+            1..=10 => "outbound",
+            11..=16 => "sidecar",
+            17..=20 => "inbound",
+            21..=22 => "dns",
+            _ => "none",
+        }
+    }
+}
+
 /// Indexes of the per-CPU counters in [`names::COUNTERS`].
 pub mod counter {
     /// Outbound connections redirected to the sidecar.
@@ -231,8 +349,11 @@ pub mod counter {
     /// Connections of meshed pods refused because their sidecar, which had
     /// listened before, was not listening (restarting): never sent around it.
     pub const SIDECAR_ABSENT_REFUSED: u32 = 12;
+    /// Decisions not reported because the ring buffer was full (only while
+    /// someone listens): `monitor` shows them as lost.
+    pub const DECISIONS_LOST: u32 = 13;
     /// How many counters there are.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 14;
 
     /// Their names, by index (for status and metrics).
     pub const NAMES: [&str; COUNT as usize] = [
@@ -249,6 +370,7 @@ pub mod counter {
         "inbound_captured",
         "inbound_refused",
         "sidecar_absent_refused",
+        "decisions_lost",
     ];
 }
 
@@ -260,6 +382,8 @@ mod pod {
     unsafe impl aya::Pod for super::MeshSettings {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::OriginalDst {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Decision {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SockPair {}
     // SAFETY: as above.
@@ -281,9 +405,13 @@ mod tests {
     #[test]
     fn layouts_are_pinned() {
         // Any change below, to the maps or to the counters bumps LAYOUT_MARKER.
-        assert_eq!(LAYOUT_MARKER, "layout-v7");
-        assert_eq!(names::ALL_MAPS.len(), 20);
-        assert_eq!(counter::COUNT, 13);
+        assert_eq!(LAYOUT_MARKER, "layout-v8");
+        assert_eq!(names::ALL_MAPS.len(), 22);
+        assert_eq!(counter::COUNT, 14);
+        assert_eq!(size_of::<Decision>(), 48);
+        assert_eq!(offset_of!(Decision, addr), 16);
+        assert_eq!(offset_of!(Decision, port), 32);
+        assert_eq!(offset_of!(Decision, verdict), 36);
 
         assert_eq!(size_of::<MeshSettings>(), 16);
         assert_eq!(offset_of!(MeshSettings, flags), 6);

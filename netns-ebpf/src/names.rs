@@ -51,9 +51,15 @@ pub const BOUND_INBOUND: &str = "BOUND_INBOUND";
 pub const SIDECAR_SEEN: &str = "SIDECAR_SEEN";
 /// `PerCpuArray<u64>`: the counters of [`crate::counter`].
 pub const COUNTERS: &str = "COUNTERS";
+/// `RingBuf` of [`crate::Decision`]s, written only while [`MONITORING`] is
+/// non-zero (`netns-agent monitor`).
+pub const DECISIONS: &str = "DECISIONS";
+/// `Array<u32>`, one entry: non-zero while someone reads [`DECISIONS`]. The
+/// programs check it before anything else they would do for a report.
+pub const MONITORING: &str = "MONITORING";
 
 /// Every map, in the order the agent pins them.
-pub const ALL_MAPS: [&str; 20] = [
+pub const ALL_MAPS: [&str; 22] = [
     SETTINGS,
     MESHED_NETNS,
     LOCAL_POD_IPS4,
@@ -74,6 +80,8 @@ pub const ALL_MAPS: [&str; 20] = [
     BOUND_INBOUND,
     SIDECAR_SEEN,
     COUNTERS,
+    DECISIONS,
+    MONITORING,
 ];
 
 /// Programs, by function name in the object.

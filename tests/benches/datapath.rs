@@ -983,6 +983,79 @@ fn measure_listener_check(setup: &mut Setup, cfg: &Config) {
     );
 }
 
+/// What reporting decisions costs a connection (`netns-agent monitor`):
+/// our programs' run time and the path's CPU time per connection with the
+/// programs' switch off and on, interleaved over the rounds, while a reader
+/// drains the ring buffer as the agent's does.
+fn measure_monitor_cost(setup: &mut Setup, cfg: &Config) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let conns = cfg.conns.to_string();
+    let role = ["connrate", "--count", &conns, "--warmup", "0"];
+    let mut switch = setup
+        .main
+        .datapath()
+        .decisions()
+        .expect("open the decision switch");
+    let pin = setup.main.map_pin(netns_ebpf::names::DECISIONS);
+    let (stop, read) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let drain = {
+        let (stop, read) = (Arc::clone(&stop), Arc::clone(&read));
+        std::thread::spawn(move || {
+            let data = aya::maps::MapData::from_pin(&pin).expect("open the pinned ring buffer");
+            let mut ring =
+                aya::maps::RingBuf::try_from(aya::maps::Map::RingBuf(data)).expect("a ring buffer");
+            while !stop.load(Ordering::Relaxed) {
+                while ring.next().is_some() {
+                    read.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let (mut ns_off, mut ns_on, mut cpu_off, mut cpu_on) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..cfg.rounds {
+        for (on, ns_into, cpu_into) in [
+            (false, &mut ns_off, &mut cpu_off),
+            (true, &mut ns_on, &mut cpu_on),
+        ] {
+            switch.set_reporting(on).expect("switch reporting");
+            let (done, spent) = run_with_stats(setup, Path::Bpf, &role, ECHO_PORT);
+            let ns: u64 = spent.values().map(|(ns, _)| ns).sum();
+            #[allow(clippy::cast_precision_loss)]
+            ns_into.push(ns as f64 / f64::from(cfg.conns));
+            cpu_into.push(
+                (number(&done, "cpu_us") + number(&done, "ksoftirqd_us")) / f64::from(cfg.conns),
+            );
+        }
+    }
+    switch.set_reporting(false).expect("switch reporting off");
+    stop.store(true, Ordering::Relaxed);
+    drain.join().expect("the drain thread");
+    let lost =
+        setup.main.datapath().counters().expect("counters")[counter::DECISIONS_LOST as usize];
+    let (lo, hi) = ratio_range(&ns_on, &ns_off);
+    let (off, on) = (median(ns_off), median(ns_on));
+    println!(
+        "monitor_prog_ns_per_connection: off={off:.0} on={on:.0} (decisions read {}, lost {lost})",
+        read.load(Ordering::Relaxed)
+    );
+    println!(
+        "monitor_cost_prog_ns_per_connection: {:.0} (on/off per round {lo:.2}..{hi:.2})",
+        on - off
+    );
+    let (lo, hi) = ratio_range(&cpu_on, &cpu_off);
+    let (off, on) = (median(cpu_off), median(cpu_on));
+    println!(
+        "monitor_cpu_us_per_connection: off={off:.2} on={on:.2} ratio {:.3} (per round {lo:.3}..{hi:.3})",
+        on / off
+    );
+}
+
 fn measure_program_cost(setup: &mut Setup, cfg: &Config) {
     let stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
         Ok(fd) => fd,
@@ -1009,6 +1082,7 @@ fn measure_program_cost(setup: &mut Setup, cfg: &Config) {
     }
     if cfg.wants(Path::Bpf) {
         measure_listener_check(setup, cfg);
+        measure_monitor_cost(setup, cfg);
     }
     drop(stats);
 }

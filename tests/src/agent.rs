@@ -246,12 +246,99 @@ impl Running {
     }
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
+impl Running {
+    /// Kills the agent if it still runs (SIGKILL), and reaps it.
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An agent meshing one pod (`dir/netns/pod`, 198.18.97.1, with a client
+/// namespace beside it at 198.18.97.2), with the calling process joined to
+/// its captured cgroup (the pod's app and sidecar are the caller's threads).
+/// Removes its private directory on drop.
+#[derive(Debug)]
+pub struct OnePod {
+    /// The agent (dropped first: killed if still running).
+    pub agent: Running,
+    /// The pod's namespace.
+    pub pod: netns_core::NetNs,
+    /// A client's namespace outside the pod.
+    pub remote: netns_core::NetNs,
+    /// The private places.
+    pub private: Private,
+}
+
+impl OnePod {
+    /// Starts agent binary `agent` on private places tagged `tag` and waits
+    /// until its status shows the pod meshed.
+    #[must_use]
+    pub fn start(agent: &str, tag: &str) -> OnePod {
+        let private = private(tag);
+        let (pod, remote) = crate::pod_traffic::pod_and_outside_client(&private.dir);
+        private
+            .cgroup
+            .add_process(std::process::id())
+            .expect("join the captured cgroup");
+        let mut cmd = run_command(agent, &private.dir, private.cgroup.path(), private.metrics);
+        cmd.stdout(std::process::Stdio::null());
+        let running = Running::start(
+            cmd,
+            &private.dir.join("agent.log"),
+            private.metrics,
+            Duration::from_secs(20),
+        );
+        let socket = private.dir.join("agent.sock");
+        let meshed = || {
+            let out = Command::new(agent)
+                .args(["status", "--json", "--control-socket"])
+                .arg(&socket)
+                .output()
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok_and(|s| {
+                s["pods"].as_array().is_some_and(|pods| {
+                    pods.iter()
+                        .any(|p| p["name"] == "pod" && p["meshed"] == true)
+                })
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !meshed() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pod was not meshed: {}",
+                running.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        OnePod {
+            agent: running,
+            pod,
+            remote,
+            private,
+        }
+    }
+
+    /// The agent's control socket.
+    #[must_use]
+    pub fn socket(&self) -> PathBuf {
+        self.private.dir.join("agent.sock")
+    }
+}
+
+impl Drop for OnePod {
+    fn drop(&mut self) {
+        self.agent.kill();
+        crate::pod_traffic::remove_private(&self.private.dir);
     }
 }
 

@@ -21,11 +21,12 @@ pub(crate) fn run(with_vm: bool) -> anyhow::Result<()> {
             "iproute2",
             "bpftool",
             "python3",
+            "tmux",
             "iptables",
             "containernetworking-plugins",
             "squid",
         ],
-        "the kernel tests build namespaces with ip, run a Python client and iptables-legacy inside captured pods, run the reference CNI plugins (bridge, host-local, loopback) before netns-cni, and run squid as a real transparent proxy sidecar; bpftool goes into the VM guests for inspection",
+        "the kernel tests build namespaces with ip, run a Python client and iptables-legacy inside captured pods, run the reference CNI plugins (bridge, host-local, loopback) before netns-cni, and run squid as a real transparent proxy sidecar, read `netns-agent top` off a tmux pane; bpftool goes into the VM guests for inspection",
     )?;
     crate::ebpf::build()?;
     eprintln!("xtask: cargo clippy -D warnings");

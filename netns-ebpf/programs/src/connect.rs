@@ -15,14 +15,15 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use netns_ebpf::{
-    AF_INET, AF_INET6, MeshSettings, OriginalDst, POD_CIDR_COOKIE_BITS, PodCidr, PodFlags, PodPort,
-    counter,
+    AF_INET, AF_INET6, Decision, MeshSettings, OriginalDst, POD_CIDR_COOKIE_BITS, PodCidr,
+    PodFlags, PodPort, counter, verdict,
 };
 
 use crate::addr::{self, LOOPBACK4, LOOPBACK6, LOOPBACK6_MAPPED};
 use crate::maps::{
     DIALED_DST, EXCLUDED_CIDRS4, EXCLUDED_CIDRS6, EXCLUDED_PORTS, MESHED_NETNS, POD_EXCLUDED_CIDRS,
-    POD_EXCLUDED_PORTS, POD_INCLUDED_CIDRS, SIDECAR_COOKIES, count, settings, sk_storage,
+    POD_EXCLUDED_PORTS, POD_INCLUDED_CIDRS, SIDECAR_COOKIES, count, monitoring, report, settings,
+    sk_storage,
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -33,14 +34,66 @@ const ALLOW: i32 = 1;
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    on_connect::<false>(&ctx);
+    let decided = on_connect::<false>(&ctx);
+    tell::<false>(ctx.sock_addr, decided);
     ALLOW
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
-    on_connect::<true>(&ctx);
+    let decided = on_connect::<true>(&ctx);
+    tell::<true>(ctx.sock_addr, decided);
     ALLOW
+}
+
+/// What a sock_addr program decided: the verdict (0: nothing to tell, the
+/// socket is no meshed pod's), the pod's netns cookie when known (0: not
+/// looked up; cookies are never 0), and the destination asked. Plain
+/// numbers, no `Option`s: LLVM spills an `Option`'s undefined payload on
+/// the `None` path, which the verifier refuses to read.
+struct Decided {
+    verdict: u8,
+    netns: u64,
+    dest: Dest,
+}
+
+impl Decided {
+    const fn none(dest: Dest) -> Decided {
+        Decided {
+            verdict: 0,
+            netns: 0,
+            dest,
+        }
+    }
+}
+
+/// Reports `decided` while someone listens (one array lookup otherwise).
+/// Only meshed pods' decisions are told: a pod not yet known is looked up.
+#[inline(always)]
+fn tell<const V6: bool>(sa: *mut bpf_sock_addr, decided: Decided) {
+    if decided.verdict == 0 || !monitoring() {
+        return;
+    }
+    let netns = if decided.netns != 0 {
+        decided.netns
+    } else {
+        let pod = pod_of(sa);
+        if !pod.meshed {
+            return;
+        }
+        pod.netns
+    };
+    // SAFETY: bpf_get_socket_cookie takes the sock_addr context.
+    let socket_cookie = unsafe { bpf_get_socket_cookie(sa.cast::<c_void>()) };
+    report(&Decision {
+        netns_cookie: netns,
+        socket_cookie,
+        addr: decided.dest.addr,
+        port: decided.dest.port,
+        family: decided.dest.family,
+        verdict: decided.verdict,
+        pad: [0; 11],
+    });
 }
 
 #[cgroup_sock_addr(getpeername4)]
@@ -57,13 +110,15 @@ pub fn getpeername6(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
-    on_sendmsg::<false>(&ctx);
+    let decided = on_sendmsg::<false>(&ctx);
+    tell::<false>(ctx.sock_addr, decided);
     ALLOW
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
-    on_sendmsg::<true>(&ctx);
+    let decided = on_sendmsg::<true>(&ctx);
+    tell::<true>(ctx.sock_addr, decided);
     ALLOW
 }
 
@@ -91,6 +146,7 @@ const fn family<const V6: bool>() -> u16 {
 }
 
 /// The destination of a sock_addr call, read once.
+#[derive(Clone, Copy)]
 struct Dest {
     family: u16,
     addr: [u32; 4],
@@ -154,30 +210,49 @@ fn remember(sa: *mut bpf_sock_addr, d: &Dest) {
     }
 }
 
-/// The calling socket's namespace cookie and, when that namespace is a
-/// meshed pod, the pod's settings.
+/// The calling socket's namespace, and whether it is a meshed pod's (with
+/// the pod's settings, default when not).
+#[derive(Clone, Copy)]
+struct Pod {
+    netns: u64,
+    meshed: bool,
+    flags: PodFlags,
+}
+
 #[inline(always)]
-fn pod_of(sa: *mut bpf_sock_addr) -> (u64, Option<PodFlags>) {
+fn pod_of(sa: *mut bpf_sock_addr) -> Pod {
     // SAFETY: bpf_get_netns_cookie takes the sock_addr context (Linux 5.7+).
     let netns = unsafe { bpf_get_netns_cookie(sa.cast::<c_void>()) };
     // SAFETY: the value is copied out, within this program run.
-    (netns, unsafe { MESHED_NETNS.get(&netns) }.copied())
+    match unsafe { MESHED_NETNS.get(&netns) } {
+        Some(flags) => Pod {
+            netns,
+            meshed: true,
+            flags: *flags,
+        },
+        None => Pod {
+            netns,
+            meshed: false,
+            flags: PodFlags::default(),
+        },
+    }
 }
 
 /// The uid whose connections are the sidecar's: the pod's own, else the node's.
 #[inline(always)]
-fn sidecar_uid(s: &MeshSettings, pod: Option<&PodFlags>) -> u32 {
-    match pod {
-        Some(p) if p.bits & PodFlags::FLAG_OWN_SIDECAR_UID != 0 => p.sidecar_uid,
-        _ => s.sidecar_uid,
+fn sidecar_uid(s: &MeshSettings, pod: &Pod) -> u32 {
+    if pod.meshed && pod.flags.bits & PodFlags::FLAG_OWN_SIDECAR_UID != 0 {
+        pod.flags.sidecar_uid
+    } else {
+        s.sidecar_uid
     }
 }
 
-/// Whether the pod's own settings leave `d` alone: one of its excluded ports
-/// or CIDRs, or (with an include list) outside every CIDR it includes.
-/// Exclusion wins over inclusion, as in Istio's iptables rules.
+/// Why the pod's own settings leave `d` alone, if they do: one of its
+/// excluded ports or CIDRs, or (with an include list) outside every CIDR it
+/// includes. Exclusion wins over inclusion, as in Istio's iptables rules.
 #[inline(always)]
-fn pod_excluded(netns: u64, pod: &PodFlags, d: &Dest) -> bool {
+fn pod_excluded(netns: u64, pod: &PodFlags, d: &Dest) -> Option<u8> {
     let port = PodPort {
         netns_cookie: netns,
         port: d.port,
@@ -185,13 +260,14 @@ fn pod_excluded(netns: u64, pod: &PodFlags, d: &Dest) -> bool {
     };
     // SAFETY: values are only read, within this program run.
     if unsafe { POD_EXCLUDED_PORTS.get(&port) }.is_some() {
-        return true;
+        return Some(verdict::EXCLUDED_PORT);
     }
     let key = Key::new(POD_CIDR_COOKIE_BITS + 128, pod_cidr(netns, d));
     if POD_EXCLUDED_CIDRS.get(&key).is_some() {
-        return true;
+        return Some(verdict::EXCLUDED_CIDR);
     }
-    pod.bits & PodFlags::FLAG_INCLUDE_ONLY != 0 && POD_INCLUDED_CIDRS.get(&key).is_none()
+    (pod.bits & PodFlags::FLAG_INCLUDE_ONLY != 0 && POD_INCLUDED_CIDRS.get(&key).is_none())
+        .then_some(verdict::NOT_INCLUDED)
 }
 
 /// The per-pod CIDR tries' key data for `d` (see [`PodCidr`]).
@@ -222,13 +298,14 @@ fn has_bypass_mark(sa: *mut bpf_sock_addr, s: &MeshSettings) -> bool {
     mark == s.bypass_mark
 }
 
+/// Why the node's settings leave `d` alone, if they do.
 #[inline(always)]
-fn excluded(d: &Dest) -> bool {
+fn excluded(d: &Dest) -> Option<u8> {
     // SAFETY: values are only read, within this program run.
     if unsafe { EXCLUDED_PORTS.get(&d.port) }.is_some() {
-        return true;
+        return Some(verdict::EXCLUDED_PORT);
     }
-    if d.family == AF_INET {
+    let cidr = if d.family == AF_INET {
         EXCLUDED_CIDRS4
             .get(&Key::new(32, d.addr[0].to_ne_bytes()))
             .is_some()
@@ -238,7 +315,8 @@ fn excluded(d: &Dest) -> bool {
             bytes[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
         }
         EXCLUDED_CIDRS6.get(&Key::new(128, bytes)).is_some()
-    }
+    };
+    cidr.then_some(verdict::EXCLUDED_CIDR)
 }
 
 /// The netns cookie of the local meshed pod that owns `d`'s address, if any.
@@ -253,12 +331,14 @@ fn uid() -> u32 {
 }
 
 #[inline(always)]
-fn on_connect<const V6: bool>(ctx: &SockAddrContext) {
+fn on_connect<const V6: bool>(ctx: &SockAddrContext) -> Decided {
     let sa = ctx.sock_addr;
-    let Some(s) = settings() else { return };
+    let d = dest::<V6>(sa);
+    let Some(s) = settings() else {
+        return Decided::none(d);
+    };
     // SAFETY: `type_` is readable in connect programs.
     let sock_type = unsafe { (*sa).type_ };
-    let d = dest::<V6>(sa);
     // A dual-stack socket dialing IPv4 (::ffff:a.b.c.d, e.g. Java's default)
     // is judged as the IPv4 connection it is, and sent to ::ffff:127.0.0.1.
     let mapped = V6 && addr::is_v4_mapped(&d.addr);
@@ -273,40 +353,59 @@ fn on_connect<const V6: bool>(ctx: &SockAddrContext) {
     };
     if has_bypass_mark(sa, &s) {
         count(counter::BYPASSED_MARK);
-        return;
+        return Decided {
+            verdict: verdict::BYPASS_MARK,
+            netns: 0,
+            dest: d,
+        };
     }
     if sock_type == SOCK_DGRAM {
         // Connected UDP (glibc's resolver): the same DNS redirect as sendmsg.
         if !mapped {
-            redirect_dns::<V6>(sa, &s, &d);
+            return redirect_dns::<V6>(sa, &s, d);
         }
-        return;
+        return Decided::none(d);
     }
     if sock_type != SOCK_STREAM {
-        return;
+        return Decided::none(d);
     }
-    let (netns, pod) = pod_of(sa);
-    if uid() == sidecar_uid(&s, pod.as_ref()) {
+    let pod = pod_of(sa);
+    let netns = pod.netns;
+    let decided = |verdict| Decided {
+        verdict,
+        netns,
+        dest: Dest { ..d },
+    };
+    if uid() == sidecar_uid(&s, &pod) {
         // Sidecars dial IPv4 with IPv4 sockets; a mapped dial is left alone.
-        if !mapped {
-            sidecar_to_local_pod::<V6>(sa, &s, &d);
-        }
-        return;
+        let to_pod = !mapped && sidecar_to_local_pod::<V6>(sa, &s, netns, &d);
+        return if !pod.meshed {
+            Decided::none(d)
+        } else if to_pod {
+            decided(verdict::TO_LOCAL_POD)
+        } else {
+            decided(verdict::SIDECAR_UID)
+        };
     }
-    let Some(pod) = pod else { return };
-    if addr::is_loopback(judged.family, &judged.addr)
-        || excluded(&judged)
-        || pod_excluded(netns, &pod, &judged)
-    {
-        return;
+    if !pod.meshed {
+        return Decided::none(d);
     }
+    let flags = pod.flags;
+    if addr::is_loopback(judged.family, &judged.addr) {
+        return decided(verdict::LOOPBACK);
+    }
+    if let Some(why) = excluded(&judged).or_else(|| pod_excluded(netns, &flags, &judged)) {
+        return decided(why);
+    }
+    let mut outcome = verdict::CAPTURED;
     if !sidecar_listening::<V6>(sa, &s, mapped, s.outbound_port, SOCK_STREAM) {
         if !refuse_while_absent(&s, netns) {
             count(counter::SIDECAR_NOT_LISTENING);
-            return;
+            return decided(verdict::SIDECAR_NOT_LISTENING);
         }
         // Sent to the closed port: ECONNREFUSED, never around the sidecar.
         count(counter::SIDECAR_ABSENT_REFUSED);
+        outcome = verdict::REFUSED_NO_SIDECAR;
     }
     // Kept as dialed, so that getpeername6 shows the mapped address again.
     remember(sa, &d);
@@ -317,6 +416,7 @@ fn on_connect<const V6: bool>(ctx: &SockAddrContext) {
     };
     rewrite::<V6>(sa, &to, s.outbound_port);
     count(counter::REDIRECTED_OUTBOUND);
+    decided(outcome)
 }
 
 /// With [`MeshSettings::FLAG_REFUSE_ONCE_LISTENED`]: has this pod's sidecar
@@ -382,19 +482,23 @@ fn sidecar_listening<const V6: bool>(
 }
 
 /// The sidecar dialing a meshed pod on this node goes straight to that pod's
-/// inbound port (there is no iptables PREROUTING to take it there).
+/// inbound port (there is no iptables PREROUTING to take it there). Returns
+/// whether it did.
 #[inline(always)]
-fn sidecar_to_local_pod<const V6: bool>(sa: *mut bpf_sock_addr, s: &MeshSettings, d: &Dest) {
+fn sidecar_to_local_pod<const V6: bool>(
+    sa: *mut bpf_sock_addr,
+    s: &MeshSettings,
+    own_netns: u64,
+    d: &Dest,
+) -> bool {
     if d.port == s.inbound_port {
-        return;
+        return false;
     }
     let Some(pod_netns) = local_pod(d) else {
-        return;
+        return false;
     };
-    // SAFETY: bpf_get_netns_cookie takes the sock_addr context.
-    let own_netns = unsafe { bpf_get_netns_cookie(sa.cast::<c_void>()) };
     if pod_netns == own_netns {
-        return; // the sidecar talking to its own app
+        return false; // the sidecar talking to its own app
     }
     remember(sa, d);
     rewrite::<V6>(sa, &d.addr, s.inbound_port);
@@ -404,38 +508,48 @@ fn sidecar_to_local_pod<const V6: bool>(sa: *mut bpf_sock_addr, s: &MeshSettings
         let cookie = unsafe { bpf_get_socket_cookie(sa.cast::<c_void>()) };
         let _ = SIDECAR_COOKIES.insert(&cookie, &1, 0);
     }
+    true
 }
 
 #[inline(always)]
-fn on_sendmsg<const V6: bool>(ctx: &SockAddrContext) {
+fn on_sendmsg<const V6: bool>(ctx: &SockAddrContext) -> Decided {
     let sa = ctx.sock_addr;
-    let Some(s) = settings() else { return };
     let d = dest::<V6>(sa);
+    let Some(s) = settings() else {
+        return Decided::none(d);
+    };
     if V6 && addr::is_v4_mapped(&d.addr) {
-        return;
+        return Decided::none(d);
     }
     if has_bypass_mark(sa, &s) {
-        return;
+        return Decided::none(d);
     }
-    redirect_dns::<V6>(sa, &s, &d);
+    redirect_dns::<V6>(sa, &s, d)
 }
 
 #[inline(always)]
-fn redirect_dns<const V6: bool>(sa: *mut bpf_sock_addr, s: &MeshSettings, d: &Dest) {
+fn redirect_dns<const V6: bool>(sa: *mut bpf_sock_addr, s: &MeshSettings, d: Dest) -> Decided {
     if s.flags & MeshSettings::FLAG_DNS_REDIRECT == 0 || d.port != DNS_PORT {
-        return;
+        return Decided::none(d);
     }
-    let (_, pod) = pod_of(sa);
-    if pod.is_none() || uid() == sidecar_uid(s, pod.as_ref()) {
-        return;
+    let pod = pod_of(sa);
+    if !pod.meshed || uid() == sidecar_uid(s, &pod) {
+        return Decided::none(d);
     }
+    let netns = pod.netns;
+    let decided = |verdict| Decided {
+        verdict,
+        netns,
+        dest: Dest { ..d },
+    };
     if !sidecar_listening::<V6>(sa, s, false, s.dns_port, SOCK_DGRAM) {
         count(counter::SIDECAR_NOT_LISTENING);
-        return;
+        return decided(verdict::DNS_SIDECAR_NOT_LISTENING);
     }
-    remember(sa, d);
+    remember(sa, &d);
     rewrite::<V6>(sa, &loopback::<V6>(), s.dns_port);
     count(counter::DNS_REDIRECTED);
+    decided(verdict::DNS_REDIRECTED)
 }
 
 /// Shows the original destination in place of the sidecar's address. With

@@ -27,11 +27,12 @@ use aya_ebpf::{
     macros::{cgroup_sock, sk_lookup},
     programs::{SkLookupContext, SockContext, SockOpsContext},
 };
-use netns_ebpf::{AF_INET, AF_INET6, PodListener, PodPort, counter};
+use netns_ebpf::{AF_INET, AF_INET6, Decision, PodListener, PodPort, counter, verdict};
 
 use crate::addr::{self, ctx_addr};
 use crate::maps::{
-    BOUND_INBOUND, INBOUND_LISTENERS, INBOUND_PASS_PORTS, SIDECAR_SEEN, count, local_pod, settings,
+    BOUND_INBOUND, INBOUND_LISTENERS, INBOUND_PASS_PORTS, SIDECAR_SEEN, count, local_pod,
+    monitoring, report, settings,
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -75,7 +76,25 @@ fn capture<const V6: bool>(ctx: &SkLookupContext) -> u32 {
     let Some(pod) = local_pod(family, &local) else {
         return SK_PASS;
     };
-    if from_own_pod(family, &remote, pod) || passed_port(pod, port) {
+    let tell = |why| {
+        if monitoring() {
+            report(&Decision {
+                netns_cookie: pod,
+                socket_cookie: 0,
+                addr: local,
+                port,
+                family,
+                verdict: why,
+                pad: [0; 11],
+            });
+        }
+    };
+    if from_own_pod(family, &remote, pod) {
+        tell(verdict::INBOUND_LOOP_GUARD);
+        return SK_PASS;
+    }
+    if passed_port(pod, port) {
+        tell(verdict::INBOUND_PASS_PORT);
         return SK_PASS;
     }
     let mut key = PodListener {
@@ -85,6 +104,7 @@ fn capture<const V6: bool>(ctx: &SkLookupContext) -> u32 {
     };
     if INBOUND_LISTENERS.redirect_sk_lookup(ctx, &key, 0).is_ok() {
         count(counter::INBOUND_CAPTURED);
+        tell(verdict::INBOUND_CAPTURED);
         return SK_PASS;
     }
     if !V6 {
@@ -92,10 +112,12 @@ fn capture<const V6: bool>(ctx: &SkLookupContext) -> u32 {
         key.family = AF_INET6;
         if INBOUND_LISTENERS.redirect_sk_lookup(ctx, &key, 0).is_ok() {
             count(counter::INBOUND_CAPTURED);
+            tell(verdict::INBOUND_CAPTURED);
             return SK_PASS;
         }
     }
     count(counter::INBOUND_REFUSED);
+    tell(verdict::INBOUND_REFUSED);
     SK_DROP
 }
 

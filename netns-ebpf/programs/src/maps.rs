@@ -4,11 +4,11 @@ use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SockHash},
 };
 use netns_ebpf::{
-    LocalPod, MeshSettings, OriginalDst, PodCidr, PodFlags, PodListener, PodPort, SockPair,
-    counter, defaults::CONNECTION_MAP_ENTRIES,
+    Decision, LocalPod, MeshSettings, OriginalDst, PodCidr, PodFlags, PodListener, PodPort,
+    SockPair, counter, defaults::CONNECTION_MAP_ENTRIES,
 };
 
 #[map]
@@ -70,6 +70,26 @@ pub static SIDECAR_SEEN: HashMap<u64, u8> = HashMap::with_max_entries(65_536, 0)
 pub static PROBED_NETNS: HashMap<u32, u64> = HashMap::with_max_entries(64, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+/// Decisions, while someone listens (256 KiB: ~5,000 of them).
+#[map]
+pub static DECISIONS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+#[map]
+pub static MONITORING: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Does someone listen for decisions? One array lookup (the verifier inlines
+/// it): all a decision costs while nobody does.
+#[inline(always)]
+pub fn monitoring() -> bool {
+    MONITORING.get(0).is_some_and(|on| *on != 0)
+}
+
+/// Puts `decision` on the ring buffer, or counts it lost when it is full.
+#[inline(always)]
+pub fn report(decision: &Decision) {
+    if DECISIONS.output(decision, 0).is_err() {
+        count(counter::DECISIONS_LOST);
+    }
+}
 
 /// The settings user space wrote; `None` until it has (then nothing is redirected).
 pub fn settings() -> Option<MeshSettings> {

@@ -15,24 +15,26 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{
-        BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_HDR_OPT_LEN_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
-        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB,
-        BPF_SOCK_OPS_WRITE_HDR_OPT_CB, BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_HDR_OPT_LEN_CB,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_SOCK_OPS_WRITE_HDR_OPT_CB,
+        BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
     },
     helpers::{
         bpf_get_socket_cookie, bpf_load_hdr_opt, bpf_reserve_hdr_opt, bpf_setsockopt,
-        bpf_sk_storage_get, bpf_store_hdr_opt,
+        bpf_store_hdr_opt,
     },
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use netns_ebpf::{AF_INET, AF_INET6, MeshSettings, OriginalDst, SockPair, counter, tcp_option};
+use netns_ebpf::{
+    AF_INET, AF_INET6, Decision, MeshSettings, OriginalDst, SockPair, counter, tcp_option, verdict,
+};
 
 use crate::addr;
 use crate::maps::{
-    DIALED_DST, SIDECAR_COOKIES, SIDECAR_PAIRS, SIDECAR_SOCKS, SOCK_ORIG_DST, count, map_ptr,
-    settings, sk_storage,
+    DIALED_DST, SIDECAR_COOKIES, SIDECAR_PAIRS, SIDECAR_SOCKS, SOCK_ORIG_DST, count, monitoring,
+    report, settings, sk_storage,
 };
 
 const TCP_CLOSE: u32 = 7;
@@ -47,6 +49,8 @@ const BPF_NOEXIST: u64 = 1;
 /// `BPF_LOAD_HDR_OPT_TCP_SYN`: search the saved SYN, not the current packet.
 const LOAD_FROM_SYN: u64 = 1;
 const TCPHDR_SYN: u32 = 0x02;
+/// `bpf_load_hdr_opt` found no saved SYN.
+const ENOENT: i64 = -2;
 const TCPHDR_ACK: u32 = 0x10;
 const OPTION_MAX: usize = tcp_option::LEN_V6 as usize;
 
@@ -277,8 +281,57 @@ enum Leg {
 /// the port alone; a forged option can name no other host).
 fn file_original_dst(ctx: &SockOpsContext, leg: Leg) {
     let Some(pair) = own_pair(ctx) else { return };
+    let (why, orig) = read_original_dst(ctx, leg, &pair);
+    if why == verdict::ORIGINAL_DST_RECEIVED {
+        // SAFETY: `sk` of the sock_ops context, checked for null before use.
+        let stored = unsafe {
+            let sk = (*ctx.ops).__bindgen_anon_2.sk;
+            if sk.is_null() {
+                return;
+            }
+            sk_storage(&SOCK_ORIG_DST, sk, true)
+        };
+        let Some(stored) = stored else { return };
+        *stored = orig;
+        count(counter::ORIGINAL_DST_RECEIVED);
+    }
+    // Inbound capture's connections carry no option (their destination is
+    // the socket's own address): only a leg's outcome is news there.
+    let news = leg == Leg::Outbound
+        || why == verdict::ORIGINAL_DST_RECEIVED
+        || why == verdict::OPTION_NOT_BELIEVED;
+    if news && monitoring() {
+        // The pod: known by address on the inbound port; the sidecar side
+        // of an outbound connection is on loopback, where the address names
+        // no pod (and sock_ops has no netns cookie before Linux 5.15).
+        let pod = if leg == Leg::Inbound {
+            crate::maps::local_pod(pair.family, &pair.server_addr).unwrap_or(0)
+        } else {
+            0
+        };
+        let (addr, port, family) = if why == verdict::ORIGINAL_DST_RECEIVED {
+            (orig.addr, orig.port, orig.family)
+        } else {
+            (pair.server_addr, pair.server_port, pair.family)
+        };
+        report(&Decision {
+            netns_cookie: pod,
+            socket_cookie: cookie(ctx),
+            addr,
+            port,
+            family,
+            verdict: why,
+            pad: [0; 11],
+        });
+    }
+}
+
+/// The original destination in the saved SYN's option, and whether it is
+/// believed ([`verdict::ORIGINAL_DST_RECEIVED`]) or why not.
+fn read_original_dst(ctx: &SockOpsContext, leg: Leg, pair: &SockPair) -> (u8, OriginalDst) {
+    let none = OriginalDst::default();
     if leg == Leg::Outbound && !addr::is_loopback(pair.family, &pair.server_addr) {
-        return;
+        return (verdict::OPTION_NOT_BELIEVED, none);
     }
     let mut option = [0u8; OPTION_MAX];
     option[0] = tcp_option::KIND;
@@ -292,10 +345,13 @@ fn file_original_dst(ctx: &SockOpsContext, leg: Leg) {
             LOAD_FROM_SYN,
         )
     };
+    if len == ENOENT {
+        return (verdict::NO_SAVED_SYN, none);
+    }
     let port = u16::from_be_bytes([option[2], option[3]]);
     let word =
         |i: usize| u32::from_ne_bytes([option[i], option[i + 1], option[i + 2], option[i + 3]]);
-    let mut orig = if len == i64::from(tcp_option::LEN_V4) && option[1] == tcp_option::LEN_V4 {
+    let orig = if len == i64::from(tcp_option::LEN_V4) && option[1] == tcp_option::LEN_V4 {
         OriginalDst {
             addr: [word(4), 0, 0, 0],
             port,
@@ -308,31 +364,12 @@ fn file_original_dst(ctx: &SockOpsContext, leg: Leg) {
             family: AF_INET6,
         }
     } else {
-        return;
+        return (verdict::NO_OPTION, none);
     };
     if leg == Leg::Inbound && (orig.family != pair.family || orig.addr != pair.client_addr) {
-        return;
+        return (verdict::OPTION_NOT_BELIEVED, none);
     }
-    // SAFETY: `sk` of the sock_ops context, checked for null before use; the
-    // storage pointer likewise.
-    unsafe {
-        let sk = (*ctx.ops).__bindgen_anon_2.sk;
-        if sk.is_null() {
-            return;
-        }
-        let stored = bpf_sk_storage_get(
-            map_ptr(&SOCK_ORIG_DST),
-            sk.cast(),
-            (&raw mut orig).cast(),
-            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
-        )
-        .cast::<OriginalDst>();
-        if stored.is_null() {
-            return;
-        }
-        *stored = orig;
-    }
-    count(counter::ORIGINAL_DST_RECEIVED);
+    (verdict::ORIGINAL_DST_RECEIVED, orig)
 }
 
 /// The accepting end of a sidecar-to-sidecar leg joins only when the dialing

@@ -15,11 +15,11 @@ use aya_ebpf::{
     bindings::bpf_sockopt, helpers::bpf_sk_storage_get, macros::cgroup_sockopt,
     programs::SockoptContext,
 };
-use netns_ebpf::{AF_INET, AF_INET6, OriginalDst, counter};
+use netns_ebpf::{AF_INET, AF_INET6, Decision, OriginalDst, counter, verdict};
 
 use crate::addr;
 use crate::inbound;
-use crate::maps::{SOCK_ORIG_DST, count, local_pod, map_ptr, settings};
+use crate::maps::{SOCK_ORIG_DST, count, local_pod, map_ptr, monitoring, report, settings};
 
 const IPPROTO_TCP: u32 = 6;
 
@@ -76,6 +76,7 @@ fn answer(so: *mut bpf_sockopt) -> bool {
         }
     };
     let Some(orig) = stored.or_else(|| captured_inbound(so)) else {
+        tell(so, verdict::NOT_ANSWERED, &OriginalDst::default());
         return false;
     };
     // SAFETY: optval..optval_end is the kernel's buffer for the answer; every
@@ -99,7 +100,52 @@ fn answer(so: *mut bpf_sockopt) -> bool {
         (*so).retval = 0;
     }
     count(counter::ORIGINAL_DST_ANSWERED);
+    tell(so, verdict::ANSWERED, &orig);
     true
+}
+
+/// Reports an `SO_ORIGINAL_DST` question's outcome while someone listens.
+/// The pod is known when the asking socket's own address is a pod's (the
+/// inbound side); the hook has neither a netns cookie (before Linux 5.15)
+/// nor a socket cookie.
+fn tell(so: *mut bpf_sockopt, why: u8, orig: &OriginalDst) {
+    if !monitoring() {
+        return;
+    }
+    // SAFETY: `sk` points at the socket asked; family is readable.
+    let family = unsafe { (*(*so).__bindgen_anon_1.sk).family };
+    let pod = match addr::family(family) {
+        Some(AF_INET) => asking_pod::<false>(so),
+        Some(_) => asking_pod::<true>(so),
+        None => 0,
+    };
+    report(&Decision {
+        netns_cookie: pod,
+        socket_cookie: 0,
+        addr: orig.addr,
+        port: orig.port,
+        family: orig.family,
+        verdict: why,
+        pad: [0; 11],
+    });
+}
+
+/// The meshed pod whose address the asking socket has, or 0.
+#[inline(always)]
+fn asking_pod<const V6: bool>(so: *mut bpf_sockopt) -> u64 {
+    let family = if V6 { AF_INET6 } else { AF_INET };
+    // SAFETY: `sk` points at the socket asked, whose address fields are
+    // readable in getsockopt programs.
+    let local = unsafe {
+        let sk = (*so).__bindgen_anon_1.sk;
+        addr::ctx_addr!(sk, family, src_ip4, src_ip6)
+    };
+    let (family, local) = if family == AF_INET6 && addr::is_v4_mapped(&local) {
+        (AF_INET, [local[3], 0, 0, 0])
+    } else {
+        (family, local)
+    };
+    local_pod(family, &local).unwrap_or(0)
 }
 
 /// A connection inbound capture handed to the sidecar: its original

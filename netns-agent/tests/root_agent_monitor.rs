@@ -1,0 +1,326 @@
+//! `netns-agent monitor` against the shipped agent: each decision the data
+//! path makes about a meshed pod's connection is seen, with the pod's name
+//! and the destination, by every attached monitor; a filtered monitor sees
+//! only what it asked for; monitors end when the agent stops; the switch
+//! the programs check is on exactly while a monitor is attached (read from
+//! the kernel's map). Its own test binary: this process joins the captured
+//! cgroup (the app and the sidecar are its threads). Needs root.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::process::CommandExt as _;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use aya::maps::{Array, Map, MapData};
+use netns_agent::monitor::{DecisionLine, MonitorLine};
+use netns_ebpf::names;
+use netns_tests::agent::OnePod;
+use netns_tests::pod_traffic::{connect_once, serve_sidecar_and_app};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_netns-agent");
+/// Routed nowhere: reachable only through the sidecar.
+const SERVICE: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(198, 18, 96, 10)), 80);
+/// The pod's app, as a client outside the pod dials it.
+const POD_APP: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(198, 18, 97, 1)), 8080);
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A running `netns-agent monitor --json`, its lines collected.
+struct Monitor {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Monitor {
+    fn start(dir: &Path, extra: &[&str]) -> Monitor {
+        let mut child = Command::new(AGENT)
+            .arg("monitor")
+            .arg("--json")
+            .arg("--control-socket")
+            .arg(dir.join("agent.sock"))
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start netns-agent monitor");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut monitor = Monitor {
+            child,
+            lines,
+            seen: Vec::new(),
+        };
+        let first = monitor.next_line(WAIT).expect("the monitor's first line");
+        assert!(
+            matches!(
+                serde_json::from_str::<MonitorLine>(&first),
+                Ok(MonitorLine::Subscribed { pods: 1 })
+            ),
+            "{first}"
+        );
+        monitor
+    }
+
+    fn next_line(&mut self, within: Duration) -> Option<String> {
+        let line = self.lines.recv_timeout(within).ok()?;
+        self.seen.push(line.clone());
+        Some(line)
+    }
+
+    /// Waits for a decision `want` accepts; returns it.
+    fn expect(&mut self, what: &str, want: impl Fn(&DecisionLine) -> bool) -> DecisionLine {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(line) = self.next_line(left) else {
+                panic!(
+                    "no {what} decision; the monitor saw:\n{}",
+                    self.seen.join("\n")
+                );
+            };
+            if let Ok(MonitorLine::Decision(d)) = serde_json::from_str(&line)
+                && want(&d)
+            {
+                return d;
+            }
+        }
+    }
+
+    /// The decisions that arrive within `quiet`.
+    fn drain(&mut self, quiet: Duration) -> Vec<DecisionLine> {
+        let mut out = Vec::new();
+        while let Some(line) = self.next_line(quiet) {
+            if let Ok(MonitorLine::Decision(d)) = serde_json::from_str(&line) {
+                out.push(d);
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The programs' reporting switch, as the kernel's map holds it.
+fn reporting(dir: &Path) -> bool {
+    let pin = dir.join("bpf/maps").join(names::MONITORING);
+    let map = Map::Array(MapData::from_pin(&pin).expect("open the pinned switch"));
+    let switch: Array<_, u32> = Array::try_from(map).unwrap();
+    switch.get(&0, 0).unwrap() != 0
+}
+
+fn wait_until(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Dials `to` from inside `ns` with the bypass mark set on the socket.
+fn connect_marked(ns: &netns_core::NetNs, to: SocketAddr, mark: u32) {
+    let _ = ns.run(move |_| {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        socket.set_mark(mark)?;
+        socket.set_nonblocking(true)?;
+        let _ = socket.connect(&to.into());
+        std::io::Result::Ok(())
+    });
+}
+
+/// A monitor that does not read while 10,000 connections are made: every
+/// connection is captured as ever; what its queue cannot hold is dropped
+/// and counted for it, and it is told once it reads again.
+fn stalled_monitor_is_told_what_it_missed(dir: &Path, pod: &netns_core::NetNs) {
+    let mut stalled = Command::new(AGENT)
+        .args(["monitor", "--json", "--control-socket"])
+        .arg(dir.join("agent.sock"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    for i in 0..10_000 {
+        connect_once(pod, SERVICE).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+    }
+    println!(
+        "10000 connections with a stalled monitor: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let told = {
+        let stdout = stalled.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(MonitorLine::Dropped { count }) = serde_json::from_str(&line) {
+                    let _ = tx.send(count);
+                    return;
+                }
+            }
+        });
+        rx.recv_timeout(WAIT)
+    };
+    let _ = stalled.kill();
+    let _ = stalled.wait();
+    let dropped = told.expect("the stalled monitor is told what it missed");
+    println!("the stalled monitor was told: {dropped} decisions dropped");
+    assert!(dropped > 0);
+}
+
+/// Unknown verdicts and anyone but root are refused.
+fn refuses_unknown_verdicts_and_non_root(dir: &Path) {
+    // A monitor asking for a verdict that does not exist is refused.
+    let out = Command::new(AGENT)
+        .args(["monitor", "--verdict", "capturd", "--control-socket"])
+        .arg(dir.join("agent.sock"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown verdict \"capturd\""),
+        "{out:?}"
+    );
+    // Nor may anyone but root attach: the CLI says so, and the socket is
+    // root's alone (0600).
+    // (Where uid 65534 may not even execute the binary, that is a refusal too.)
+    if let Ok(out) = Command::new(AGENT)
+        .args(["monitor", "--control-socket"])
+        .arg(dir.join("agent.sock"))
+        .uid(65534)
+        .gid(65534)
+        .output()
+    {
+        assert!(!out.status.success(), "{out:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.is_empty() || said.contains("needs root"), "{out:?}");
+    }
+    let mode = std::fs::metadata(dir.join("agent.sock"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+}
+
+#[test]
+fn root_monitor_shows_each_decision_with_its_pod_and_destination() {
+    let mut one = OnePod::start(AGENT, "monitor");
+    let dir = one.private.dir.clone();
+    let (pod, remote) = (one.pod.clone(), one.remote.clone());
+    assert!(!reporting(&dir), "reporting with no monitor attached");
+
+    let mut all = Monitor::start(&dir, &[]);
+    wait_until("reporting switched on", || reporting(&dir));
+
+    // Nothing listens on the sidecar's port yet: left uncaptured.
+    let _ = connect_once(&pod, SERVICE);
+    let d = all.expect("sidecar_not_listening", |d| {
+        d.verdict == "sidecar_not_listening"
+    });
+    assert_eq!(
+        (d.pod.as_str(), d.hook.as_str()),
+        ("pod", "outbound"),
+        "{d:?}"
+    );
+    assert_eq!(d.destination, SERVICE.to_string(), "{d:?}");
+
+    // The sidecar listens: captured, the SYN's option filed for the
+    // sidecar's socket, SO_ORIGINAL_DST answered.
+    let sidecar = serve_sidecar_and_app(&pod);
+    connect_once(&pod, SERVICE).expect("captured");
+    let d = all.expect("captured", |d| d.verdict == "captured");
+    assert_eq!(
+        (d.pod.as_str(), d.destination.as_str()),
+        ("pod", "198.18.96.10:80")
+    );
+    assert_eq!(d.detail, "sidecar 127.0.0.1:15001");
+    assert_ne!(d.socket_cookie, 0);
+    let d = all.expect("original_dst_received", |d| {
+        d.verdict == "original_dst_received"
+    });
+    assert_eq!(
+        (d.hook.as_str(), d.destination.as_str()),
+        ("sidecar", "198.18.96.10:80")
+    );
+    let d = all.expect("answered", |d| d.verdict == "answered");
+    assert_eq!(d.destination, SERVICE.to_string(), "{d:?}");
+
+    // Left alone: a loopback destination, a socket with the bypass mark.
+    let _ = pod.sockets().tcp_connect("127.0.0.1:9".parse().unwrap());
+    let d = all.expect("loopback", |d| d.verdict == "loopback");
+    assert_eq!(
+        (d.pod.as_str(), d.destination.as_str()),
+        ("pod", "127.0.0.1:9")
+    );
+    connect_marked(&pod, SERVICE, netns_ebpf::defaults::BYPASS_MARK);
+    let d = all.expect("bypass_mark", |d| d.verdict == "bypass_mark");
+    assert_eq!(d.pod, "pod", "{d:?}");
+
+    // Inbound: a client outside dials the pod's app; the sidecar gets it.
+    connect_once(&remote, POD_APP).expect("inbound captured");
+    let d = all.expect("inbound_captured", |d| d.verdict == "inbound_captured");
+    assert_eq!(
+        (d.pod.as_str(), d.destination.as_str()),
+        ("pod", "198.18.97.1:8080")
+    );
+
+    // A second, filtered monitor beside the first: both see the next
+    // capture; the second sees nothing else.
+    let mut captured_only = Monitor::start(&dir, &["--pod", "pod", "--verdict", "captured"]);
+    connect_once(&pod, SERVICE).expect("captured again");
+    all.expect("captured (first monitor)", |d| d.verdict == "captured");
+    captured_only.expect("captured (second monitor)", |d| d.verdict == "captured");
+    let _ = pod.sockets().tcp_connect("127.0.0.1:9".parse().unwrap());
+    all.expect("loopback (first monitor)", |d| d.verdict == "loopback");
+    let other = captured_only.drain(Duration::from_millis(300));
+    assert!(
+        other
+            .iter()
+            .all(|d| d.verdict == "captured" && d.pod == "pod"),
+        "{other:?}"
+    );
+    drop(captured_only);
+
+    stalled_monitor_is_told_what_it_missed(&dir, &pod);
+
+    // The sidecar stops after it has listened: refused both ways, never
+    // around it.
+    sidecar.stop();
+    assert!(connect_once(&pod, SERVICE).is_err());
+    let d = all.expect("refused_no_sidecar", |d| d.verdict == "refused_no_sidecar");
+    assert_eq!(d.destination, SERVICE.to_string(), "{d:?}");
+    assert!(connect_once(&remote, POD_APP).is_err());
+    all.expect("inbound_refused", |d| d.verdict == "inbound_refused");
+
+    refuses_unknown_verdicts_and_non_root(&dir);
+
+    // The agent stops: the monitor's stream ends and it exits cleanly.
+    let (status, _) = one.agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "SIGTERM: {status:?}");
+    let deadline = Instant::now() + WAIT;
+    let exit = loop {
+        if let Some(exit) = all.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "the monitor outlived the agent");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "the monitor's exit: {exit:?}");
+}
