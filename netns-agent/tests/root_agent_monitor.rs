@@ -134,6 +134,19 @@ fn wait_until(what: &str, f: impl Fn() -> bool) {
 }
 
 /// Dials `to` from inside `ns` with the bypass mark set on the socket.
+/// A blocking connection from inside `ns` with the bypass mark (connect4
+/// leaves it alone), kept open.
+fn dial_marked(ns: &netns_core::NetNs, to: SocketAddr) -> std::net::TcpStream {
+    ns.run(move |_| {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        socket.set_mark(netns_ebpf::defaults::BYPASS_MARK)?;
+        socket.connect(&to.into())?;
+        std::io::Result::Ok(std::net::TcpStream::from(socket))
+    })
+    .unwrap()
+    .unwrap_or_else(|e| panic!("dial {to} with the bypass mark: {e}"))
+}
+
 fn connect_marked(ns: &netns_core::NetNs, to: SocketAddr, mark: u32) {
     let _ = ns.run(move |_| {
         let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
@@ -142,6 +155,53 @@ fn connect_marked(ns: &netns_core::NetNs, to: SocketAddr, mark: u32) {
         let _ = socket.connect(&to.into());
         std::io::Result::Ok(())
     });
+}
+
+/// The decisions that leave a connection alone or unanswered, made on
+/// purpose: a pass port, the loop guard and the question it leaves without
+/// answer, a SYN to the sidecar without an option.
+fn left_alone_and_unanswered(
+    all: &mut Monitor,
+    pod: &netns_core::NetNs,
+    remote: &netns_core::NetNs,
+) {
+    // One of the sidecar's own ports (Istio's 15021) is left to whatever
+    // listens there.
+    let _ = remote
+        .sockets()
+        .tcp_connect("198.18.97.1:15021".parse().unwrap());
+    let d = all.expect("inbound_pass_port", |d| d.verdict == "inbound_pass_port");
+    assert_eq!(d.destination, "198.18.97.1:15021", "{d:?}");
+    // From the pod to its own address: the loop guard leaves it to the app,
+    // whose SO_ORIGINAL_DST question then has no answer.
+    let app = pod
+        .sockets()
+        .tcp_listener("0.0.0.0:7070".parse().unwrap())
+        .unwrap();
+    let _dialed = dial_marked(pod, "198.18.97.1:7070".parse().unwrap());
+    let (accepted, _) = app.accept().unwrap();
+    all.expect("inbound_loop_guard", |d| {
+        d.verdict == "inbound_loop_guard" && d.destination == "198.18.97.1:7070"
+    });
+    assert!(netns_core::original_dst(&accepted).is_err());
+    let d = all.expect("not_answered", |d| d.verdict == "not_answered");
+    assert_eq!(d.pod, "pod", "{d:?}");
+    // A SYN to the sidecar's outbound port that connect4 did not send
+    // there carries no destination option.
+    let _direct = dial_marked(pod, "127.0.0.1:15001".parse().unwrap());
+    all.expect("no_option", |d| d.verdict == "no_option");
+    // The node's exclusions: a port, a CIDR.
+    let _ = pod
+        .sockets()
+        .tcp_connect("198.18.96.10:9090".parse().unwrap());
+    let d = all.expect("excluded_port", |d| d.verdict == "excluded_port");
+    assert_eq!(
+        (d.pod.as_str(), d.destination.as_str()),
+        ("pod", "198.18.96.10:9090")
+    );
+    let _ = pod.sockets().tcp_connect("198.19.0.1:80".parse().unwrap());
+    let d = all.expect("excluded_cidr", |d| d.verdict == "excluded_cidr");
+    assert_eq!(d.destination, "198.19.0.1:80", "{d:?}");
 }
 
 /// A monitor that does not read while 10,000 connections are made: every
@@ -221,7 +281,11 @@ fn refuses_unknown_verdicts_and_non_root(dir: &Path) {
 
 #[test]
 fn root_monitor_shows_each_decision_with_its_pod_and_destination() {
-    let mut one = OnePod::start(AGENT, "monitor");
+    let mut one = OnePod::start_with(
+        AGENT,
+        "monitor",
+        &["--exclude-port", "9090", "--exclude-cidr", "198.19.0.0/16"],
+    );
     let dir = one.private.dir.clone();
     let (pod, remote) = (one.pod.clone(), one.remote.clone());
     assert!(!reporting(&dir), "reporting with no monitor attached");
@@ -280,6 +344,7 @@ fn root_monitor_shows_each_decision_with_its_pod_and_destination() {
         (d.pod.as_str(), d.destination.as_str()),
         ("pod", "198.18.97.1:8080")
     );
+    left_alone_and_unanswered(&mut all, &pod, &remote);
 
     // A second, filtered monitor beside the first: both see the next
     // capture; the second sees nothing else.

@@ -283,6 +283,12 @@ impl OnePod {
     /// until its status shows the pod meshed.
     #[must_use]
     pub fn start(agent: &str, tag: &str) -> OnePod {
+        OnePod::start_with(agent, tag, &[])
+    }
+
+    /// [`OnePod::start`] with more flags for `netns-agent run`.
+    #[must_use]
+    pub fn start_with(agent: &str, tag: &str, flags: &[&str]) -> OnePod {
         let private = private(tag);
         let (pod, remote) = crate::pod_traffic::pod_and_outside_client(&private.dir);
         private
@@ -290,7 +296,7 @@ impl OnePod {
             .add_process(std::process::id())
             .expect("join the captured cgroup");
         let mut cmd = run_command(agent, &private.dir, private.cgroup.path(), private.metrics);
-        cmd.stdout(std::process::Stdio::null());
+        cmd.args(flags).stdout(std::process::Stdio::null());
         let running = Running::start(
             cmd,
             &private.dir.join("agent.log"),
