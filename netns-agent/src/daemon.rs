@@ -296,7 +296,7 @@ impl Threads {
             ),
         };
         let kernel_check = spawn("kernel-check", move || check.run(&stop))?;
-        let monitors = Arc::new(decisions::Monitors::default());
+        let monitors = Arc::clone(&shared.monitors);
         let stop_decisions = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reader = decisions::Reader {
             stream,

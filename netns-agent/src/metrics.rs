@@ -122,6 +122,29 @@ fn add_to_counter(counter: &Counter, value: u64) {
     counter.inc_by(value);
 }
 
+/// The monitors' part of the exposition.
+fn register_monitor(registry: &mut Registry, monitor: &crate::status::MonitorStatus) {
+    gauge(
+        registry,
+        "netns_agent_monitors_attached",
+        "netns-agent monitors attached to the control socket",
+        monitor.attached,
+    );
+    gauge(
+        registry,
+        "netns_agent_decisions_reporting",
+        "1 while the programs report decisions (the switch as the kernel's map holds it)",
+        usize::from(monitor.reporting),
+    );
+    let dropped: Counter = Counter::default();
+    dropped.inc_by(monitor.dropped);
+    registry.register(
+        "netns_agent_monitor_dropped",
+        "Decisions dropped for monitors that read too slowly",
+        dropped,
+    );
+}
+
 /// The exposition of `status`, with the pod setup times so far.
 #[must_use]
 pub fn encode_status(status: &Status, setup: &SetupTimes) -> String {
@@ -201,6 +224,7 @@ pub fn encode_status(status: &Status, setup: &SetupTimes) -> String {
         status.work.iter().map(|(n, v)| (n.as_str(), *v)),
         add_to_counter,
     );
+    register_monitor(&mut registry, &status.monitor);
     registry.register(
         "netns_agent_pod_setup_seconds",
         "Time from a namespace appearing to its map entries written",

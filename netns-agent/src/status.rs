@@ -43,6 +43,21 @@ pub struct Status {
     /// such as a sidecar listener that could not be equipped).
     #[serde(default)]
     pub not_meshed: Vec<NotMeshed>,
+    /// `netns-agent monitor`s attached, and whether the programs report
+    /// decisions (the switch as the kernel's map holds it).
+    #[serde(default)]
+    pub monitor: MonitorStatus,
+}
+
+/// The monitors, and the data path's reporting switch.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MonitorStatus {
+    /// Monitors attached to the control socket.
+    pub attached: usize,
+    /// The programs report decisions now (read from the kernel's map).
+    pub reporting: bool,
+    /// Decisions dropped for monitors that read too slowly, since start.
+    pub dropped: u64,
 }
 
 /// A path the pod source named that is not in the mesh.
@@ -131,6 +146,17 @@ impl Status {
             .map(|p| format!("{}#{}", p.name, p.id))
             .collect();
         let _ = writeln!(out, "programs: {}", programs.join(" "));
+        let _ = writeln!(
+            out,
+            "monitors: {} attached, decisions {} (the kernel's switch), {} dropped for slow monitors",
+            self.monitor.attached,
+            if self.monitor.reporting {
+                "reported"
+            } else {
+                "not reported"
+            },
+            self.monitor.dropped
+        );
         let _ = writeln!(
             out,
             "\n{:<24} {:>12} {:>10} {:<7} {:<8} addresses",

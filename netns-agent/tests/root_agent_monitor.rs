@@ -133,6 +133,18 @@ fn wait_until(what: &str, f: impl Fn() -> bool) {
     }
 }
 
+/// What `netns-agent status --json` says of the monitors.
+fn monitor_status(one: &OnePod) -> netns_agent::status::MonitorStatus {
+    let out = Command::new(AGENT)
+        .args(["status", "--json", "--control-socket"])
+        .arg(one.socket())
+        .output()
+        .unwrap();
+    serde_json::from_slice::<netns_agent::status::Status>(&out.stdout)
+        .expect("status JSON")
+        .monitor
+}
+
 /// Dials `to` from inside `ns` with the bypass mark set on the socket.
 /// A blocking connection from inside `ns` with the bypass mark (connect4
 /// leaves it alone), kept open.
@@ -292,6 +304,17 @@ fn root_monitor_shows_each_decision_with_its_pod_and_destination() {
 
     let mut all = Monitor::start(&dir, &[]);
     wait_until("reporting switched on", || reporting(&dir));
+    let status = monitor_status(&one);
+    assert_eq!((status.attached, status.reporting), (1, true), "{status:?}");
+    let metrics = netns_tests::agent::http_get(one.private.metrics, "/metrics");
+    assert!(
+        metrics.contains("netns_agent_monitors_attached 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("netns_agent_decisions_reporting 1"),
+        "{metrics}"
+    );
 
     // Nothing listens on the sidecar's port yet: left uncaptured.
     let _ = connect_once(&pod, SERVICE);
@@ -364,6 +387,7 @@ fn root_monitor_shows_each_decision_with_its_pod_and_destination() {
     drop(captured_only);
 
     stalled_monitor_is_told_what_it_missed(&dir, &pod);
+    assert!(monitor_status(&one).dropped > 0);
 
     // The sidecar stops after it has listened: refused both ways, never
     // around it.

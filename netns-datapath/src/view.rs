@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::os::fd::AsFd as _;
 use std::path::PathBuf;
 
-use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use netns_ebpf::{LocalPod, PodFlags, counter, names};
 
 use crate::{DataPath, DataPathError, ip6_words, map_error};
@@ -21,6 +21,7 @@ pub struct DataPathView {
     ips6: HashMap<MapData, [u32; 4], LocalPod>,
     sidecar_seen: HashMap<MapData, u64, u8>,
     counters: PerCpuArray<MapData, u64>,
+    monitoring: Array<MapData, u32>,
     /// The capacities of `meshed`, `ips4` and `ips6`.
     capacities: [Capacity; 3],
     inbound_pins: PathBuf,
@@ -95,6 +96,8 @@ impl DataPathView {
             sidecar_seen,
             counters: PerCpuArray::try_from(counters)
                 .map_err(|e| map_error(names::COUNTERS, "open", e))?,
+            monitoring: Array::try_from(Map::Array(own_handle(datapath, names::MONITORING)?))
+                .map_err(|e| map_error(names::MONITORING, "open", e))?,
             capacities: [meshed_size, ips4_size, ips6_size],
             inbound_pins: datapath.inbound_pin(0).with_file_name(""),
         })
@@ -153,6 +156,13 @@ impl DataPathView {
             fill(ips4, &self.ips4),
             fill(ips6, &self.ips6),
         ]
+    }
+
+    /// Whether the programs report decisions now (`netns-agent monitor`),
+    /// as the kernel's switch map holds it.
+    #[must_use]
+    pub fn reporting(&self) -> bool {
+        self.monitoring.get(&0, 0).is_ok_and(|on| on != 0)
     }
 
     /// The counters of [`netns_ebpf::counter`], summed over CPUs.

@@ -123,6 +123,15 @@ impl Reporter {
                 },
             ),
             errors: self.shared.errors(),
+            monitor: crate::status::MonitorStatus {
+                attached: self.shared.monitors.attached(),
+                reporting: self.view.reporting(),
+                dropped: self
+                    .shared
+                    .monitors
+                    .dropped_total
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            },
             work: self.shared.work(),
             not_meshed: pods.not_meshed.clone(),
         }

@@ -63,6 +63,8 @@ pub(crate) struct Shared {
     programs: Mutex<Arc<Vec<ProgramStatus>>>,
     /// How long pods took to set up, in all and by phase.
     pub(crate) setup: SetupTimes,
+    /// The attached `netns-agent monitor`s.
+    pub(crate) monitors: Arc<super::decisions::Monitors>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -78,6 +80,7 @@ impl Shared {
             errors: Mutex::default(),
             work: Mutex::default(),
             pods: Mutex::default(),
+            monitors: Arc::default(),
             programs: Mutex::new(Arc::new(programs)),
             setup: SetupTimes::default(),
         }
