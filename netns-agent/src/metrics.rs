@@ -122,6 +122,23 @@ fn add_to_counter(counter: &Counter, value: u64) {
     counter.inc_by(value);
 }
 
+/// Each pod's decisions by verdict: labels bounded by the managed pods and
+/// the verdicts there are.
+fn register_pod_decisions(registry: &mut Registry, pods: &[crate::status::PodStatus]) {
+    let decisions = Family::<Labels, Counter>::default();
+    for pod in pods {
+        for (verdict, n) in &pod.decisions {
+            let labels = vec![("pod", pod.name.clone()), ("verdict", verdict.clone())];
+            decisions.get_or_create(&labels).inc_by(*n);
+        }
+    }
+    registry.register(
+        "netns_agent_pod_decisions",
+        "Each managed pod's connection decisions by verdict, as the kernel counted them; a pod's series go with it",
+        decisions,
+    );
+}
+
 /// The monitors' part of the exposition.
 fn register_monitor(registry: &mut Registry, monitor: &crate::status::MonitorStatus) {
     gauge(
@@ -225,6 +242,7 @@ pub fn encode_status(status: &Status, setup: &SetupTimes) -> String {
         add_to_counter,
     );
     register_monitor(&mut registry, &status.monitor);
+    register_pod_decisions(&mut registry, &status.pods);
     registry.register(
         "netns_agent_pod_setup_seconds",
         "Time from a namespace appearing to its map entries written",
@@ -259,6 +277,7 @@ mod tests {
             inbound: false,
             settings: netns_datapath::settings::PodSettings::default(),
             since_unix: 0,
+            decisions: vec![("captured".into(), 5), ("sidecar_not_listening".into(), 1)],
         }
     }
 
@@ -294,6 +313,9 @@ mod tests {
             "netns_agent_pod_setup_seconds_count 1",
             "netns_agent_pod_setup_phase_seconds_bucket{le=\"0.0005\",phase=\"learn\"} 1",
             "netns_agent_pod_setup_phase_seconds_count{phase=\"learn\"} 1",
+            "netns_agent_pod_decisions_total{pod=\"a\",verdict=\"captured\"} 5",
+            "netns_agent_pod_decisions_total{pod=\"b\",verdict=\"sidecar_not_listening\"} 1",
+            "netns_agent_monitors_attached 0",
             "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");

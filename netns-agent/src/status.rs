@@ -60,6 +60,36 @@ pub struct MonitorStatus {
     pub dropped: u64,
 }
 
+impl PodStatus {
+    /// The lines under a pod's row: its sidecar, equipped listeners,
+    /// settings and decisions.
+    fn render_details(&self, out: &mut String) {
+        let pod = self;
+        if !pod.sidecar.is_empty() {
+            let _ = writeln!(out, "{:<24} sidecar: {}", "", pod.sidecar);
+        }
+        if !pod.equipped.is_empty() {
+            let _ = writeln!(
+                out,
+                "{:<24} listeners open before the agent, equipped: {}",
+                "",
+                pod.equipped.join(", ")
+            );
+        }
+        if pod.settings != netns_datapath::settings::PodSettings::default() {
+            let _ = writeln!(out, "{:<24} settings: {}", "", pod.settings);
+        }
+        if !pod.decisions.is_empty() {
+            let counts: Vec<String> = pod
+                .decisions
+                .iter()
+                .map(|(verdict, n)| format!("{verdict} {n}"))
+                .collect();
+            let _ = writeln!(out, "{:<24} decisions: {}", "", counts.join(", "));
+        }
+    }
+}
+
 /// A path the pod source named that is not in the mesh.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NotMeshed {
@@ -110,6 +140,11 @@ pub struct PodStatus {
     pub settings: netns_datapath::settings::PodSettings,
     /// Seconds since the Unix epoch when the agent took it on.
     pub since_unix: u64,
+    /// Its connections' decisions so far, by verdict, as the kernel counted
+    /// them (`netns-agent monitor` shows them one by one; the sidecar side
+    /// of outbound connections is not a pod's, see docs/monitor.md).
+    #[serde(default)]
+    pub decisions: Vec<(String, u64)>,
 }
 
 /// One map's fill level.
@@ -175,20 +210,7 @@ impl Status {
                 yes(pod.inbound),
                 pod.addrs.join(",")
             );
-            if !pod.sidecar.is_empty() {
-                let _ = writeln!(out, "{:<24} sidecar: {}", "", pod.sidecar);
-            }
-            if !pod.equipped.is_empty() {
-                let _ = writeln!(
-                    out,
-                    "{:<24} listeners open before the agent, equipped: {}",
-                    "",
-                    pod.equipped.join(", ")
-                );
-            }
-            if pod.settings != netns_datapath::settings::PodSettings::default() {
-                let _ = writeln!(out, "{:<24} settings: {}", "", pod.settings);
-            }
+            pod.render_details(&mut out);
         }
         for skipped in &self.not_meshed {
             let _ = writeln!(out, "not meshed: {}: {}", skipped.path, skipped.reason);

@@ -133,16 +133,32 @@ fn wait_until(what: &str, f: impl Fn() -> bool) {
     }
 }
 
-/// What `netns-agent status --json` says of the monitors.
-fn monitor_status(one: &OnePod) -> netns_agent::status::MonitorStatus {
+fn status(one: &OnePod) -> netns_agent::status::Status {
     let out = Command::new(AGENT)
         .args(["status", "--json", "--control-socket"])
         .arg(one.socket())
         .output()
         .unwrap();
-    serde_json::from_slice::<netns_agent::status::Status>(&out.stdout)
-        .expect("status JSON")
-        .monitor
+    serde_json::from_slice(&out.stdout).expect("status JSON")
+}
+
+/// What `netns-agent status --json` says of the monitors.
+fn monitor_status(one: &OnePod) -> netns_agent::status::MonitorStatus {
+    status(one).monitor
+}
+
+/// The pod's count of `verdict`, as status reports the kernel's.
+fn pod_count(one: &OnePod, verdict: &str) -> u64 {
+    let status = status(one);
+    let pod = status
+        .pods
+        .iter()
+        .find(|p| p.name == "pod")
+        .expect("the pod");
+    pod.decisions
+        .iter()
+        .find(|(v, _)| v == verdict)
+        .map_or(0, |(_, n)| *n)
 }
 
 /// Dials `to` from inside `ns` with the bypass mark set on the socket.
@@ -291,6 +307,20 @@ fn refuses_unknown_verdicts_and_non_root(dir: &Path) {
     );
 }
 
+/// The kernel counted every capture for the pod, read or not: status and
+/// /metrics show the counts by verdict.
+fn kernel_counted_every_capture(one: &OnePod) {
+    let captured = pod_count(one, "captured");
+    assert!(captured >= 10_002, "captured {captured}");
+    assert!(pod_count(one, "sidecar_not_listening") >= 1);
+    assert!(pod_count(one, "inbound_captured") >= 1);
+    let metrics = netns_tests::agent::http_get(one.private.metrics, "/metrics");
+    assert!(
+        metrics.contains("netns_agent_pod_decisions_total{pod=\"pod\",verdict=\"captured\"}"),
+        "{metrics}"
+    );
+}
+
 #[test]
 fn root_monitor_shows_each_decision_with_its_pod_and_destination() {
     let mut one = OnePod::start_with(
@@ -388,6 +418,7 @@ fn root_monitor_shows_each_decision_with_its_pod_and_destination() {
 
     stalled_monitor_is_told_what_it_missed(&dir, &pod);
     assert!(monitor_status(&one).dropped > 0);
+    kernel_counted_every_capture(&one);
 
     // The sidecar stops after it has listened: refused both ways, never
     // around it.

@@ -489,7 +489,30 @@ impl DataPath {
         for addr in addrs {
             self.local_addr(*addr, None, &op)?;
         }
+        self.retain_pod_decisions(|cookie| cookie != netns_cookie, &op)?;
         Ok(())
+    }
+
+    /// Removes the decision counts of every pod `keep` refuses; returns how
+    /// many entries went.
+    fn retain_pod_decisions(
+        &mut self,
+        keep: impl Fn(u64) -> bool,
+        op: &str,
+    ) -> Result<usize, DataPathError> {
+        let name = names::POD_DECISIONS;
+        let mut map: aya::maps::PerCpuHashMap<_, netns_ebpf::PodVerdict, u64> =
+            aya::maps::PerCpuHashMap::try_from(self.map_mut(name)?)
+                .map_err(|e| map_error(name, "open", e))?;
+        let stale: Vec<netns_ebpf::PodVerdict> = map
+            .keys()
+            .flatten()
+            .filter(|k| !keep(k.netns_cookie))
+            .collect();
+        for key in &stale {
+            remove_present(map.remove(key), name, op)?;
+        }
+        Ok(stale.len())
     }
 
     /// Removes every pod entry that does not belong to `pods` (cookie and
@@ -510,7 +533,11 @@ impl DataPath {
             + self.remove_stale::<[u32; 4], LocalPod>(names::LOCAL_POD_IPS6, op, |k, v| {
                 owns(IpAddr::from(ip6_octets(*k)), v.netns_cookie)
             })?;
-        Ok(removed + self.retain_inbound(&cookies)? + self.retain_pod_settings(&cookies)?)
+        let decisions = self.retain_pod_decisions(|c| cookies.contains(&c), op)?;
+        Ok(removed
+            + decisions
+            + self.retain_inbound(&cookies)?
+            + self.retain_pod_settings(&cookies)?)
     }
 
     /// Removes local-pod address entries (an address a pod no longer has).

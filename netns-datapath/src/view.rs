@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use std::os::fd::AsFd as _;
 use std::path::PathBuf;
 
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
-use netns_ebpf::{LocalPod, PodFlags, counter, names};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
+use netns_ebpf::{LocalPod, PodFlags, PodVerdict, counter, names};
 
 use crate::{DataPath, DataPathError, ip6_words, map_error};
 
@@ -22,6 +22,7 @@ pub struct DataPathView {
     sidecar_seen: HashMap<MapData, u64, u8>,
     counters: PerCpuArray<MapData, u64>,
     monitoring: Array<MapData, u32>,
+    pod_decisions: PerCpuHashMap<MapData, PodVerdict, u64>,
     /// The capacities of `meshed`, `ips4` and `ips6`.
     capacities: [Capacity; 3],
     inbound_pins: PathBuf,
@@ -45,6 +46,7 @@ pub(crate) fn own_handle(
     | Map::LruHashMap(data)
     | Map::PerCpuArray(data)
     | Map::Array(data)
+    | Map::PerCpuHashMap(data)
     | Map::RingBuf(data)) = datapath.map(name)?
     else {
         return Err(DataPathError::Missing { kind: "map", name });
@@ -98,6 +100,11 @@ impl DataPathView {
                 .map_err(|e| map_error(names::COUNTERS, "open", e))?,
             monitoring: Array::try_from(Map::Array(own_handle(datapath, names::MONITORING)?))
                 .map_err(|e| map_error(names::MONITORING, "open", e))?,
+            pod_decisions: PerCpuHashMap::try_from(Map::PerCpuHashMap(own_handle(
+                datapath,
+                names::POD_DECISIONS,
+            )?))
+            .map_err(|e| map_error(names::POD_DECISIONS, "open", e))?,
             capacities: [meshed_size, ips4_size, ips6_size],
             inbound_pins: datapath.inbound_pin(0).with_file_name(""),
         })
@@ -156,6 +163,25 @@ impl DataPathView {
             fill(ips4, &self.ips4),
             fill(ips6, &self.ips6),
         ]
+    }
+
+    /// Each pod's decisions by verdict (summed over CPUs), as the kernel
+    /// counted them: one walk of the map, two system calls per entry.
+    #[must_use]
+    pub fn pod_decisions(&self) -> std::collections::BTreeMap<u64, Vec<(u8, u64)>> {
+        let mut by_pod: std::collections::BTreeMap<u64, Vec<(u8, u64)>> =
+            std::collections::BTreeMap::new();
+        for (key, values) in self.pod_decisions.iter().flatten() {
+            let total = values.iter().sum();
+            by_pod
+                .entry(key.netns_cookie)
+                .or_default()
+                .push((key.verdict, total));
+        }
+        for counts in by_pod.values_mut() {
+            counts.sort_unstable();
+        }
+        by_pod
     }
 
     /// Whether the programs report decisions now (`netns-agent monitor`),

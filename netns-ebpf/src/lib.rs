@@ -42,7 +42,7 @@ pub struct MeshSettings {
 /// or a key, value or counter changes (the layout test below fails until
 /// its expectations are updated, as a reminder): an agent finding another
 /// marker recreates the maps instead of reading them wrongly.
-pub const LAYOUT_MARKER: &str = "layout-v8";
+pub const LAYOUT_MARKER: &str = "layout-v9";
 
 impl MeshSettings {
     /// Redirect DNS (UDP port 53) of meshed pods to `dns_port` on loopback.
@@ -222,6 +222,18 @@ pub struct Decision {
     pub pad: [u8; 11],
 }
 
+/// The key of [`names::POD_DECISIONS`]: one pod's count of one verdict.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct PodVerdict {
+    /// The pod's network namespace cookie.
+    pub netns_cookie: u64,
+    /// One of [`verdict`].
+    pub verdict: u8,
+    /// Always zero: keys are compared byte for byte.
+    pub pad: [u8; 7],
+}
+
 /// What a [`Decision`] decided, and why. The numbers are the wire format
 /// of the ring buffer; [`verdict::NAMES`] are the names `monitor`, `status`
 /// and `/metrics` use.
@@ -385,6 +397,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Decision {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::PodVerdict {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::SockPair {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PodFlags {}
@@ -405,8 +419,9 @@ mod tests {
     #[test]
     fn layouts_are_pinned() {
         // Any change below, to the maps or to the counters bumps LAYOUT_MARKER.
-        assert_eq!(LAYOUT_MARKER, "layout-v8");
-        assert_eq!(names::ALL_MAPS.len(), 22);
+        assert_eq!(LAYOUT_MARKER, "layout-v9");
+        assert_eq!(names::ALL_MAPS.len(), 23);
+        assert_eq!(size_of::<PodVerdict>(), 16);
         assert_eq!(counter::COUNT, 14);
         assert_eq!(size_of::<Decision>(), 48);
         assert_eq!(offset_of!(Decision, addr), 16);

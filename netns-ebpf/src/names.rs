@@ -54,12 +54,16 @@ pub const COUNTERS: &str = "COUNTERS";
 /// `RingBuf` of [`crate::Decision`]s, written only while [`MONITORING`] is
 /// non-zero (`netns-agent monitor`).
 pub const DECISIONS: &str = "DECISIONS";
+/// `PerCpuHashMap<PodVerdict, u64>`: each meshed pod's decisions by
+/// verdict, counted whether or not anyone monitors (where the hook knows
+/// the pod); the agent removes a pod's entries with the pod.
+pub const POD_DECISIONS: &str = "POD_DECISIONS";
 /// `Array<u32>`, one entry: non-zero while someone reads [`DECISIONS`]. The
 /// programs check it before anything else they would do for a report.
 pub const MONITORING: &str = "MONITORING";
 
 /// Every map, in the order the agent pins them.
-pub const ALL_MAPS: [&str; 22] = [
+pub const ALL_MAPS: [&str; 23] = [
     SETTINGS,
     MESHED_NETNS,
     LOCAL_POD_IPS4,
@@ -82,6 +86,7 @@ pub const ALL_MAPS: [&str; 22] = [
     COUNTERS,
     DECISIONS,
     MONITORING,
+    POD_DECISIONS,
 ];
 
 /// Programs, by function name in the object.

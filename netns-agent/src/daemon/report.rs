@@ -74,6 +74,7 @@ impl Reporter {
     fn make(&self) -> Status {
         let pods = self.shared.pods();
         let outbound_port = self.fixed.settings.outbound_port;
+        let mut decisions = self.view.pod_decisions();
         Status {
             pid: std::process::id(),
             ready: self.shared.ready(),
@@ -100,6 +101,18 @@ impl Reporter {
                         .since
                         .duration_since(SystemTime::UNIX_EPOCH)
                         .map_or(0, |d| d.as_secs()),
+                    decisions: decisions
+                        .remove(&p.cookie)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(v, n)| {
+                            let name = netns_ebpf::verdict::NAMES
+                                .get(usize::from(v))
+                                .copied()
+                                .unwrap_or("unknown");
+                            (name.to_owned(), n)
+                        })
+                        .collect(),
                 })
                 .collect(),
             maps: self

@@ -22,8 +22,8 @@ use netns_ebpf::{
 use crate::addr::{self, LOOPBACK4, LOOPBACK6, LOOPBACK6_MAPPED};
 use crate::maps::{
     DIALED_DST, EXCLUDED_CIDRS4, EXCLUDED_CIDRS6, EXCLUDED_PORTS, MESHED_NETNS, POD_EXCLUDED_CIDRS,
-    POD_EXCLUDED_PORTS, POD_INCLUDED_CIDRS, SIDECAR_COOKIES, count, monitoring, report, settings,
-    sk_storage,
+    POD_EXCLUDED_PORTS, POD_INCLUDED_CIDRS, SIDECAR_COOKIES, count, count_for_pod, monitoring,
+    report, settings, sk_storage,
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -67,11 +67,17 @@ impl Decided {
     }
 }
 
-/// Reports `decided` while someone listens (one array lookup otherwise).
-/// Only meshed pods' decisions are told: a pod not yet known is looked up.
+/// Counts `decided` for its pod, and reports it while someone listens (one
+/// array lookup otherwise). Only meshed pods' decisions are told: a pod
+/// not yet known (the bypass mark is checked first) is looked up then, and
+/// counted per pod only then (node-wide it is a counter of its own).
 #[inline(always)]
 fn tell<const V6: bool>(sa: *mut bpf_sock_addr, decided: Decided) {
-    if decided.verdict == 0 || !monitoring() {
+    if decided.verdict == 0 {
+        return;
+    }
+    count_for_pod(decided.netns, decided.verdict);
+    if !monitoring() {
         return;
     }
     let netns = if decided.netns != 0 {

@@ -31,8 +31,8 @@ use netns_ebpf::{AF_INET, AF_INET6, Decision, PodListener, PodPort, counter, ver
 
 use crate::addr::{self, ctx_addr};
 use crate::maps::{
-    BOUND_INBOUND, INBOUND_LISTENERS, INBOUND_PASS_PORTS, SIDECAR_SEEN, count, local_pod,
-    monitoring, report, settings,
+    BOUND_INBOUND, INBOUND_LISTENERS, INBOUND_PASS_PORTS, SIDECAR_SEEN, count, count_for_pod,
+    local_pod, monitoring, report, settings,
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -77,6 +77,7 @@ fn capture<const V6: bool>(ctx: &SkLookupContext) -> u32 {
         return SK_PASS;
     };
     let tell = |why| {
+        count_for_pod(pod, why);
         if monitoring() {
             report(&Decision {
                 netns_cookie: pod,

@@ -4,11 +4,11 @@ use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SockHash},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, SockHash},
 };
 use netns_ebpf::{
     Decision, LocalPod, MeshSettings, OriginalDst, PodCidr, PodFlags, PodListener, PodPort,
-    SockPair, counter, defaults::CONNECTION_MAP_ENTRIES,
+    PodVerdict, SockPair, counter, defaults::CONNECTION_MAP_ENTRIES,
 };
 
 #[map]
@@ -75,6 +75,33 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 pub static DECISIONS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[map]
 pub static MONITORING: Array<u32> = Array::with_max_entries(1, 0);
+/// Each pod's decisions by verdict (per CPU).
+#[map]
+pub static POD_DECISIONS: PerCpuHashMap<PodVerdict, u64> =
+    PerCpuHashMap::with_max_entries(CONNECTION_MAP_ENTRIES, 0);
+
+/// Counts `verdict` for the pod of netns cookie `netns` (0: unknown, not
+/// counted). Per CPU: this CPU's slot only, so no lock and no atomics.
+#[inline(always)]
+pub fn count_for_pod(netns: u64, verdict: u8) {
+    if netns == 0 {
+        return;
+    }
+    let key = PodVerdict {
+        netns_cookie: netns,
+        verdict,
+        pad: [0; 7],
+    };
+    match POD_DECISIONS.get_ptr_mut(&key) {
+        // SAFETY: this CPU's slot, touched by one program at a time.
+        Some(slot) => unsafe { *slot += 1 },
+        // New: this CPU's slot 1, the others 0 (an update from a program
+        // writes the calling CPU's slot only).
+        None => {
+            let _ = POD_DECISIONS.insert(&key, &1, 0);
+        }
+    }
+}
 
 /// Does someone listen for decisions? One array lookup (the verifier inlines
 /// it): all a decision costs while nobody does.

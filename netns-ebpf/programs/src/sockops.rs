@@ -33,8 +33,8 @@ use netns_ebpf::{
 
 use crate::addr;
 use crate::maps::{
-    DIALED_DST, SIDECAR_COOKIES, SIDECAR_PAIRS, SIDECAR_SOCKS, SOCK_ORIG_DST, count, monitoring,
-    report, settings, sk_storage,
+    DIALED_DST, SIDECAR_COOKIES, SIDECAR_PAIRS, SIDECAR_SOCKS, SOCK_ORIG_DST, count, count_for_pod,
+    monitoring, report, settings, sk_storage,
 };
 
 const TCP_CLOSE: u32 = 7;
@@ -300,15 +300,19 @@ fn file_original_dst(ctx: &SockOpsContext, leg: Leg) {
     let news = leg == Leg::Outbound
         || why == verdict::ORIGINAL_DST_RECEIVED
         || why == verdict::OPTION_NOT_BELIEVED;
-    if news && monitoring() {
-        // The pod: known by address on the inbound port; the sidecar side
-        // of an outbound connection is on loopback, where the address names
-        // no pod (and sock_ops has no netns cookie before Linux 5.15).
-        let pod = if leg == Leg::Inbound {
-            crate::maps::local_pod(pair.family, &pair.server_addr).unwrap_or(0)
-        } else {
-            0
-        };
+    if !news {
+        return;
+    }
+    // The pod: known by address on the inbound port; the sidecar side of an
+    // outbound connection is on loopback, where the address names no pod
+    // (and sock_ops has no netns cookie before Linux 5.15).
+    let pod = if leg == Leg::Inbound {
+        crate::maps::local_pod(pair.family, &pair.server_addr).unwrap_or(0)
+    } else {
+        0
+    };
+    count_for_pod(pod, why);
+    if monitoring() {
         let (addr, port, family) = if why == verdict::ORIGINAL_DST_RECEIVED {
             (orig.addr, orig.port, orig.family)
         } else {

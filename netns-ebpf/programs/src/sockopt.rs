@@ -19,7 +19,9 @@ use netns_ebpf::{AF_INET, AF_INET6, Decision, OriginalDst, counter, verdict};
 
 use crate::addr;
 use crate::inbound;
-use crate::maps::{SOCK_ORIG_DST, count, local_pod, map_ptr, monitoring, report, settings};
+use crate::maps::{
+    SOCK_ORIG_DST, count, count_for_pod, local_pod, map_ptr, monitoring, report, settings,
+};
 
 const IPPROTO_TCP: u32 = 6;
 
@@ -109,9 +111,6 @@ fn answer(so: *mut bpf_sockopt) -> bool {
 /// inbound side); the hook has neither a netns cookie (before Linux 5.15)
 /// nor a socket cookie.
 fn tell(so: *mut bpf_sockopt, why: u8, orig: &OriginalDst) {
-    if !monitoring() {
-        return;
-    }
     // SAFETY: `sk` points at the socket asked; family is readable.
     let family = unsafe { (*(*so).__bindgen_anon_1.sk).family };
     let pod = match addr::family(family) {
@@ -119,6 +118,10 @@ fn tell(so: *mut bpf_sockopt, why: u8, orig: &OriginalDst) {
         Some(_) => asking_pod::<true>(so),
         None => 0,
     };
+    count_for_pod(pod, why);
+    if !monitoring() {
+        return;
+    }
     report(&Decision {
         netns_cookie: pod,
         socket_cookie: 0,
@@ -145,6 +148,10 @@ fn asking_pod<const V6: bool>(so: *mut bpf_sockopt) -> u64 {
     } else {
         (family, local)
     };
+    // The outbound leg's sidecar socket is on loopback: no pod's address.
+    if addr::is_loopback(family, &local) {
+        return 0;
+    }
     local_pod(family, &local).unwrap_or(0)
 }
 
