@@ -28,6 +28,14 @@ const SERVICE: SocketAddr =
 const POD_APP: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(198, 18, 97, 1)), 8080);
 const WAIT: Duration = Duration::from_secs(20);
+/// The agent's flags: exclusions and DNS redirect, to decide on.
+const FLAGS: [&str; 5] = [
+    "--exclude-port",
+    "9090",
+    "--exclude-cidr",
+    "198.19.0.0/16",
+    "--dns-redirect",
+];
 
 /// A running `netns-agent monitor --json`, its lines collected.
 struct Monitor {
@@ -230,6 +238,29 @@ fn left_alone_and_unanswered(
     let _ = pod.sockets().tcp_connect("198.19.0.1:80".parse().unwrap());
     let d = all.expect("excluded_cidr", |d| d.verdict == "excluded_cidr");
     assert_eq!(d.destination, "198.19.0.1:80", "{d:?}");
+    // DNS (--dns-redirect): to the resolver asked while nothing listens on
+    // the sidecar's DNS port, to the sidecar once something does.
+    let resolver: SocketAddr = "198.18.96.53:53".parse().unwrap();
+    let ask = || {
+        let _ = pod.run(move |_| {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            socket.send_to(b"q", resolver)
+        });
+    };
+    ask();
+    let d = all.expect("dns_sidecar_not_listening", |d| {
+        d.verdict == "dns_sidecar_not_listening"
+    });
+    assert_eq!(
+        (d.pod.as_str(), d.destination.as_str()),
+        ("pod", "198.18.96.53:53")
+    );
+    let _dns = pod
+        .run(|_| std::net::UdpSocket::bind("127.0.0.1:15053"))
+        .unwrap()
+        .unwrap();
+    ask();
+    all.expect("dns_redirected", |d| d.verdict == "dns_redirected");
 }
 
 /// A monitor that does not read while 10,000 connections are made: every
@@ -323,11 +354,7 @@ fn kernel_counted_every_capture(one: &OnePod) {
 
 #[test]
 fn root_monitor_shows_each_decision_with_its_pod_and_destination() {
-    let mut one = OnePod::start_with(
-        AGENT,
-        "monitor",
-        &["--exclude-port", "9090", "--exclude-cidr", "198.19.0.0/16"],
-    );
+    let mut one = OnePod::start_with(AGENT, "monitor", &FLAGS);
     let dir = one.private.dir.clone();
     let (pod, remote) = (one.pod.clone(), one.remote.clone());
     assert!(!reporting(&dir), "reporting with no monitor attached");
