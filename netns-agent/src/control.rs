@@ -216,6 +216,25 @@ fn refuse(error: String) -> String {
     serde_json::to_string(&Refusal { error }).unwrap_or_default()
 }
 
+/// Subscribes to the decisions of the agent at `path` (what `netns-agent
+/// monitor` and `top` do): its answer's lines, one [`crate::monitor::MonitorLine`]
+/// (or, first, a refusal) each, until the agent ends the stream.
+pub async fn open_monitor(
+    path: &Path,
+    filter: crate::monitor::MonitorFilter,
+) -> anyhow::Result<tokio::io::Lines<BufReader<UnixStream>>> {
+    let mut conn = UnixStream::connect(path).await.with_context(|| {
+        format!(
+            "no agent answers on {} (is `netns-agent run` running?)",
+            path.display()
+        )
+    })?;
+    conn.write_all(&Request::Monitor(filter).to_line(None))
+        .await
+        .context("send the monitor request")?;
+    Ok(BufReader::new(conn).lines())
+}
+
 /// Asks the agent at `path` for its status (what `netns-agent status` does).
 pub async fn ask_status(path: &Path) -> anyhow::Result<Status> {
     let mut conn = UnixStream::connect(path).await.with_context(|| {

@@ -4,8 +4,7 @@ use std::io::Write as _;
 
 use anyhow::Context;
 use netns_agent::monitor::{MonitorFilter, MonitorLine};
-use netns_agent::protocol::{Request, parse_reply};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use netns_agent::protocol::parse_reply;
 
 use crate::cli::MonitorArgs;
 
@@ -24,19 +23,7 @@ pub(crate) fn monitor(args: &MonitorArgs) -> anyhow::Result<()> {
 }
 
 async fn stream(args: &MonitorArgs, filter: MonitorFilter) -> anyhow::Result<()> {
-    let path = &args.control_socket;
-    let mut conn = tokio::net::UnixStream::connect(path)
-        .await
-        .with_context(|| {
-            format!(
-                "no agent answers on {} (is `netns-agent run` running?)",
-                path.display()
-            )
-        })?;
-    conn.write_all(&Request::Monitor(filter).to_line(None))
-        .await
-        .context("send the monitor request")?;
-    let mut lines = BufReader::new(conn).lines();
+    let mut lines = netns_agent::control::open_monitor(&args.control_socket, filter).await?;
     let mut first = true;
     while let Some(line) = lines.next_line().await.context("read from the agent")? {
         let parsed: MonitorLine = match parse_reply(&line) {

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use netns_agent::monitor::{DecisionLine, MonitorFilter, MonitorLine};
-use netns_agent::protocol::{Request, parse_reply};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use netns_agent::protocol::parse_reply;
 
 use crate::cli::TopArgs;
 
@@ -141,22 +140,11 @@ pub(crate) fn top(args: &TopArgs) -> anyhow::Result<()> {
 
 async fn run(args: &TopArgs) -> anyhow::Result<()> {
     let path = &args.control_socket;
-    let mut conn = tokio::net::UnixStream::connect(path)
-        .await
-        .with_context(|| {
-            format!(
-                "no agent answers on {} (is `netns-agent run` running?)",
-                path.display()
-            )
-        })?;
     let filter = MonitorFilter {
         pod: args.pod.clone(),
         verdicts: Vec::new(),
     };
-    conn.write_all(&Request::Monitor(filter).to_line(None))
-        .await
-        .context("send the monitor request")?;
-    let mut lines = BufReader::new(conn).lines();
+    let mut lines = netns_agent::control::open_monitor(path, filter).await?;
     let first = lines
         .next_line()
         .await
