@@ -1058,6 +1058,9 @@ fn root_agent_waits_out_a_removed_netns_dir_and_watches_the_new_one() {
 fn root_agent_sigint_under_pod_churn_always_stops_cleanly() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let mut f = Fixture::new("sigint");
+    // 20 agents attach and detach while a thread churns namespaces in the
+    // kernel: keep the static branches from switching (see Keeper).
+    let _keeper = netns_tests::agent::Keeper::attach(&f.dir);
     let mut slowest = Duration::ZERO;
     for trial in 0..20 {
         f.start(&[]);

@@ -78,49 +78,6 @@ impl Drop for Places {
     }
 }
 
-/// The same programs (and a cookie probe's `cgroup/sock_create`) attached for
-/// the whole test to an empty cgroup of their own. The agents under test
-/// detach everything when they stop; with these kept, the kernel's
-/// per-attach-type static branches (`cgroup_bpf_enabled_key`) never switch
-/// while the loops connect at a high rate. Switching them is text patching,
-/// which under QEMU's multi-threaded TCG crashed the 6.12 guest (`Oops:
-/// int3` in `tcp_connect`): a hazard of the emulator, not of the data path.
-struct Keeper {
-    probe: Option<netns_datapath::CookieProbe>,
-    datapath: Option<netns_datapath::DataPath>,
-    _cgroup: netns_datapath::cgroup::ChildCgroup,
-}
-
-impl Keeper {
-    fn attach(dir: &std::path::Path) -> Keeper {
-        let mount = netns_datapath::cgroup::cgroup2_mount().unwrap();
-        let name = format!("netns-lifecycle-keeper-{}", std::process::id());
-        let cgroup = netns_datapath::cgroup::ChildCgroup::create(&mount, &name).unwrap();
-        let config = netns_datapath::DataPathConfig {
-            cgroup: cgroup.path().to_owned(),
-            pin_dir: dir.join("keeper-bpf"),
-            settings: MeshSettings::istio(),
-        };
-        let datapath =
-            netns_datapath::DataPath::attach(netns_datapath::EBPF_OBJECT, &config).unwrap();
-        let probe =
-            netns_datapath::CookieProbe::start(netns_datapath::EBPF_OBJECT, cgroup.path()).unwrap();
-        Keeper {
-            probe: Some(probe),
-            datapath: Some(datapath),
-            _cgroup: cgroup,
-        }
-    }
-}
-
-impl Drop for Keeper {
-    fn drop(&mut self) {
-        // Detached before their cgroup goes.
-        drop(self.probe.take());
-        drop(self.datapath.take());
-    }
-}
-
 /// Waits until both loops have had a connection work since `since`, and
 /// returns how long that took.
 fn first_capture(apps: &[&App], since: Instant, places: &Places) -> Duration {
@@ -268,7 +225,7 @@ fn root_lifecycle_late_start_restart_second_agent_and_sighup() {
         metrics,
     };
     let (pod, remote) = pod_and_outside_client(&dir);
-    let _keeper = Keeper::attach(&dir);
+    let _keeper = netns_tests::agent::Keeper::attach(&dir);
 
     // The sidecar (and the app) listen before any agent exists: the
     // DaemonSet rolled out on a node whose pods already run.

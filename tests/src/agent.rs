@@ -348,6 +348,54 @@ impl Drop for OnePod {
     }
 }
 
+/// The data path's programs (and a cookie probe's `cgroup/sock_create`)
+/// attached for a whole test to an empty cgroup of their own. Agents under
+/// test attach and detach everything as they start and stop; with these
+/// kept, the kernel's per-attach-type static branches
+/// (`cgroup_bpf_enabled_key`) never switch meanwhile. Switching them is text
+/// patching, which under QEMU's multi-threaded TCG has crashed a 6.12 guest
+/// (`Oops: int3` in `tcp_connect`) and hung a 6.1 one (a soft lockup, one
+/// CPU stuck for good) while another thread was busy in the kernel: a hazard
+/// of the emulator, not of the data path.
+#[derive(Debug)]
+pub struct Keeper {
+    probe: Option<netns_datapath::CookieProbe>,
+    datapath: Option<netns_datapath::DataPath>,
+    _cgroup: ChildCgroup,
+}
+
+impl Keeper {
+    /// Attaches them, pinned under `dir/keeper-bpf`.
+    #[must_use]
+    pub fn attach(dir: &Path) -> Keeper {
+        let mount = cgroup2_mount().unwrap();
+        let name = format!("netns-keeper-{}", std::process::id());
+        let cgroup = ChildCgroup::create(&mount, &name).unwrap();
+        let config = netns_datapath::DataPathConfig {
+            cgroup: cgroup.path().to_owned(),
+            pin_dir: dir.join("keeper-bpf"),
+            settings: netns_ebpf::MeshSettings::istio(),
+        };
+        let datapath =
+            netns_datapath::DataPath::attach(netns_datapath::EBPF_OBJECT, &config).unwrap();
+        let probe =
+            netns_datapath::CookieProbe::start(netns_datapath::EBPF_OBJECT, cgroup.path()).unwrap();
+        Keeper {
+            probe: Some(probe),
+            datapath: Some(datapath),
+            _cgroup: cgroup,
+        }
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        // Detached before their cgroup goes.
+        drop(self.probe.take());
+        drop(self.datapath.take());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
