@@ -54,12 +54,18 @@ pub(crate) fn boot(
     let stderr =
         File::create(&stderr_path).with_context(|| format!("create {}", stderr_path.display()))?;
     let mut console = File::create(log).with_context(|| format!("create {}", log.display()))?;
-    // One host thread per vCPU (MTTCG), unless NETNS_VM_TCG_THREAD=single: one
-    // thread for both vCPUs makes code patching coherent across them, but the
-    // suite then takes twice as long (root_agent on 6.12: 78.5 s against ~40 s).
+    // Both vCPUs on one host thread (round-robin TCG) unless
+    // NETNS_VM_TCG_THREAD=multi. Multi-threaded TCG is about twice as fast but
+    // does not keep the kernel's own code patching (static branches, switched
+    // whenever the first or last BPF program of a kind is attached or
+    // detached) coherent across vCPUs: under it a 6.12 guest has died of a
+    // stale `int3` in `tcp_connect` and of a jump into the middle of a patched
+    // `jmp` in `__inet_stream_connect`, and a 6.1 guest hung in a soft lockup,
+    // each mid-suite and in a different test. One thread makes that class of
+    // fault impossible; the suite's time is the price.
     let accel = match std::env::var("NETNS_VM_TCG_THREAD").as_deref() {
-        Ok("single") => "tcg,thread=single",
-        _ => "tcg,thread=multi",
+        Ok("multi") => "tcg,thread=multi",
+        _ => "tcg,thread=single",
     };
     qemu.args(["-accel", accel, "-cpu", "max", "-smp", "2", "-m", "2048"])
         .args(["-nodefaults", "-no-reboot", "-display", "none"])
