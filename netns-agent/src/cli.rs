@@ -219,6 +219,11 @@ pub(crate) struct RunArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct StatusArgs {
+    /// Only this pod (its name, as status lists it, or its netns path): its
+    /// connections counted by verdict, failures first with what each means,
+    /// and its last decisions (kept while a monitor is attached).
+    #[arg(value_name = "POD")]
+    pub(crate) pod: Option<String>,
     /// The running agent's control socket.
     #[arg(long, env = "NETNS_AGENT_CONTROL_SOCKET", default_value = DEFAULT_SOCKET)]
     pub(crate) control_socket: PathBuf,

@@ -43,8 +43,12 @@ enum Command {
     Run(Box<cli::RunArgs>),
     /// Show the running agent's view (programs, pods, maps, counters), asked
     /// over its control socket; with no agent running, list what is pinned.
+    /// With a POD: that pod alone, its connections counted by verdict
+    /// (failures first, each with what it did to the connection) and its
+    /// last decisions.
     ///
-    /// Example: netns-agent status --json
+    /// Examples: netns-agent status --json;
+    /// netns-agent status pod-a
     Status(cli::StatusArgs),
     /// Watch the data path decide, live: one line per decision of a meshed
     /// pod's connection (captured, or left alone and why; what its sidecar

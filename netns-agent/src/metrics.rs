@@ -265,20 +265,7 @@ mod tests {
     use crate::status::{MapStatus, PodStatus};
 
     fn pod(name: &str, sidecar: &str) -> PodStatus {
-        PodStatus {
-            name: name.into(),
-            path: format!("/run/netns/{name}"),
-            netns_inode: 1,
-            cookie: 2,
-            addrs: vec![],
-            meshed: true,
-            equipped: vec![],
-            sidecar: sidecar.into(),
-            inbound: false,
-            settings: netns_datapath::settings::PodSettings::default(),
-            since_unix: 0,
-            decisions: vec![("captured".into(), 5), ("sidecar_not_listening".into(), 1)],
-        }
+        PodStatus::example(name, sidecar)
     }
 
     #[test]

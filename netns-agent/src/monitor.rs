@@ -138,6 +138,77 @@ impl DecisionLine {
     }
 }
 
+/// Decisions the agent keeps per pod for `status POD`.
+pub const RECENT_KEPT: usize = 16;
+
+/// A decision the agent kept for `status POD`, with when it read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentDecision {
+    /// When the agent read it off the ring buffer (milliseconds since the
+    /// Unix epoch; the kernel made it at most a tick earlier).
+    pub at_unix_ms: u64,
+    /// The decision.
+    #[serde(flatten)]
+    pub line: DecisionLine,
+}
+
+/// What a verdict does to the connection it is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Sent to the sidecar, or answered: the mesh works.
+    Meshed,
+    /// Left alone because the settings say so (an exclusion, the bypass
+    /// mark, loopback, a pass port, the sidecar's own traffic).
+    LeftAlone,
+    /// Not captured, refused or not answered although the pod is meshed:
+    /// what an operator looks for.
+    Failed,
+}
+
+/// The outcome of verdict `v`.
+#[must_use]
+pub const fn outcome(v: u8) -> Outcome {
+    match v {
+        verdict::CAPTURED
+        | verdict::TO_LOCAL_POD
+        | verdict::ORIGINAL_DST_RECEIVED
+        | verdict::ANSWERED
+        | verdict::INBOUND_CAPTURED
+        | verdict::DNS_REDIRECTED => Outcome::Meshed,
+        verdict::EXCLUDED_PORT
+        | verdict::EXCLUDED_CIDR
+        | verdict::NOT_INCLUDED
+        | verdict::SIDECAR_UID
+        | verdict::BYPASS_MARK
+        | verdict::LOOPBACK
+        | verdict::INBOUND_PASS_PORT
+        | verdict::INBOUND_LOOP_GUARD => Outcome::LeftAlone,
+        _ => Outcome::Failed,
+    }
+}
+
+/// Each verdict's name and what it means, in words (for `status`).
+#[must_use]
+pub fn meanings(settings: &MeshSettings) -> Vec<(String, String)> {
+    (1..verdict::COUNT)
+        .map(|v| {
+            (
+                verdict::NAMES[usize::from(v)].to_owned(),
+                detail(v, settings),
+            )
+        })
+        .collect()
+}
+
+/// The verdict called `name`.
+#[must_use]
+pub fn verdict_named(name: &str) -> Option<u8> {
+    verdict::NAMES[1..]
+        .iter()
+        .position(|n| *n == name)
+        .and_then(|i| u8::try_from(i + 1).ok())
+}
+
 /// What a verdict means, in words.
 fn detail(v: u8, s: &MeshSettings) -> String {
     let (out, inb, dns) = (s.outbound_port, s.inbound_port, s.dns_port);
@@ -228,6 +299,7 @@ mod tests {
         for v in 1..verdict::COUNT {
             assert!(!detail(v, &MeshSettings::istio()).is_empty(), "{v}");
             assert_ne!(verdict::hook(v), "none", "{v}");
+            assert_eq!(verdict_named(verdict::NAMES[usize::from(v)]), Some(v));
         }
     }
 

@@ -47,6 +47,10 @@ pub struct Status {
     /// decisions (the switch as the kernel's map holds it).
     #[serde(default)]
     pub monitor: MonitorStatus,
+    /// Each verdict's name and what it does to a connection, with this
+    /// agent's ports.
+    #[serde(default)]
+    pub meanings: Vec<(String, String)>,
 }
 
 /// The monitors, and the data path's reporting switch.
@@ -86,6 +90,28 @@ impl PodStatus {
                 .map(|(verdict, n)| format!("{verdict} {n}"))
                 .collect();
             let _ = writeln!(out, "{:<24} decisions: {}", "", counts.join(", "));
+        }
+    }
+}
+
+impl PodStatus {
+    /// A meshed pod with a few decisions counted, for tests.
+    #[cfg(test)]
+    pub(crate) fn example(name: &str, sidecar: &str) -> PodStatus {
+        PodStatus {
+            name: name.into(),
+            path: format!("/run/netns/{name}"),
+            netns_inode: 1,
+            cookie: 2,
+            addrs: vec![],
+            meshed: true,
+            equipped: vec![],
+            sidecar: sidecar.into(),
+            inbound: false,
+            settings: netns_datapath::settings::PodSettings::default(),
+            since_unix: 0,
+            decisions: vec![("captured".into(), 5), ("sidecar_not_listening".into(), 1)],
+            recent: vec![],
         }
     }
 }
@@ -145,6 +171,10 @@ pub struct PodStatus {
     /// of outbound connections is not a pod's, see docs/monitor.md).
     #[serde(default)]
     pub decisions: Vec<(String, u64)>,
+    /// Its last decisions, oldest first, as the agent read them while a
+    /// monitor was attached (the programs report each decision only then).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent: Vec<crate::monitor::RecentDecision>,
 }
 
 /// One map's fill level.
@@ -159,6 +189,112 @@ pub struct MapStatus {
 }
 
 impl Status {
+    /// `status POD`: the pod called `name` (its name or its path), or why
+    /// there is none.
+    pub fn pod(&self, name: &str) -> Result<&PodStatus, String> {
+        if let Some(pod) = self.pods.iter().find(|p| p.name == name || p.path == name) {
+            return Ok(pod);
+        }
+        if let Some(not) = self
+            .not_meshed
+            .iter()
+            .find(|n| n.path == name || n.path.rsplit('/').next() == Some(name))
+        {
+            return Err(format!(
+                "pod {name:?} is not meshed: {}: {}",
+                not.path, not.reason
+            ));
+        }
+        let names: Vec<&str> = self.pods.iter().map(|p| p.name.as_str()).collect();
+        Err(format!(
+            "no pod {name:?} in this agent's mesh (meshed: {})",
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        ))
+    }
+
+    /// What `status POD` prints: the pod, its decisions by verdict with
+    /// what each did to its connections (failures first), and its last
+    /// decisions.
+    pub fn render_pod(&self, name: &str) -> Result<String, String> {
+        use crate::monitor::{Outcome, outcome, verdict_named};
+        let pod = self.pod(name)?;
+        let mut out = String::new();
+        let yes = |b: bool| if b { "yes" } else { "NO" };
+        let _ = writeln!(
+            out,
+            "pod {}: meshed {}, inbound capture {}",
+            pod.name,
+            yes(pod.meshed),
+            yes(pod.inbound)
+        );
+        let _ = writeln!(
+            out,
+            "  netns {} (inode {}, cookie {}), addresses {}",
+            pod.path,
+            pod.netns_inode,
+            pod.cookie,
+            if pod.addrs.is_empty() {
+                "none".to_owned()
+            } else {
+                pod.addrs.join(",")
+            }
+        );
+        pod.render_details(&mut out);
+        let meaning = |verdict: &str| {
+            self.meanings
+                .iter()
+                .find(|(v, _)| v == verdict)
+                .map_or("", |(_, m)| m.as_str())
+        };
+        let _ = writeln!(out, "\nits connections, as the kernel counted them:");
+        if pod.decisions.is_empty() {
+            let _ = writeln!(out, "  none yet");
+        }
+        for wanted in [Outcome::Failed, Outcome::LeftAlone, Outcome::Meshed] {
+            for (verdict, n) in &pod.decisions {
+                let found = verdict_named(verdict).map(outcome);
+                if found.unwrap_or(Outcome::Failed) != wanted {
+                    continue;
+                }
+                let label = match wanted {
+                    Outcome::Failed => "NOT MESHED",
+                    Outcome::LeftAlone => "left alone",
+                    Outcome::Meshed => "meshed",
+                };
+                let _ = writeln!(
+                    out,
+                    "  {:<10} {verdict:<26} {n:>8}  {}",
+                    label,
+                    meaning(verdict)
+                );
+            }
+        }
+        let _ = writeln!(out, "\nits last decisions (oldest first):");
+        if pod.recent.is_empty() {
+            let _ = writeln!(
+                out,
+                "  none kept: the data path reports each decision only while a monitor is \
+                 attached; `netns-agent monitor --pod {}` shows them as they come, and \
+                 status keeps the last {} meanwhile",
+                pod.name,
+                crate::monitor::RECENT_KEPT
+            );
+        }
+        for recent in &pod.recent {
+            let _ = writeln!(
+                out,
+                "  {}  {}",
+                clock(recent.at_unix_ms),
+                recent.line.human()
+            );
+        }
+        Ok(out)
+    }
+
     /// The table a person reads.
     #[must_use]
     pub fn render(&self) -> String {
@@ -244,5 +380,83 @@ impl Status {
             }
         );
         out
+    }
+}
+
+/// `HH:MM:SS.mmm` (UTC) of a time in milliseconds since the Unix epoch.
+fn clock(unix_ms: u64) -> String {
+    let day_ms = unix_ms % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}Z",
+        day_ms / 3_600_000,
+        day_ms / 60_000 % 60,
+        day_ms / 1000 % 60,
+        day_ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::monitor::{DecisionLine, RecentDecision};
+
+    fn status() -> Status {
+        let mut pod = PodStatus::example("pod-a", "listening");
+        pod.decisions.push(("excluded_port".into(), 2));
+        Status {
+            pods: vec![pod],
+            not_meshed: vec![NotMeshed {
+                path: "/run/netns/host-like".into(),
+                reason: "the node's own network namespace".into(),
+            }],
+            meanings: crate::monitor::meanings(&netns_ebpf::MeshSettings::istio()),
+            ..Status::default()
+        }
+    }
+
+    #[test]
+    fn a_pod_shows_failures_first_with_their_meaning_and_its_last_decisions() {
+        let mut status = status();
+        let text = status.render_pod("pod-a").unwrap();
+        let failed = text.find("NOT MESHED sidecar_not_listening").unwrap();
+        let left = text.find("left alone excluded_port").unwrap();
+        let meshed = text.find("meshed     captured").unwrap();
+        assert!(failed < left && left < meshed, "{text}");
+        assert!(
+            text.contains("nothing listens on 15001 in the pod: direct, uncaptured"),
+            "{text}"
+        );
+        assert!(text.contains("none kept"), "{text}");
+        status.pods[0].recent.push(RecentDecision {
+            at_unix_ms: 3_723_004,
+            line: DecisionLine {
+                pod: "pod-a".into(),
+                netns_cookie: 2,
+                hook: "outbound".into(),
+                verdict: "sidecar_not_listening".into(),
+                destination: "198.18.96.10:80".into(),
+                socket_cookie: 9,
+                detail: "nothing listens on 15001 in the pod: direct, uncaptured".into(),
+            },
+        });
+        let text = status.render_pod("/run/netns/pod-a").unwrap();
+        assert!(
+            text.contains(
+                "01:02:03.004Z  pod-a            outbound 198.18.96.10:80 -> sidecar_not_listening"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_pod_that_is_not_there_is_named_with_what_is() {
+        let status = status();
+        let e = status.render_pod("pod-b").unwrap_err();
+        assert_eq!(e, "no pod \"pod-b\" in this agent's mesh (meshed: pod-a)");
+        let e = status.render_pod("host-like").unwrap_err();
+        assert!(
+            e.contains("is not meshed: /run/netns/host-like: the node's own"),
+            "{e}"
+        );
     }
 }

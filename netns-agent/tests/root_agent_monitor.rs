@@ -3,7 +3,10 @@
 //! and the destination, by every attached monitor; a filtered monitor sees
 //! only what it asked for; monitors end when the agent stops; the switch
 //! the programs check is on exactly while a monitor is attached (read from
-//! the kernel's map). Its own test binary: this process joins the captured
+//! the kernel's map); `status POD` explains the pod's connections with the
+//! kernel's counts and its last decisions. With root_kubernetes.rs
+//! (`not_included`, which needs a pod's own settings), every verdict is
+//! produced on purpose. Its own test binary: this process joins the captured
 //! cgroup (the app and the sidecar are its threads). Needs root.
 
 use std::io::{BufRead as _, BufReader};
@@ -74,7 +77,7 @@ impl Monitor {
         assert!(
             matches!(
                 serde_json::from_str::<MonitorLine>(&first),
-                Ok(MonitorLine::Subscribed { pods: 1 })
+                Ok(MonitorLine::Subscribed { pods: 1.. })
             ),
             "{first}"
         );
@@ -263,6 +266,166 @@ fn left_alone_and_unanswered(
     all.expect("dns_redirected", |d| d.verdict == "dns_redirected");
 }
 
+/// A socket made in `ns` (as root) that connects, without waiting, from a
+/// thread of its own running as `uid`: the credentials connect4 sees. The
+/// raw syscall changes this thread's uid alone (glibc's setresuid would
+/// change every thread's), and the thread ends right after.
+fn connect_as(ns: &netns_core::NetNs, uid: u32, to: SocketAddr) {
+    let socket = ns
+        .run(|_| socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None))
+        .unwrap()
+        .unwrap();
+    std::thread::spawn(move || {
+        // SAFETY: setresuid on the calling thread only; no memory involved.
+        let rc = unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) };
+        assert_eq!(
+            rc,
+            0,
+            "setresuid({uid}): {}",
+            std::io::Error::last_os_error()
+        );
+        socket.set_nonblocking(true).unwrap();
+        let _ = socket.connect(&to.into());
+    })
+    .join()
+    .unwrap();
+}
+
+/// The sidecar's own connections (its uid): left alone, except to a meshed
+/// pod on this node, whose inbound port they are sent to.
+fn sidecar_uid_and_local_pod(all: &mut Monitor, dir: &Path, pod: &netns_core::NetNs) {
+    let sidecar_uid = netns_ebpf::MeshSettings::istio().sidecar_uid;
+    connect_as(pod, sidecar_uid, SERVICE);
+    let d = all.expect("sidecar_uid", |d| d.verdict == "sidecar_uid");
+    assert_eq!(
+        (d.pod.as_str(), d.destination.as_str()),
+        ("pod", "198.18.96.10:80")
+    );
+    // A second pod on this node (198.18.98.1, on a veth pair of its own).
+    let other = netns_core::NetNs::create_at(&dir.join("netns/pod-b")).unwrap();
+    netns_tests::pod_traffic::ip_in(
+        &other,
+        &["link", "add", "vb", "type", "veth", "peer", "name", "vb2"],
+    );
+    netns_tests::pod_traffic::ip_in(&other, &["addr", "add", "198.18.98.1/24", "dev", "vb"]);
+    netns_tests::pod_traffic::ip_in(&other, &["link", "set", "vb", "up"]);
+    netns_tests::pod_traffic::ip_in(&other, &["link", "set", "vb2", "up"]);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = Command::new(AGENT)
+            .args(["status", "pod-b", "--json", "--control-socket"])
+            .arg(dir.join("agent.sock"))
+            .output()
+            .unwrap();
+        if serde_json::from_slice::<netns_agent::status::PodStatus>(&out.stdout)
+            .is_ok_and(|p| p.meshed && p.addrs.iter().any(|a| a == "198.18.98.1"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pod-b not meshed with 198.18.98.1: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    connect_as(pod, sidecar_uid, "198.18.98.1:8080".parse().unwrap());
+    let d = all.expect("to_local_pod", |d| d.verdict == "to_local_pod");
+    assert_eq!(
+        (d.pod.as_str(), d.destination.as_str()),
+        ("pod", "198.18.98.1:8080")
+    );
+    std::fs::remove_file(dir.join("netns/pod-b")).ok();
+    drop(other);
+}
+
+/// `status POD`: the pod's connections by verdict, failures first with what
+/// they did, and its last decisions (kept while this test's monitor is
+/// attached); a pod that is not there is named with those that are.
+fn status_explains_the_pod(dir: &Path) {
+    let status_of = |pod: &str| {
+        Command::new(AGENT)
+            .args(["status", pod, "--control-socket"])
+            .arg(dir.join("agent.sock"))
+            .output()
+            .unwrap()
+    };
+    let out = status_of("pod");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("NOT MESHED sidecar_not_listening"))
+        .unwrap_or_else(|| panic!("no failure line: {text}"));
+    assert!(
+        line.contains("nothing listens on 15001 in the pod"),
+        "{line}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("left alone excluded_port")
+                && l.contains("excluded destination port")),
+        "{text}"
+    );
+    let recent = text.split("its last decisions").nth(1).unwrap_or_default();
+    assert!(
+        recent.contains("outbound 198.18.96.10:9090 -> excluded_port"),
+        "{text}"
+    );
+    let out = status_of("no-such-pod");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("no pod \"no-such-pod\" in this agent's mesh (meshed: pod"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The sidecar side's refusals to believe: an accepted connection on the
+/// outbound port that did not come over the pod's loopback, and one whose
+/// listener kept no SYN. Run once the sidecar has stopped (its port free).
+fn sidecar_side_unbelieved_and_unsaved(all: &mut Monitor, pod: &netns_core::NetNs) {
+    // On the pod's own address, the outbound port: the loop guard lets the
+    // pod reach it, and the option of such a SYN is never believed.
+    let beside = pod
+        .sockets()
+        .tcp_listener("198.18.97.1:15001".parse().unwrap())
+        .unwrap();
+    let _dialed = dial_marked(pod, "198.18.97.1:15001".parse().unwrap());
+    let _accepted = beside.accept().unwrap();
+    let d = all.expect("option_not_believed", |d| {
+        d.verdict == "option_not_believed"
+    });
+    assert_eq!(
+        (d.hook.as_str(), d.destination.as_str()),
+        ("sidecar", "198.18.97.1:15001")
+    );
+    // A sidecar listener that keeps no SYN (TCP_SAVE_SYN cleared after
+    // listen, as on a listener that predates the agent and was not
+    // equipped): nothing to read the option from.
+    let bare = pod
+        .sockets()
+        .tcp_listener("127.0.0.1:15001".parse().unwrap())
+        .unwrap();
+    let off: libc::c_int = 0;
+    // SAFETY: a valid socket and an int option of the given size.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&bare),
+            libc::IPPROTO_TCP,
+            libc::TCP_SAVE_SYN,
+            (&raw const off).cast(),
+            libc::socklen_t::try_from(std::mem::size_of_val(&off)).unwrap(),
+        )
+    };
+    assert_eq!(rc, 0, "TCP_SAVE_SYN 0: {}", std::io::Error::last_os_error());
+    let _dialed = dial_marked(pod, "127.0.0.1:15001".parse().unwrap());
+    let _accepted = bare.accept().unwrap();
+    all.expect("no_saved_syn", |d| d.verdict == "no_saved_syn");
+}
+
 /// A monitor that does not read while 10,000 connections are made: every
 /// connection is captured as ever; what its queue cannot hold is dropped
 /// and counted for it, and it is told once it reads again.
@@ -425,6 +588,8 @@ fn root_monitor_shows_each_decision_with_its_pod_and_destination() {
         ("pod", "198.18.97.1:8080")
     );
     left_alone_and_unanswered(&mut all, &pod, &remote);
+    sidecar_uid_and_local_pod(&mut all, &dir, &pod);
+    status_explains_the_pod(&dir);
 
     // A second, filtered monitor beside the first: both see the next
     // capture; the second sees nothing else.
@@ -455,6 +620,7 @@ fn root_monitor_shows_each_decision_with_its_pod_and_destination() {
     assert_eq!(d.destination, SERVICE.to_string(), "{d:?}");
     assert!(connect_once(&remote, POD_APP).is_err());
     all.expect("inbound_refused", |d| d.verdict == "inbound_refused");
+    sidecar_side_unbelieved_and_unsaved(&mut all, &pod);
 
     refuses_unknown_verdicts_and_non_root(&dir);
 

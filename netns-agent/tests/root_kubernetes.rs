@@ -4,8 +4,10 @@
 //! cgroup driver names it. What is asserted comes from the kernel: the
 //! agent's pinned maps hold the pod (by the netns cookie a probe of the
 //! test's own learned) with its annotations' settings in its own entries,
-//! follow an annotation change, and drop the pod when a relist after 410
-//! Gone no longer lists it. Needs root.
+//! follow an annotation change (an include list: a monitor sees a dial
+//! outside it left alone as `not_included`, with the pod's Kubernetes name),
+//! and drop the pod when a relist after 410 Gone no longer lists it. Needs
+//! root.
 
 // The stand-in API server the Kubernetes tests share.
 #[path = "support/kube_api.rs"]
@@ -42,6 +44,7 @@ const STATUS: (&str, &str) = (
 const PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
 const RANGES: &str = "traffic.sidecar.istio.io/excludeOutboundIPRanges";
 const PROXY_UID: &str = "sidecar.istio.io/proxyUID";
+const INCLUDE: &str = "traffic.sidecar.istio.io/includeOutboundIPRanges";
 
 /// A process of the pod: in its namespace and in a cgroup named after its
 /// UID. Killed (by its PID) and its cgroup removed on drop.
@@ -91,6 +94,114 @@ impl Drop for PodProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir(&self.cgroup);
+    }
+}
+
+/// Dials `to` from a short-lived process of the pod: in the pod's cgroup
+/// (it moves itself there, as the pod's processes are) and namespace; the
+/// connect does not wait (nothing answers there).
+fn dial_from_pod(cgroup: &Path, ns: &NetNs, to: std::net::SocketAddrV4) {
+    use std::os::unix::ffi::OsStrExt as _;
+    let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes()).unwrap();
+    let netns = std::fs::File::open(ns.path()).unwrap();
+    let fd = netns.as_raw_fd();
+    let addr = libc::sockaddr_in {
+        sin_family: libc::sa_family_t::try_from(libc::AF_INET).unwrap(),
+        sin_port: to.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(to.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", ":"]).stdin(Stdio::null());
+    // SAFETY: only raw system calls between fork and exec, on memory made
+    // before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fail = || Err(std::io::Error::last_os_error());
+            // "0" moves the writer itself into the cgroup.
+            let cg = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if cg < 0 || libc::write(cg, b"0".as_ptr().cast(), 1) != 1 {
+                return fail();
+            }
+            libc::close(cg);
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return fail();
+            }
+            let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+            if s < 0 {
+                return fail();
+            }
+            // EINPROGRESS or ENETUNREACH: connect4 has decided either way.
+            libc::connect(
+                s,
+                (&raw const addr).cast(),
+                libc::socklen_t::try_from(std::mem::size_of_val(&addr)).unwrap_or(0),
+            );
+            libc::close(s);
+            Ok(())
+        });
+    }
+    let status = cmd.status().unwrap();
+    assert!(status.success(), "the dialing process: {status:?}");
+    drop(netns);
+}
+
+/// A `netns-agent monitor --json` of the agent at `socket`, its lines
+/// collected by a thread; killed on drop.
+struct Monitor {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Monitor {
+    fn start(socket: &Path, args: &[&str]) -> Monitor {
+        use std::io::BufRead as _;
+        let mut child = Command::new(AGENT)
+            .args(["monitor", "--json", "--control-socket"])
+            .arg(socket)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let monitor = Monitor { child, lines };
+        let first = monitor.next().expect("the monitor's first line");
+        assert!(first.contains("\"subscribed\""), "{first}");
+        // The agent switches the programs' reports on within a tick.
+        wait_until("decisions reported", || {
+            let out = Command::new(AGENT)
+                .args(["status", "--json", "--control-socket"])
+                .arg(socket)
+                .output()
+                .unwrap();
+            serde_json::from_slice::<netns_agent::status::Status>(&out.stdout)
+                .is_ok_and(|s| s.monitor.reporting)
+        });
+        monitor
+    }
+
+    fn next(&self) -> Option<String> {
+        self.lines.recv_timeout(Duration::from_secs(20)).ok()
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -153,6 +264,41 @@ fn entries(bpffs: &Path, cookie: u64) -> Entries {
         ports,
         ranges,
     }
+}
+
+/// Only the included ranges: a dial outside them is left alone, and a
+/// monitor sees it, with the pod's Kubernetes name.
+fn included_only(
+    server: &ApiServer,
+    dir: &Path,
+    cookie: u64,
+    process: &PodProcess,
+    pod_ns: &NetNs,
+) {
+    server.put(pod(
+        "reviews",
+        UID,
+        NODE,
+        &[STATUS, (INCLUDE, "198.18.96.0/24")],
+    ));
+    wait_until("the include-only flag", || {
+        entries(&dir.join("bpf"), cookie)
+            .flags
+            .is_some_and(|f| f.bits & PodFlags::FLAG_INCLUDE_ONLY != 0)
+    });
+    let monitor = Monitor::start(&dir.join("agent.sock"), &["--verdict", "not_included"]);
+    dial_from_pod(&process.cgroup, pod_ns, "198.18.99.1:80".parse().unwrap());
+    let line = monitor.next().expect("a not_included decision");
+    let decision: netns_agent::monitor::MonitorLine = serde_json::from_str(&line).unwrap();
+    let netns_agent::monitor::MonitorLine::Decision(d) = decision else {
+        panic!("not a decision: {line}");
+    };
+    assert_eq!(
+        (d.pod.as_str(), d.verdict.as_str(), d.destination.as_str()),
+        ("default/reviews", "not_included", "198.18.99.1:80"),
+        "{d:?}"
+    );
+    drop(monitor);
 }
 
 #[test]
@@ -241,6 +387,8 @@ fn root_agent_meshes_api_server_pods_with_their_settings() {
     wait_until("the changed settings", || {
         entries(&bpffs, cookie) == changed
     });
+
+    included_only(&server, &p.dir, cookie, &process, &pod_ns);
 
     // The pod goes while the watch is away and its resourceVersion expires:
     // the relist drops it, and nothing of it stays.

@@ -11,8 +11,17 @@ pub(crate) fn status(args: &StatusArgs) -> anyhow::Result<()> {
         .build()?;
     let mut out = String::new();
     match runtime.block_on(netns_agent::control::ask_status(&args.control_socket)) {
-        Ok(status) if args.json => writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?,
-        Ok(status) => out.push_str(&status.render()),
+        Ok(status) => match (&args.pod, args.json) {
+            (None, true) => writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?,
+            (None, false) => out.push_str(&status.render()),
+            (Some(pod), true) => {
+                let pod = status.pod(pod).map_err(anyhow::Error::msg)?;
+                writeln!(out, "{}", serde_json::to_string_pretty(pod)?)?;
+            }
+            (Some(pod), false) => {
+                out.push_str(&status.render_pod(pod).map_err(anyhow::Error::msg)?);
+            }
+        },
         Err(e) => {
             let pins = netns_datapath::pins(&args.bpffs);
             if args.json {

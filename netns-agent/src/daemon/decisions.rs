@@ -8,7 +8,7 @@
 //! dropped and counted for it, never waited for: neither the data path nor
 //! the agent slows down for it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -19,7 +19,7 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 
 use super::shared::Shared;
 use crate::control::MonitorStream;
-use crate::monitor::{DecisionLine, MonitorFilter, MonitorLine};
+use crate::monitor::{DecisionLine, MonitorFilter, MonitorLine, RecentDecision};
 
 /// The most monitors attached at once.
 pub(crate) const MAX_MONITORS: usize = 16;
@@ -47,6 +47,9 @@ pub(crate) struct Monitors {
     next_id: std::sync::atomic::AtomicU64,
     /// Decisions dropped for slow monitors, in all (for status and metrics).
     pub(crate) dropped_total: std::sync::atomic::AtomicU64,
+    /// Each meshed pod's last decisions, by netns cookie, as read while
+    /// monitors were attached (the programs report nothing otherwise).
+    recent: Mutex<HashMap<u64, VecDeque<RecentDecision>>>,
 }
 
 impl std::fmt::Debug for Monitors {
@@ -157,6 +160,38 @@ impl Monitors {
         }
     }
 
+    /// Keeps `line` as its pod's latest decision.
+    fn record(&self, line: &DecisionLine) {
+        let at_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        let kept = recent.entry(line.netns_cookie).or_default();
+        if kept.len() == crate::monitor::RECENT_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(RecentDecision {
+            at_unix_ms,
+            line: line.clone(),
+        });
+    }
+
+    /// The last decisions kept for the pod of netns cookie `cookie`, oldest
+    /// first.
+    pub(crate) fn recent(&self, cookie: u64) -> Vec<RecentDecision> {
+        let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        recent
+            .get(&cookie)
+            .map(|kept| kept.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Forgets the decisions of pods no longer meshed.
+    fn keep_recent(&self, meshed: &HashMap<u64, String>) {
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        recent.retain(|cookie, _| meshed.contains_key(cookie));
+    }
+
     /// Ends every monitor's stream (the agent stops).
     fn close_all(&self) {
         self.lock().clear();
@@ -206,8 +241,14 @@ impl Reader {
             let timeout = u16::try_from(TICK.as_millis()).unwrap_or(u16::MAX);
             let _ = epoll.wait(&mut events, timeout);
             while let Some(decision) = self.stream.next_decision() {
-                let pod = names.of(&self.shared, decision.netns_cookie);
+                if names.refresh(&self.shared) {
+                    self.monitors.keep_recent(&names.names);
+                }
+                let pod = names.of(decision.netns_cookie);
                 let line = DecisionLine::explain(&decision, pod.as_deref(), &self.settings);
+                if names.names.contains_key(&decision.netns_cookie) {
+                    self.monitors.record(&line);
+                }
                 self.monitors.fan_out(&line);
             }
             if reporting && counted.elapsed() >= Duration::from_millis(500) {
@@ -242,22 +283,31 @@ struct PodNames {
 }
 
 impl PodNames {
-    fn of(&mut self, shared: &Shared, cookie: u64) -> Option<String> {
-        if cookie == 0 {
-            return None;
-        }
+    /// Rebuilds the names if the pod worker published anew since; says
+    /// whether it did.
+    fn refresh(&mut self, shared: &Shared) -> bool {
         let pods = shared.pods();
-        if !self
+        if self
             .published
             .as_ref()
             .is_some_and(|p| Arc::ptr_eq(p, &pods))
         {
-            self.names = pods
-                .meshed
-                .iter()
-                .map(|p| (p.cookie, p.name.clone()))
-                .collect();
-            self.published = Some(pods);
+            return false;
+        }
+        self.names = pods
+            .meshed
+            .iter()
+            .map(|p| (p.cookie, p.name.clone()))
+            .collect();
+        self.published = Some(pods);
+        true
+    }
+
+    /// The name of the pod of netns cookie `cookie` (`None`: the hook could
+    /// not tell; `netns:COOKIE`: a namespace that is not a meshed pod's).
+    fn of(&self, cookie: u64) -> Option<String> {
+        if cookie == 0 {
+            return None;
         }
         Some(
             self.names

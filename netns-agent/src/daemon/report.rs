@@ -113,8 +113,10 @@ impl Reporter {
                             (name.to_owned(), n)
                         })
                         .collect(),
+                    recent: self.shared.monitors.recent(p.cookie),
                 })
                 .collect(),
+            meanings: crate::monitor::meanings(&self.fixed.settings),
             maps: self
                 .view
                 .map_fill()

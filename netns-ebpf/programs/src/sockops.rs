@@ -313,10 +313,12 @@ fn file_original_dst(ctx: &SockOpsContext, leg: Leg) {
     };
     count_for_pod(pod, why);
     if monitoring() {
+        // Otherwise the address the connection reached: this socket's own
+        // end (the pair's `client` fields, from its point of view).
         let (addr, port, family) = if why == verdict::ORIGINAL_DST_RECEIVED {
             (orig.addr, orig.port, orig.family)
         } else {
-            (pair.server_addr, pair.server_port, pair.family)
+            (pair.client_addr, pair.client_port, pair.family)
         };
         report(&Decision {
             netns_cookie: pod,
