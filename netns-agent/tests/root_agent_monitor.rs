@@ -4,7 +4,7 @@
 //! only what it asked for; monitors end when the agent stops; the switch
 //! the programs check is on exactly while a monitor is attached (read from
 //! the kernel's map); `status POD` explains the pod's connections with the
-//! kernel's counts and its last decisions. With root_kubernetes.rs
+//! kernel's counts and its last decisions. With `root_kubernetes.rs`
 //! (`not_included`, which needs a pod's own settings), every verdict is
 //! produced on purpose. Its own test binary: this process joins the captured
 //! cgroup (the app and the sidecar are its threads). Needs root.

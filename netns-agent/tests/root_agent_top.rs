@@ -2,8 +2,7 @@
 //! off the screen. A row for the pod with its connections captured per
 //! second while an app dials, and the reason for one that was not. Its own
 //! test binary: this process joins the captured cgroup. Needs root and tmux
-//! (`./x test` installs it); the VM guests have no tmux, so there it is
-//! recorded as skipped.
+//! (`./x test` installs it, and copies it into the VM guests).
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -57,9 +56,6 @@ impl Drop for Tmux {
 
 #[test]
 fn root_top_shows_a_row_per_pod_in_a_terminal() {
-    if netns_tests::skip_in_vm("no tmux in the guests' initramfs") {
-        return;
-    }
     let one = OnePod::start(AGENT, "top");
     let _sidecar = serve_sidecar_and_app(&one.pod);
     let service: SocketAddr = "198.18.96.10:80".parse().unwrap();

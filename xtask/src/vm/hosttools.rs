@@ -1,4 +1,4 @@
-//! Host programs the tests call by name (iproute2's `ip` and `tc`, `bpftool`,
+//! Host programs the tests call by name (iproute2's `ip` and `tc`, `bpftool`, tmux,
 //! iptables-legacy, the reference CNI plugins), copied into the guest with the shared libraries and the
 //! loader `ldd` names, at the same paths, and iptables' extensions (loaded
 //! with dlopen, so `ldd` does not name them). The programs land in `/usr/local/sbin`, ahead of busybox's
@@ -20,6 +20,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("tc", "iproute2"),
     ("ss", "iproute2"),
     ("bpftool", "bpftool"),
+    // `netns-agent top` is read off a tmux pane (root_agent_top.rs).
+    ("tmux", "tmux"),
     // One multi-call binary under each name: it dispatches on argv[0].
     ("iptables-legacy", "iptables"),
     ("iptables-legacy-restore", "iptables"),
@@ -34,6 +36,10 @@ const CNI_DIR: &str = "/usr/lib/cni";
 const CNI_PLUGINS: &[&str] = &["bridge", "host-local", "loopback"];
 /// Where iptables finds its match and target extensions.
 const XTABLES_DIR: &str = "/usr/lib/x86_64-linux-gnu/xtables";
+/// The character classes of glibc's C.UTF-8 locale (Debian's libc-bin):
+/// tmux refuses to start without a UTF-8 `LC_CTYPE`, and tries this one
+/// whatever the environment says.
+const UTF8_CTYPE: &str = "/usr/lib/locale/C.utf8/LC_CTYPE";
 const HOST_DIRS: &[&str] = &["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
 const GUEST_DIR: &str = "/usr/local/sbin";
 
@@ -98,6 +104,7 @@ pub(crate) fn collect() -> anyhow::Result<Vec<GuestFile>> {
             files.push(GuestFile::same_path(&path, 0o644)?);
         }
     }
+    files.push(GuestFile::same_path(Path::new(UTF8_CTYPE), 0o644)?);
     Ok(files)
 }
 
