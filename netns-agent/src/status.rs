@@ -167,8 +167,8 @@ pub struct PodStatus {
     /// Seconds since the Unix epoch when the agent took it on.
     pub since_unix: u64,
     /// Its connections' decisions so far, by verdict, as the kernel counted
-    /// them (`netns-agent monitor` shows them one by one; the sidecar side
-    /// of outbound connections is not a pod's, see docs/monitor.md).
+    /// them (`netns-agent monitor` shows them one by one; see
+    /// docs/monitor.md for where the hooks know the pod).
     #[serde(default)]
     pub decisions: Vec<(String, u64)>,
     /// Its last decisions, oldest first, as the agent read them while a

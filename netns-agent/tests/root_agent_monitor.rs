@@ -228,7 +228,11 @@ fn left_alone_and_unanswered(
     // A SYN to the sidecar's outbound port that connect4 did not send
     // there carries no destination option.
     let _direct = dial_marked(pod, "127.0.0.1:15001".parse().unwrap());
-    all.expect("no_option", |d| d.verdict == "no_option");
+    let d = all.expect("no_option", |d| d.verdict == "no_option");
+    assert_eq!(
+        (d.pod.as_str(), d.destination.as_str()),
+        ("pod", "127.0.0.1:15001")
+    );
     // The node's exclusions: a port, a CIDR.
     let _ = pod
         .sockets()
@@ -399,8 +403,8 @@ fn sidecar_side_unbelieved_and_unsaved(all: &mut Monitor, pod: &netns_core::NetN
         d.verdict == "option_not_believed"
     });
     assert_eq!(
-        (d.hook.as_str(), d.destination.as_str()),
-        ("sidecar", "198.18.97.1:15001")
+        (d.pod.as_str(), d.hook.as_str(), d.destination.as_str()),
+        ("pod", "sidecar", "198.18.97.1:15001")
     );
     // A sidecar listener that keeps no SYN (TCP_SAVE_SYN cleared after
     // listen, as on a listener that predates the agent and was not
@@ -423,7 +427,11 @@ fn sidecar_side_unbelieved_and_unsaved(all: &mut Monitor, pod: &netns_core::NetN
     assert_eq!(rc, 0, "TCP_SAVE_SYN 0: {}", std::io::Error::last_os_error());
     let _dialed = dial_marked(pod, "127.0.0.1:15001".parse().unwrap());
     let _accepted = bare.accept().unwrap();
-    all.expect("no_saved_syn", |d| d.verdict == "no_saved_syn");
+    let d = all.expect("no_saved_syn", |d| d.verdict == "no_saved_syn");
+    assert_eq!(
+        (d.pod.as_str(), d.destination.as_str()),
+        ("pod", "127.0.0.1:15001")
+    );
 }
 
 /// A monitor that does not read while 10,000 connections are made: every
@@ -515,6 +523,33 @@ fn kernel_counted_every_capture(one: &OnePod) {
     );
 }
 
+/// The sidecar listens: captured, the SYN's option filed for the sidecar's
+/// socket, `SO_ORIGINAL_DST` answered, each with the pod.
+fn captured_and_answered(all: &mut Monitor, pod: &netns_core::NetNs) {
+    connect_once(pod, SERVICE).expect("captured");
+    let d = all.expect("captured", |d| d.verdict == "captured");
+    assert_eq!(
+        (d.pod.as_str(), d.destination.as_str()),
+        ("pod", "198.18.96.10:80")
+    );
+    assert_eq!(d.detail, "sidecar 127.0.0.1:15001");
+    assert_ne!(d.socket_cookie, 0);
+    let d = all.expect("original_dst_received", |d| {
+        d.verdict == "original_dst_received"
+    });
+    // The sidecar's socket is on the pod's loopback: its pod comes from the
+    // listener that accepted it.
+    assert_eq!(
+        (d.pod.as_str(), d.hook.as_str(), d.destination.as_str()),
+        ("pod", "sidecar", "198.18.96.10:80")
+    );
+    let d = all.expect("answered", |d| d.verdict == "answered");
+    assert_eq!(
+        (d.pod.as_str(), d.destination.as_str()),
+        ("pod", "198.18.96.10:80")
+    );
+}
+
 #[test]
 fn root_monitor_shows_each_decision_with_its_pod_and_destination() {
     let mut one = OnePod::start_with(AGENT, "monitor", &FLAGS);
@@ -548,26 +583,8 @@ fn root_monitor_shows_each_decision_with_its_pod_and_destination() {
     );
     assert_eq!(d.destination, SERVICE.to_string(), "{d:?}");
 
-    // The sidecar listens: captured, the SYN's option filed for the
-    // sidecar's socket, SO_ORIGINAL_DST answered.
     let sidecar = serve_sidecar_and_app(&pod);
-    connect_once(&pod, SERVICE).expect("captured");
-    let d = all.expect("captured", |d| d.verdict == "captured");
-    assert_eq!(
-        (d.pod.as_str(), d.destination.as_str()),
-        ("pod", "198.18.96.10:80")
-    );
-    assert_eq!(d.detail, "sidecar 127.0.0.1:15001");
-    assert_ne!(d.socket_cookie, 0);
-    let d = all.expect("original_dst_received", |d| {
-        d.verdict == "original_dst_received"
-    });
-    assert_eq!(
-        (d.hook.as_str(), d.destination.as_str()),
-        ("sidecar", "198.18.96.10:80")
-    );
-    let d = all.expect("answered", |d| d.verdict == "answered");
-    assert_eq!(d.destination, SERVICE.to_string(), "{d:?}");
+    captured_and_answered(&mut all, &pod);
 
     // Left alone: a loopback destination, a socket with the bypass mark.
     let _ = pod.sockets().tcp_connect("127.0.0.1:9".parse().unwrap());

@@ -132,11 +132,21 @@ fn all_work_for(apps: &[&App], time: Duration, what: &str, places: &Places) {
 
 /// The default fail policy is on, and the pod's sidecar, found listening, is
 /// noted as seen: from now on its absence refuses, never bypasses. status
-/// says the pod is meshed, its sidecar listening, both listeners equipped.
+/// says the pod is meshed, its sidecar listening, both listeners equipped;
+/// the kernel counted the options the equipped outbound listener's sockets
+/// received for the pod (the agent filed the pod on that listener).
 fn assert_sidecar_seen_under_the_default_policy(places: &Places) {
     let status = places.status();
     assert_eq!(status.pods.len(), 1);
     assert!(status.pods[0].meshed, "{:?}", status.pods[0]);
+    assert!(
+        status.pods[0]
+            .decisions
+            .iter()
+            .any(|(verdict, n)| verdict == "original_dst_received" && *n > 0),
+        "{:?}",
+        status.pods[0].decisions
+    );
     assert_eq!(status.pods[0].sidecar, "listening", "{:?}", status.pods[0]);
     assert_eq!(
         status.pods[0].equipped.len(),

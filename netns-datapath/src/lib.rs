@@ -478,6 +478,28 @@ impl DataPath {
         })
     }
 
+    /// Files pod `netns_cookie` on `listener` (the agent's descriptor of a
+    /// sidecar's outbound listener that predates the agent), as sock_ops
+    /// does at `listen()`: the sockets it accepts from now on know their pod
+    /// ([`names::LISTENER_POD`]).
+    pub fn file_outbound_listener(
+        &mut self,
+        netns_cookie: u64,
+        listener: &impl std::os::fd::AsRawFd,
+    ) -> Result<(), DataPathError> {
+        let name = names::LISTENER_POD;
+        let mut storage: aya::maps::SkStorage<&mut MapData, u64> =
+            aya::maps::SkStorage::try_from(self.map_mut(name)?)
+                .map_err(|e| map_error(name, "open", e))?;
+        storage.insert(listener, &netns_cookie, 0).map_err(|e| {
+            map_error(
+                name,
+                &format!("file the outbound listener of pod (netns cookie {netns_cookie}) in"),
+                e,
+            )
+        })
+    }
+
     /// Takes a pod out of the mesh: exactly what [`DataPath::add_pod`] wrote,
     /// and whether its sidecar was seen.
     pub fn remove_pod(&mut self, netns_cookie: u64, addrs: &[IpAddr]) -> Result<(), DataPathError> {

@@ -42,7 +42,7 @@ pub struct MeshSettings {
 /// or a key, value or counter changes (the layout test below fails until
 /// its expectations are updated, as a reminder): an agent finding another
 /// marker recreates the maps instead of reading them wrongly.
-pub const LAYOUT_MARKER: &str = "layout-v9";
+pub const LAYOUT_MARKER: &str = "layout-v10";
 
 impl MeshSettings {
     /// Redirect DNS (UDP port 53) of meshed pods to `dns_port` on loopback.
@@ -419,8 +419,8 @@ mod tests {
     #[test]
     fn layouts_are_pinned() {
         // Any change below, to the maps or to the counters bumps LAYOUT_MARKER.
-        assert_eq!(LAYOUT_MARKER, "layout-v9");
-        assert_eq!(names::ALL_MAPS.len(), 23);
+        assert_eq!(LAYOUT_MARKER, "layout-v10");
+        assert_eq!(names::ALL_MAPS.len(), 24);
         assert_eq!(size_of::<PodVerdict>(), 16);
         assert_eq!(counter::COUNT, 14);
         assert_eq!(size_of::<Decision>(), 48);

@@ -44,8 +44,15 @@ pub const INBOUND_LISTENERS: &str = "INBOUND_LISTENERS";
 /// `HashMap<PodPort, u8>`: ports of a pod that inbound capture leaves alone.
 pub const INBOUND_PASS_PORTS: &str = "INBOUND_PASS_PORTS";
 /// `LruHashMap<u64 socket cookie, u64 netns cookie>`: TCP sockets bound to
-/// the inbound port, and their namespace, until they listen.
-pub const BOUND_INBOUND: &str = "BOUND_INBOUND";
+/// the sidecar's outbound or inbound port, and their namespace, until they
+/// listen (sock_ops has no netns cookie before Linux 5.15).
+pub const BOUND_LISTENERS: &str = "BOUND_LISTENERS";
+/// `SkStorage<u64 netns cookie>`, declared with `BPF_F_CLONE`: on the
+/// sidecar's outbound listener, its pod's namespace, which the kernel
+/// copies to every socket the listener accepts (so the sidecar side of an
+/// outbound connection, on a loopback address that names no pod, knows its
+/// pod).
+pub const LISTENER_POD: &str = "LISTENER_POD";
 /// `HashMap<u64 netns cookie, u8>`: pods whose sidecar has bound the
 /// outbound port (`post_bind`), or was found listening by the agent.
 pub const SIDECAR_SEEN: &str = "SIDECAR_SEEN";
@@ -63,7 +70,7 @@ pub const POD_DECISIONS: &str = "POD_DECISIONS";
 pub const MONITORING: &str = "MONITORING";
 
 /// Every map, in the order the agent pins them.
-pub const ALL_MAPS: [&str; 23] = [
+pub const ALL_MAPS: [&str; 24] = [
     SETTINGS,
     MESHED_NETNS,
     LOCAL_POD_IPS4,
@@ -81,7 +88,8 @@ pub const ALL_MAPS: [&str; 23] = [
     SIDECAR_SOCKS,
     INBOUND_LISTENERS,
     INBOUND_PASS_PORTS,
-    BOUND_INBOUND,
+    BOUND_LISTENERS,
+    LISTENER_POD,
     SIDECAR_SEEN,
     COUNTERS,
     DECISIONS,

@@ -330,8 +330,9 @@ impl PodTable {
                     dp.file_inbound_listener(facts.cookie, e.listener.family, &e.socket)?;
                 }
             }
-            if equipped.iter().any(|e| e.listener.port != inbound_port) {
+            for e in equipped.iter().filter(|e| e.listener.port != inbound_port) {
                 dp.note_sidecar_seen(facts.cookie)?;
+                dp.file_outbound_listener(facts.cookie, &e.socket)?;
             }
             dp.add_pod(facts.cookie, &facts.addrs)?;
             if let Some(pass_ports) = &inbound {

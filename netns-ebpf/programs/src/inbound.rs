@@ -31,7 +31,7 @@ use netns_ebpf::{AF_INET, AF_INET6, Decision, PodListener, PodPort, counter, ver
 
 use crate::addr::{self, ctx_addr};
 use crate::maps::{
-    BOUND_INBOUND, INBOUND_LISTENERS, INBOUND_PASS_PORTS, SIDECAR_SEEN, count, count_for_pod,
+    BOUND_LISTENERS, INBOUND_LISTENERS, INBOUND_PASS_PORTS, SIDECAR_SEEN, count, count_for_pod,
     local_pod, monitoring, report, settings,
 };
 
@@ -156,9 +156,10 @@ pub fn post_bind6(ctx: SockContext) -> i32 {
 }
 
 /// A TCP socket bound to the outbound port: its pod has a sidecar (noted in
-/// `SIDECAR_SEEN`). One bound to the inbound port: remember its namespace, which
-/// [`file_listener`] needs at `listen()` and cannot learn there before Linux
-/// 5.15 (no `bpf_get_netns_cookie` in sock_ops).
+/// `SIDECAR_SEEN`). One bound to either sidecar port: remember its namespace,
+/// which sock_ops needs at `listen()` ([`file_listener`],
+/// `sockops::on_listen`) and cannot learn there before Linux 5.15 (no
+/// `bpf_get_netns_cookie` in sock_ops).
 #[inline(always)]
 fn note_bound(ctx: &SockContext) {
     let Some(s) = settings() else { return };
@@ -168,15 +169,8 @@ fn note_bound(ctx: &SockContext) {
     if protocol != IPPROTO_TCP {
         return;
     }
-    if port == u32::from(s.outbound_port) {
-        // The pod's sidecar exists: from now on its absence refuses
-        // (FLAG_REFUSE_ONCE_LISTENED) rather than letting apps around it.
-        // SAFETY: bpf_get_netns_cookie takes the cgroup sock context (5.7+).
-        let netns = unsafe { bpf_get_netns_cookie(sock.cast()) };
-        let _ = SIDECAR_SEEN.insert(&netns, &1, 0);
-        return;
-    }
-    if port != u32::from(s.inbound_port) {
+    let outbound = port == u32::from(s.outbound_port);
+    if !outbound && port != u32::from(s.inbound_port) {
         return;
     }
     // SAFETY: both helpers take the cgroup sock context (Linux 5.7+).
@@ -186,7 +180,21 @@ fn note_bound(ctx: &SockContext) {
             bpf_get_netns_cookie(sock.cast()),
         )
     };
-    let _ = BOUND_INBOUND.insert(&socket, &netns, 0);
+    if outbound {
+        // The pod's sidecar exists: from now on its absence refuses
+        // (FLAG_REFUSE_ONCE_LISTENED) rather than letting apps around it.
+        let _ = SIDECAR_SEEN.insert(&netns, &1, 0);
+    }
+    let _ = BOUND_LISTENERS.insert(&socket, &netns, 0);
+}
+
+/// The namespace [`note_bound`] saw for the socket of cookie
+/// `socket_cookie`, forgotten as it is read (the socket listens now).
+pub fn bound_netns(socket_cookie: u64) -> Option<u64> {
+    // SAFETY: the value is copied out at once.
+    let netns = (unsafe { BOUND_LISTENERS.get(&socket_cookie) }).copied()?;
+    let _ = BOUND_LISTENERS.remove(&socket_cookie);
+    Some(netns)
 }
 
 /// sock_ops `TCP_LISTEN_CB` on the inbound port: file the listener under its
@@ -194,11 +202,9 @@ fn note_bound(ctx: &SockContext) {
 /// listener of the same pod and family replaces the old one; a closed one
 /// leaves the map by itself (the kernel unlinks sockets from sockmaps at close).
 pub fn file_listener(ctx: &SockOpsContext, socket_cookie: u64) {
-    // SAFETY: the value is copied out at once.
-    let Some(netns) = (unsafe { BOUND_INBOUND.get(&socket_cookie) }).copied() else {
+    let Some(netns) = bound_netns(socket_cookie) else {
         return;
     };
-    let _ = BOUND_INBOUND.remove(&socket_cookie);
     let Some(family) = addr::family(ctx.family()) else {
         return;
     };

@@ -43,6 +43,55 @@ pub static DIALED_DST: SkStorage<OriginalDst> = SkStorage::new();
 /// A BTF map: the kernel refuses socket storage without BTF.
 #[btf_map]
 pub static SOCK_ORIG_DST: SkStorage<OriginalDst> = SkStorage::new();
+/// On the sidecar's outbound listener: its pod's netns cookie, copied by the
+/// kernel to each socket it accepts (`BPF_F_CLONE`, `bpf_sk_storage_clone`
+/// in `sk_clone_lock`).
+#[btf_map]
+pub static LISTENER_POD: ClonedSkStorage<u64> = ClonedSkStorage::new();
+
+/// A socket storage map whose values the kernel copies from a listener to
+/// the sockets it accepts: aya's `SkStorage` with `BPF_F_CLONE` added to its
+/// flags (which it does not let one set). The fields are the BTF map
+/// definition libbpf and aya read: pointers to arrays whose lengths carry
+/// the numbers, never dereferenced.
+#[repr(C)]
+pub struct ClonedSkStorage<T> {
+    r#type: *const [i32; aya_ebpf::bindings::bpf_map_type::BPF_MAP_TYPE_SK_STORAGE as usize],
+    key: *const i32,
+    value: *const T,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; (BPF_F_NO_PREALLOC | aya_ebpf::bindings::BPF_F_CLONE) as usize],
+}
+
+// SAFETY: placeholder pointers the loader replaces; never dereferenced.
+unsafe impl<T> Sync for ClonedSkStorage<T> {}
+
+impl<T> ClonedSkStorage<T> {
+    /// The definition the loader fills in.
+    pub const fn new() -> Self {
+        ClonedSkStorage {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+        }
+    }
+}
+
+/// A socket storage map, of either kind, and the type of its values.
+pub trait SocketStorage {
+    /// What each socket holds.
+    type Value;
+}
+
+impl<T> SocketStorage for SkStorage<T> {
+    type Value = T;
+}
+
+impl<T> SocketStorage for ClonedSkStorage<T> {
+    type Value = T;
+}
 #[map]
 pub static SIDECAR_COOKIES: LruHashMap<u64, u8> =
     LruHashMap::with_max_entries(CONNECTION_MAP_ENTRIES, 0);
@@ -60,7 +109,7 @@ pub static INBOUND_PASS_PORTS: HashMap<PodPort, u8> = HashMap::with_max_entries(
 /// Socket cookie -> netns cookie of TCP sockets bound to the inbound port,
 /// from bind until listen (sock_ops has no netns cookie before Linux 5.15).
 #[map]
-pub static BOUND_INBOUND: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
+pub static BOUND_LISTENERS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
 /// Netns cookie -> 1: pods whose sidecar has bound the outbound port.
 #[map]
 pub static SIDECAR_SEEN: HashMap<u64, u8> = HashMap::with_max_entries(65_536, 0);
@@ -143,11 +192,11 @@ pub fn local_pod(family: u16, addr: &[u32; 4]) -> Option<u64> {
 /// # Safety
 /// `sk` must be a full socket the verifier knows as one (a context's `sk`).
 #[inline(always)]
-pub unsafe fn sk_storage<T>(
-    map: &SkStorage<T>,
+pub unsafe fn sk_storage<M: SocketStorage>(
+    map: &M,
     sk: *mut aya_ebpf::bindings::bpf_sock,
     create: bool,
-) -> Option<&'static mut T> {
+) -> Option<&'static mut M::Value> {
     let flags = if create {
         u64::from(aya_ebpf::bindings::BPF_SK_STORAGE_GET_F_CREATE)
     } else {
@@ -157,7 +206,7 @@ pub unsafe fn sk_storage<T>(
     // socket's own storage, valid for this program run, checked for null.
     unsafe {
         aya_ebpf::helpers::bpf_sk_storage_get(map_ptr(map), sk.cast(), core::ptr::null_mut(), flags)
-            .cast::<T>()
+            .cast::<M::Value>()
             .as_mut()
     }
 }

@@ -33,8 +33,8 @@ use netns_ebpf::{
 
 use crate::addr;
 use crate::maps::{
-    DIALED_DST, SIDECAR_COOKIES, SIDECAR_PAIRS, SIDECAR_SOCKS, SOCK_ORIG_DST, count, count_for_pod,
-    monitoring, report, settings, sk_storage,
+    DIALED_DST, LISTENER_POD, SIDECAR_COOKIES, SIDECAR_PAIRS, SIDECAR_SOCKS, SOCK_ORIG_DST, count,
+    count_for_pod, monitoring, report, settings, sk_storage,
 };
 
 const TCP_CLOSE: u32 = 7;
@@ -220,6 +220,20 @@ fn on_listen(ctx: &SockOpsContext) {
     set_tcp_option(ctx, TCP_SAVE_SYN, 1);
     if port == u32::from(s.inbound_port) {
         crate::inbound::file_listener(ctx, cookie(ctx));
+    } else if let Some(netns) = crate::inbound::bound_netns(cookie(ctx)) {
+        // The outbound listener: its pod, for every socket it will accept.
+        // SAFETY: `sk` of the sock_ops context, checked for null; in
+        // TCP_LISTEN_CB a full socket.
+        let stored = unsafe {
+            let sk = (*ctx.ops).__bindgen_anon_2.sk;
+            if sk.is_null() {
+                return;
+            }
+            sk_storage(&LISTENER_POD, sk, true)
+        };
+        if let Some(stored) = stored {
+            *stored = netns;
+        }
     }
 }
 
@@ -303,13 +317,14 @@ fn file_original_dst(ctx: &SockOpsContext, leg: Leg) {
     if !news {
         return;
     }
-    // The pod: known by address on the inbound port; the sidecar side of an
-    // outbound connection is on loopback, where the address names no pod
-    // (and sock_ops has no netns cookie before Linux 5.15).
+    // The pod: known by address on the inbound port; on the outbound port
+    // (loopback, whose address names no pod, and sock_ops has no netns
+    // cookie before Linux 5.15) by what the listener's storage passed on to
+    // this accepted socket (none for a listener older than the agent).
     let pod = if leg == Leg::Inbound {
-        crate::maps::local_pod(pair.family, &pair.server_addr).unwrap_or(0)
+        crate::maps::local_pod(pair.family, &pair.client_addr).unwrap_or(0)
     } else {
-        0
+        listener_pod(ctx)
     };
     count_for_pod(pod, why);
     if monitoring() {
@@ -329,6 +344,20 @@ fn file_original_dst(ctx: &SockOpsContext, leg: Leg) {
             verdict: why,
             pad: [0; 11],
         });
+    }
+}
+
+/// The pod's netns cookie the outbound listener handed to this accepted
+/// socket ([`LISTENER_POD`]), or 0.
+fn listener_pod(ctx: &SockOpsContext) -> u64 {
+    // SAFETY: `sk` of the sock_ops context, checked for null; the value is
+    // copied out at once.
+    unsafe {
+        let sk = (*ctx.ops).__bindgen_anon_2.sk;
+        if sk.is_null() {
+            return 0;
+        }
+        sk_storage(&LISTENER_POD, sk, false).map_or(0, |netns| *netns)
     }
 }
 
