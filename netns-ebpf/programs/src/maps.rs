@@ -172,6 +172,17 @@ pub fn settings() -> Option<MeshSettings> {
     SETTINGS.get(0).copied()
 }
 
+/// The pod's netns cookie the sidecar's outbound listener handed to the
+/// socket `sk` it accepted ([`LISTENER_POD`]), or 0.
+///
+/// # Safety
+/// `sk` must be a full socket the verifier knows as one (a context's `sk`).
+#[inline(always)]
+pub unsafe fn listener_pod(sk: *mut aya_ebpf::bindings::bpf_sock) -> u64 {
+    // SAFETY: the caller vouches for `sk`; the value is copied out at once.
+    unsafe { sk_storage(&LISTENER_POD, sk, false) }.map_or(0, |netns| *netns)
+}
+
 /// The netns cookie of the meshed pod on this node that owns `addr`
 /// (`family` [`netns_ebpf::AF_INET`]: IPv4 in word 0), if any.
 #[inline(always)]

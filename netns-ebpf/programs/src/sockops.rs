@@ -324,7 +324,15 @@ fn file_original_dst(ctx: &SockOpsContext, leg: Leg) {
     let pod = if leg == Leg::Inbound {
         crate::maps::local_pod(pair.family, &pair.client_addr).unwrap_or(0)
     } else {
-        listener_pod(ctx)
+        // SAFETY: `sk` of the sock_ops context, checked for null.
+        unsafe {
+            let sk = (*ctx.ops).__bindgen_anon_2.sk;
+            if sk.is_null() {
+                0
+            } else {
+                crate::maps::listener_pod(sk)
+            }
+        }
     };
     count_for_pod(pod, why);
     if monitoring() {
@@ -344,20 +352,6 @@ fn file_original_dst(ctx: &SockOpsContext, leg: Leg) {
             verdict: why,
             pad: [0; 11],
         });
-    }
-}
-
-/// The pod's netns cookie the outbound listener handed to this accepted
-/// socket ([`LISTENER_POD`]), or 0.
-fn listener_pod(ctx: &SockOpsContext) -> u64 {
-    // SAFETY: `sk` of the sock_ops context, checked for null; the value is
-    // copied out at once.
-    unsafe {
-        let sk = (*ctx.ops).__bindgen_anon_2.sk;
-        if sk.is_null() {
-            return 0;
-        }
-        sk_storage(&LISTENER_POD, sk, false).map_or(0, |netns| *netns)
     }
 }
 

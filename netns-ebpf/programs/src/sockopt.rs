@@ -20,7 +20,7 @@ use netns_ebpf::{AF_INET, AF_INET6, Decision, OriginalDst, counter, verdict};
 use crate::addr;
 use crate::inbound;
 use crate::maps::{
-    LISTENER_POD, SOCK_ORIG_DST, count, count_for_pod, local_pod, map_ptr, monitoring, report,
+    SOCK_ORIG_DST, count, count_for_pod, listener_pod, local_pod, map_ptr, monitoring, report,
     settings,
 };
 
@@ -110,7 +110,7 @@ fn answer(so: *mut bpf_sockopt) -> bool {
 /// Reports an `SO_ORIGINAL_DST` question's outcome while someone listens.
 /// The pod is known when the asking socket's own address is a pod's (the
 /// inbound side), else from what the outbound listener handed the socket
-/// ([`LISTENER_POD`]); the hook has neither a netns cookie (before Linux
+/// (`LISTENER_POD`); the hook has neither a netns cookie (before Linux
 /// 5.15) nor a socket cookie.
 fn tell(so: *mut bpf_sockopt, why: u8, orig: &OriginalDst) {
     // SAFETY: `sk` points at the socket asked; family is readable.
@@ -123,15 +123,8 @@ fn tell(so: *mut bpf_sockopt, why: u8, orig: &OriginalDst) {
     let pod = if by_address != 0 {
         by_address
     } else {
-        // SAFETY: `sk` of a sockopt context is the (full) socket asked; the
-        // value is copied out at once.
-        unsafe {
-            let sk = (*so).__bindgen_anon_1.sk;
-            bpf_sk_storage_get(map_ptr(&LISTENER_POD), sk.cast(), core::ptr::null_mut(), 0)
-                .cast::<u64>()
-                .as_ref()
-                .map_or(0, |netns| *netns)
-        }
+        // SAFETY: `sk` of a sockopt context is the (full) socket asked.
+        unsafe { listener_pod((*so).__bindgen_anon_1.sk) }
     };
     count_for_pod(pod, why);
     if !monitoring() {
