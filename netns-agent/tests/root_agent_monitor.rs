@@ -9,18 +9,16 @@
 //! produced on purpose. Its own test binary: this process joins the captured
 //! cgroup (the app and the sidecar are its threads). Needs root.
 
-use std::io::{BufRead as _, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt as _;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aya::maps::{Array, Map, MapData};
 use netns_agent::monitor::{DecisionLine, MonitorLine};
 use netns_ebpf::names;
-use netns_tests::agent::OnePod;
+use netns_tests::agent::{MonitorProcess, OnePod};
 use netns_tests::pod_traffic::{connect_once, serve_sidecar_and_app};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_netns-agent");
@@ -40,37 +38,16 @@ const FLAGS: [&str; 5] = [
     "--dns-redirect",
 ];
 
-/// A running `netns-agent monitor --json`, its lines collected.
+/// A running `netns-agent monitor --json`, the lines it printed kept.
 struct Monitor {
-    child: Child,
-    lines: mpsc::Receiver<String>,
+    process: MonitorProcess,
     seen: Vec<String>,
 }
 
 impl Monitor {
     fn start(dir: &Path, extra: &[&str]) -> Monitor {
-        let mut child = Command::new(AGENT)
-            .arg("monitor")
-            .arg("--json")
-            .arg("--control-socket")
-            .arg(dir.join("agent.sock"))
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start netns-agent monitor");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
         let mut monitor = Monitor {
-            child,
-            lines,
+            process: MonitorProcess::start(AGENT, &dir.join("agent.sock"), extra),
             seen: Vec::new(),
         };
         let first = monitor.next_line(WAIT).expect("the monitor's first line");
@@ -85,7 +62,7 @@ impl Monitor {
     }
 
     fn next_line(&mut self, within: Duration) -> Option<String> {
-        let line = self.lines.recv_timeout(within).ok()?;
+        let line = self.process.next_line(within)?;
         self.seen.push(line.clone());
         Some(line)
     }
@@ -118,13 +95,6 @@ impl Monitor {
             }
         }
         out
-    }
-}
-
-impl Drop for Monitor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -453,18 +423,19 @@ fn stalled_monitor_is_told_what_it_missed(dir: &Path, pod: &netns_core::NetNs) {
         "10000 connections with a stalled monitor: {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    // Read only now: until here nothing drained its output.
     let told = {
-        let stdout = stalled.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(MonitorLine::Dropped { count }) = serde_json::from_str(&line) {
-                    let _ = tx.send(count);
-                    return;
-                }
-            }
-        });
-        rx.recv_timeout(WAIT)
+        let lines = netns_tests::lines_of(stalled.stdout.take().unwrap());
+        let deadline = Instant::now() + WAIT;
+        std::iter::from_fn(|| {
+            lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .ok()
+        })
+        .find_map(|line| match serde_json::from_str(&line) {
+            Ok(MonitorLine::Dropped { count }) => Some(count),
+            _ => None,
+        })
     };
     let _ = stalled.kill();
     let _ = stalled.wait();
@@ -646,7 +617,7 @@ fn root_monitor_shows_each_decision_with_its_pod_and_destination() {
     assert!(status.success(), "SIGTERM: {status:?}");
     let deadline = Instant::now() + WAIT;
     let exit = loop {
-        if let Some(exit) = all.child.try_wait().unwrap() {
+        if let Some(exit) = all.process.try_wait() {
             break exit;
         }
         assert!(Instant::now() < deadline, "the monitor outlived the agent");

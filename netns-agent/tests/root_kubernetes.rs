@@ -27,7 +27,7 @@ use kube_api::{ApiServer, pod};
 use netns_core::NetNs;
 use netns_datapath::CookieProbe;
 use netns_ebpf::{POD_CIDR_COOKIE_BITS, PodCidr, PodFlags, PodPort, names};
-use netns_tests::agent::{Running, private, run_command};
+use netns_tests::agent::{MonitorProcess, Running, private, run_command};
 use netns_tests::cni::Chain;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_netns-agent");
@@ -148,61 +148,25 @@ fn dial_from_pod(cgroup: &Path, ns: &NetNs, to: std::net::SocketAddrV4) {
     drop(netns);
 }
 
-/// A `netns-agent monitor --json` of the agent at `socket`, its lines
-/// collected by a thread; killed on drop.
-struct Monitor {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Monitor {
-    fn start(socket: &Path, args: &[&str]) -> Monitor {
-        use std::io::BufRead as _;
-        let mut child = Command::new(AGENT)
-            .args(["monitor", "--json", "--control-socket"])
+/// A monitor of the agent at `socket`, once the agent has switched the
+/// programs' reports on for it.
+fn monitor(socket: &Path, args: &[&str]) -> MonitorProcess {
+    let monitor = MonitorProcess::start(AGENT, socket, args);
+    let first = monitor
+        .next_line(Duration::from_secs(20))
+        .expect("the monitor's first line");
+    assert!(first.contains("\"subscribed\""), "{first}");
+    // The agent switches the programs' reports on within a tick.
+    wait_until("decisions reported", || {
+        let out = Command::new(AGENT)
+            .args(["status", "--json", "--control-socket"])
             .arg(socket)
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
+            .output()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let monitor = Monitor { child, lines };
-        let first = monitor.next().expect("the monitor's first line");
-        assert!(first.contains("\"subscribed\""), "{first}");
-        // The agent switches the programs' reports on within a tick.
-        wait_until("decisions reported", || {
-            let out = Command::new(AGENT)
-                .args(["status", "--json", "--control-socket"])
-                .arg(socket)
-                .output()
-                .unwrap();
-            serde_json::from_slice::<netns_agent::status::Status>(&out.stdout)
-                .is_ok_and(|s| s.monitor.reporting)
-        });
-        monitor
-    }
-
-    fn next(&self) -> Option<String> {
-        self.lines.recv_timeout(Duration::from_secs(20)).ok()
-    }
-}
-
-impl Drop for Monitor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+        serde_json::from_slice::<netns_agent::status::Status>(&out.stdout)
+            .is_ok_and(|s| s.monitor.reporting)
+    });
+    monitor
 }
 
 /// Removes the agent's pins, the pod's namespace mount and the directory,
@@ -286,9 +250,11 @@ fn included_only(
             .flags
             .is_some_and(|f| f.bits & PodFlags::FLAG_INCLUDE_ONLY != 0)
     });
-    let monitor = Monitor::start(&dir.join("agent.sock"), &["--verdict", "not_included"]);
+    let monitor = monitor(&dir.join("agent.sock"), &["--verdict", "not_included"]);
     dial_from_pod(&process.cgroup, pod_ns, "198.18.99.1:80".parse().unwrap());
-    let line = monitor.next().expect("a not_included decision");
+    let line = monitor
+        .next_line(Duration::from_secs(20))
+        .expect("a not_included decision");
     let decision: netns_agent::monitor::MonitorLine = serde_json::from_str(&line).unwrap();
     let netns_agent::monitor::MonitorLine::Decision(d) = decision else {
         panic!("not a decision: {line}");

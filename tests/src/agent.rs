@@ -423,3 +423,46 @@ h_bucket{le=\"+Inf\",phase=\"open\"} 10
         );
     }
 }
+
+/// A `netns-agent monitor --json` of the agent at `socket` (with `args`),
+/// its lines on a channel as they come; killed (by its PID) on drop.
+#[derive(Debug)]
+pub struct MonitorProcess {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl MonitorProcess {
+    /// Starts it; its first line (the agent's `subscribed`) is the
+    /// caller's to read.
+    #[must_use]
+    pub fn start(agent: &str, socket: &Path, args: &[&str]) -> MonitorProcess {
+        let mut child = Command::new(agent)
+            .args(["monitor", "--json", "--control-socket"])
+            .arg(socket)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start netns-agent monitor");
+        let lines = crate::lines_of(child.stdout.take().expect("piped stdout"));
+        MonitorProcess { child, lines }
+    }
+
+    /// Its next line, if one comes `within`.
+    #[must_use]
+    pub fn next_line(&self, within: Duration) -> Option<String> {
+        self.lines.recv_timeout(within).ok()
+    }
+
+    /// Its exit status, once it has exited.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("wait for netns-agent monitor")
+    }
+}
+
+impl Drop for MonitorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -146,3 +146,18 @@ pub fn wait_until(what: &str, within: std::time::Duration, mut done: impl FnMut(
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// The lines `from` gives (a child's stdout), on a channel that a thread of
+/// its own fills until the stream ends or the receiver is dropped.
+pub fn lines_of(from: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead as _;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(from).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}

@@ -11,7 +11,6 @@
 //! ever goes to loopback or to these addresses, inside these namespaces.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -274,18 +273,9 @@ impl Mesh {
         let stdout = child.stdout.take().expect("piped stdout");
         let pid = child.id();
         self.processes.push(child);
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
         let mut proc = Proc {
             pid,
-            lines: rx,
+            lines: crate::lines_of(stdout),
             stdin,
             seen: Vec::new(),
         };
