@@ -89,7 +89,7 @@ pub(crate) struct Args {
     #[arg(long = "test", value_name = "NAME")]
     tests: Vec<String>,
     /// vm: seconds a guest may run before it is killed and reported as hung
-    /// (the whole suite on one kernel takes 5-11 minutes under TCG).
+    /// (the whole suite on one kernel takes about 7-8 minutes under TCG).
     #[arg(long, default_value_t = GUEST_TIMEOUT_S)]
     timeout: u64,
     /// vm: download the package lists again, picking up newer kernels.
@@ -119,7 +119,7 @@ impl Args {
 }
 
 /// How long a guest may run by default: the whole suite on one kernel took
-/// 300-330 s on two host threads and takes about twice that on one.
+/// 300-330 s on two host threads and takes 410-450 s on one.
 const GUEST_TIMEOUT_S: u64 = 1500;
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {

@@ -55,7 +55,7 @@ pub(crate) fn boot(
         File::create(&stderr_path).with_context(|| format!("create {}", stderr_path.display()))?;
     let mut console = File::create(log).with_context(|| format!("create {}", log.display()))?;
     // Both vCPUs on one host thread (round-robin TCG) unless
-    // NETNS_VM_TCG_THREAD=multi. Multi-threaded TCG is about twice as fast but
+    // NETNS_VM_TCG_THREAD=multi. Multi-threaded TCG is 1.3-1.4x as fast but
     // does not keep the kernel's own code patching (static branches, switched
     // whenever the first or last BPF program of a kind is attached or
     // detached) coherent across vCPUs: under it a 6.12 guest has died of a
