@@ -132,21 +132,12 @@ fn all_work_for(apps: &[&App], time: Duration, what: &str, places: &Places) {
 
 /// The default fail policy is on, and the pod's sidecar, found listening, is
 /// noted as seen: from now on its absence refuses, never bypasses. status
-/// says the pod is meshed, its sidecar listening, both listeners equipped;
-/// the kernel counted the options the equipped outbound listener's sockets
-/// received for the pod (the agent filed the pod on that listener).
+/// says the pod is meshed, its sidecar listening, both listeners equipped.
 fn assert_sidecar_seen_under_the_default_policy(places: &Places) {
     let status = places.status();
     assert_eq!(status.pods.len(), 1);
     assert!(status.pods[0].meshed, "{:?}", status.pods[0]);
-    assert!(
-        status.pods[0]
-            .decisions
-            .iter()
-            .any(|(verdict, n)| verdict == "original_dst_received" && *n > 0),
-        "{:?}",
-        status.pods[0].decisions
-    );
+    assert_options_counted_for_the_pod(&status);
     assert_eq!(status.pods[0].sidecar, "listening", "{:?}", status.pods[0]);
     assert_eq!(
         status.pods[0].equipped.len(),
@@ -170,6 +161,21 @@ fn assert_sidecar_seen_under_the_default_policy(places: &Places) {
     assert!(
         seen.get(&cookies[0], 0).is_ok(),
         "the pre-existing sidecar is noted as seen"
+    );
+}
+
+/// The kernel counted options received on the sidecar's outbound listener
+/// for the pod: the sidecar listened before this agent's maps existed, so
+/// only the agent's filing of the pod on that listener (when it equipped
+/// it) lets the accepted sockets know their pod.
+fn assert_options_counted_for_the_pod(status: &netns_agent::status::Status) {
+    assert!(
+        status.pods[0]
+            .decisions
+            .iter()
+            .any(|(verdict, n)| verdict == "original_dst_received" && *n > 0),
+        "{:?}",
+        status.pods[0].decisions
     );
 }
 
@@ -286,6 +292,7 @@ fn root_lifecycle_late_start_restart_second_agent_and_sighup() {
         "after a restart",
         &places,
     );
+    assert_options_counted_for_the_pod(&places.status());
 
     // 3. A second agent on the same pins, cgroup and socket refuses before
     // touching anything; the first keeps capturing, its programs attached.
