@@ -66,8 +66,9 @@ pub struct MonitorStatus {
 
 impl PodStatus {
     /// The lines under a pod's row: its sidecar, equipped listeners,
-    /// settings and decisions.
-    fn render_details(&self, out: &mut String) {
+    /// settings, and (`with_counts`) its decisions counted by verdict on one
+    /// line (`status POD` has them as a table instead).
+    fn render_details(&self, out: &mut String, with_counts: bool) {
         let pod = self;
         if !pod.sidecar.is_empty() {
             let _ = writeln!(out, "{:<24} sidecar: {}", "", pod.sidecar);
@@ -83,7 +84,7 @@ impl PodStatus {
         if pod.settings != netns_datapath::settings::PodSettings::default() {
             let _ = writeln!(out, "{:<24} settings: {}", "", pod.settings);
         }
-        if !pod.decisions.is_empty() {
+        if with_counts && !pod.decisions.is_empty() {
             let counts: Vec<String> = pod
                 .decisions
                 .iter()
@@ -243,7 +244,7 @@ impl Status {
                 pod.addrs.join(",")
             }
         );
-        pod.render_details(&mut out);
+        pod.render_details(&mut out, false);
         let meaning = |verdict: &str| {
             self.meanings
                 .iter()
@@ -346,7 +347,7 @@ impl Status {
                 yes(pod.inbound),
                 pod.addrs.join(",")
             );
-            pod.render_details(&mut out);
+            pod.render_details(&mut out, true);
         }
         for skipped in &self.not_meshed {
             let _ = writeln!(out, "not meshed: {}: {}", skipped.path, skipped.reason);
@@ -427,6 +428,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("none kept"), "{text}");
+        assert!(!text.contains("decisions: captured"), "counted twice: {text}");
         status.pods[0].recent.push(RecentDecision {
             at_unix_ms: 3_723_004,
             line: DecisionLine {
