@@ -428,7 +428,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("none kept"), "{text}");
-        assert!(!text.contains("decisions: captured"), "counted twice: {text}");
+        assert!(
+            !text.contains("decisions: captured"),
+            "counted twice: {text}"
+        );
         status.pods[0].recent.push(RecentDecision {
             at_unix_ms: 3_723_004,
             line: DecisionLine {
